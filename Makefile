@@ -1,0 +1,34 @@
+# The study's two commands: `make study` (run every chapter with the default params and build the book) and
+# `make test` (the test suite). Both create the environment in .venv/ first if it is missing or out of date.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: study test venv lint bench lab clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -c "from taskstudy.pipeline import ensure_kernel; ensure_kernel()"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+study: $(STAMP)
+	$(BIN)/taskstudy run --params $(PARAMS)
+	$(BIN)/taskstudy book
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests benchmarks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+clean:
+	$(BIN)/taskstudy clean

@@ -1,0 +1,130 @@
+"""`taskstudy`: run chapters, build the book, list chapters, clean.
+
+    taskstudy list  [--params FILE] [-p section.key=value ...]
+    taskstudy run   [CHAPTER ...] [--params FILE] [-p section.key=value ...] [--downstream] [--force]
+    taskstudy book
+    taskstudy clean [--results] [--params FILE]
+
+Params are validated before any kernel starts; every error is one line naming the file, key or chapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from taskstudy import params as params_mod
+from taskstudy import pipeline
+from taskstudy.paths import RootNotFound, find_root
+
+DEFAULT_PARAMS = "params/default.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="taskstudy", description="Run the task-transfer study and build its book.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def with_params(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--params", default=DEFAULT_PARAMS, help=f"profile YAML (default {DEFAULT_PARAMS})")
+        p.add_argument("-p", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one parameter (repeatable), e.g. -p transfers.epochs=20")
+
+    p_list = sub.add_parser("list", help="chapters in order with status fresh / stale / missing")
+    with_params(p_list)
+    p_run = sub.add_parser("run", help="execute chapters with papermill into book/chapters/")
+    p_run.add_argument("chapters", nargs="*", help="chapter names, numbers or sections; default: all not fresh")
+    with_params(p_run)
+    p_run.add_argument("--downstream", action="store_true", help="also rerun the chapters that read their results")
+    p_run.add_argument("--force", action="store_true", help="rerun every chapter, fresh or not")
+    p_run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    sub.add_parser("book", help="build the Jupyter Book into book/_build/html")
+    p_clean = sub.add_parser("clean", help="remove executed chapters and the built book")
+    p_clean.add_argument("--results", action="store_true", help="also remove the profile's results store")
+    p_clean.add_argument("--params", default=DEFAULT_PARAMS)
+    return ap
+
+
+def _setup_log(params: params_mod.StudyParams) -> Path:
+    log_dir = params.results_root() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / time.strftime("run-%Y%m%d-%H%M%S.log")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("papermill", "taskstudy"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+    return path
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    root = find_root()
+    params = params_mod.load(args.params, args.overrides)
+    chs = pipeline.chapters(root)
+    print(f"profile '{params.profile}' ({params.file}); results in {params.results_root()}")
+    for c in chs:
+        st = pipeline.status(c, params, chs, root)
+        values = ", ".join(f"{k}={v}" for k, v in params.values(c.section).items())
+        deps = f"  <- {', '.join(c.depends)}" if c.depends else ""
+        print(f"  {c.name:<22} {st:<8} {values}{deps}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    root = find_root()
+    params = params_mod.load(args.params, args.overrides)  # validated before any kernel starts
+    chs = pipeline.chapters(root)
+    todo = pipeline.plan(params, args.chapters, args.downstream, args.force, root)
+    if not todo:
+        print("every chapter is fresh; nothing to run (use --force to rerun)")
+        return 0
+    for c in todo:  # check every chapter's parameters before the first kernel starts
+        pipeline.chapter_parameters(c, params)
+    log_path = _setup_log(params)
+    print(f"running {len(todo)} chapter(s) with profile '{params.profile}'; log: {log_path}")
+    bar = tqdm(todo, desc="chapters", unit="chapter")
+    for c in bar:
+        bar.set_postfix_str(c.name)
+        rec = pipeline.execute(c, params, chs, root, progress=not args.quiet)
+        tqdm.write(f"  {c.name}: done in {rec['wall_s']:.1f} s")
+    print(f"executed chapters are in {root / 'book' / 'chapters'}; build the book with `taskstudy book`")
+    return 0
+
+
+def cmd_book(args: argparse.Namespace) -> int:
+    root = find_root()
+    print("building the book ...", flush=True)
+    index = pipeline.build_book(root)
+    print(f"book: {index}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    root = find_root()
+    results = params_mod.load(args.params).results_root() if args.results else None
+    for p in pipeline.clean(root, results):
+        print(f"removed {p}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    commands = {"list": cmd_list, "run": cmd_run, "book": cmd_book, "clean": cmd_clean}
+    try:
+        return commands[args.command](args)
+    except (params_mod.ParamsError, pipeline.ChapterError, RootNotFound) as e:
+        print(f"taskstudy: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("taskstudy: interrupted; finished work is kept in the store, rerun to continue", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""One way to run independent units of work: `map_units(fn, units)`.
+
+Step II is N^2 readouts, Standley is 2^N groupings, Yosinski is 4L runs; each unit is a pure function of its
+arguments and upstream store entries. `map_units` runs them in-process (`workers=0`), on a Dask LocalCluster
+of single-threaded worker processes (torch set to one thread each), or on an existing Dask scheduler
+(`cluster.address`). Workers only return results; the caller (the client) writes the store, through
+`on_result` as each unit finishes, so an interrupted run keeps every finished unit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+U = TypeVar("U")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+_CLIENTS: dict[tuple[int, str | None], Any] = {}
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def get_client(workers: int, address: str | None = None) -> Any:
+    """A Dask client, created once per process and reused: the scheduler at `address`, else a LocalCluster
+    of `workers` single-threaded processes."""
+    from dask.distributed import Client, LocalCluster
+
+    key = (workers, address)
+    client = _CLIENTS.get(key)
+    if client is not None and client.status == "running":
+        return client
+    if address:
+        client = Client(address)
+    else:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        client = Client(cluster)
+    client.run(_one_torch_thread)
+    _CLIENTS[key] = client
+    return client
+
+
+def close_clients() -> None:
+    """Close every client (and LocalCluster) this process started."""
+    for client in list(_CLIENTS.values()):
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    _CLIENTS.clear()
+
+
+atexit.register(close_clients)
+
+
+def map_units(
+    fn: Callable[[U], R],
+    units: Sequence[U],
+    *,
+    workers: int = 0,
+    address: str | None = None,
+    on_result: Callable[[U, R], None] | None = None,
+    desc: str | None = None,
+    retries: int = 2,
+) -> list[R]:
+    """Apply `fn` to every unit and return the results in the order of `units`.
+
+    workers=0 runs in this process; workers>0 uses a Dask LocalCluster of that many single-threaded
+    processes; `address` sends the units to an existing scheduler. `on_result(unit, result)` is called in this
+    process as each unit finishes (write the store there). A unit whose worker dies is retried `retries` times.
+    """
+    units = list(units)
+    results: list[Any] = [None] * len(units)
+    bar = tqdm(total=len(units), desc=desc or getattr(fn, "__name__", "units"), unit="unit", leave=False)
+    try:
+        if workers == 0 and not address:
+            for i, u in enumerate(units):
+                results[i] = fn(u)
+                if on_result:
+                    on_result(u, results[i])
+                bar.update()
+            return results
+        from dask.distributed import as_completed
+
+        client = get_client(workers, address)
+        futures = client.map(fn, units, pure=False, retries=retries)
+        index = {f.key: i for i, f in enumerate(futures)}
+        try:
+            for fut in as_completed(futures):
+                i = index[fut.key]
+                results[i] = fut.result()
+                if on_result:
+                    on_result(units[i], results[i])
+                bar.update()
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return results
+    finally:
+        bar.close()

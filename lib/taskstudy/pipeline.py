@@ -1,0 +1,298 @@
+"""The chapter pipeline: which chapters exist, which are stale, papermill execution, the book build.
+
+Chapters are the notebooks `notebooks/NN_name.ipynb` (ordered by NN); chapter `NN_name` reads params section
+`name`. A chapter's upstream chapters are named in its parameters cell by a comment line
+`# depends: 02_task_networks, 03_transfers`. Executed notebooks go to book/chapters/, which _toc.yml takes by
+glob, so a new notebook is listed, run and put in the book with no other change. A chapter is *fresh* when its
+executed notebook exists and was made from the same notebook source, library code, params (common, its own
+section and its upstream chapters' sections) and profile; *stale* when any of those changed; *missing* when
+never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskstudy.params import StudyParams, _suggest, notebook_defaults
+from taskstudy.paths import build_dir, chapters_dir, find_root, notebooks_dir
+
+log = logging.getLogger(__name__)
+
+KERNEL = "taskstudy"
+NAME = re.compile(r"^(\d\d)_([a-z][a-z0-9_]*)$")
+DEPENDS = re.compile(r"^#\s*depends\s*:\s*(.*)$", re.MULTILINE)
+
+
+class ChapterError(RuntimeError):
+    """A chapter that is malformed or failed to execute; the message names the chapter (and cell)."""
+
+
+@dataclass(frozen=True)
+class Chapter:
+    name: str  # "03_transfers"
+    number: int  # 3
+    section: str  # "transfers": its params section
+    path: Path  # notebooks/03_transfers.ipynb
+    depends: tuple[str, ...]  # names of the chapters whose results it reads
+
+
+def runs_dir(root: Path | None = None) -> Path:
+    """Run records and in-progress / failed executed notebooks."""
+    return (root or find_root()) / "book" / "_runs"
+
+
+def _parameters_source(path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        if "parameters" in c.get("metadata", {}).get("tags", []):
+            return c.source
+    raise ChapterError(f"{path}: no cell tagged 'parameters' (papermill needs one to inject params)")
+
+
+def chapters(root: Path | None = None) -> list[Chapter]:
+    """Every chapter in notebooks/, in order, with its dependencies checked."""
+    root = root or find_root()
+    out = []
+    for p in sorted(notebooks_dir(root).glob("*.ipynb")):
+        m = NAME.match(p.stem)
+        if not m:
+            continue
+        src = _parameters_source(p)
+        deps = ()
+        dm = DEPENDS.search(src)
+        if dm:
+            deps = tuple(d.strip() for d in dm.group(1).split(",") if d.strip())
+        out.append(Chapter(p.stem, int(m.group(1)), m.group(2), p, deps))
+    names = [c.name for c in out]
+    for c in out:
+        for d in c.depends:
+            if d not in names:
+                raise ChapterError(f"{c.path}: depends on unknown chapter '{d}'{_suggest(d, names)}")
+            if names.index(d) >= names.index(c.name):
+                raise ChapterError(f"{c.path}: depends on '{d}', which comes later")
+    return out
+
+
+def select(all_chapters: Sequence[Chapter], wanted: Iterable[str]) -> list[Chapter]:
+    """Chapters by full name (03_transfers), number (03 or 3) or section (transfers), in book order."""
+    chosen = set()
+    for w in wanted:
+        hits = [
+            c for c in all_chapters
+            if w in (c.name, c.section) or (w.isdigit() and int(w) == c.number)
+        ]
+        if not hits:
+            keys = [c.name for c in all_chapters] + [c.section for c in all_chapters]
+            raise ChapterError(f"no chapter '{w}'{_suggest(w, keys)}; `taskstudy list` shows them")
+        chosen.update(c.name for c in hits)
+    return [c for c in all_chapters if c.name in chosen]
+
+
+def upstream(all_chapters: Sequence[Chapter], chapter: Chapter) -> list[Chapter]:
+    """Every chapter `chapter` reads from, transitively, in book order."""
+    by_name = {c.name: c for c in all_chapters}
+    seen: set[str] = set()
+    todo = list(chapter.depends)
+    while todo:
+        d = todo.pop()
+        if d not in seen:
+            seen.add(d)
+            todo.extend(by_name[d].depends)
+    return [c for c in all_chapters if c.name in seen]
+
+
+def downstream(all_chapters: Sequence[Chapter], selected: Sequence[Chapter]) -> list[Chapter]:
+    """The selected chapters plus every chapter that reads their results, transitively, in book order."""
+    names = {c.name for c in selected}
+    for c in all_chapters:  # book order: a dependency always comes first
+        if any(d in names for d in c.depends):
+            names.add(c.name)
+    return [c for c in all_chapters if c.name in names]
+
+
+def _code_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted((root / "lib" / "taskstudy").glob("*.py")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _notebook_digest(path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return hashlib.sha256("\x00".join(c.source for c in nb.cells).encode()).hexdigest()
+
+
+def fingerprint(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path) -> str:
+    """What an executed chapter was made from: notebook, library code, profile and the params it reads."""
+    sections = [chapter.section] + [c.section for c in upstream(all_chapters, chapter)]
+    parts = [
+        params.profile,
+        _notebook_digest(chapter.path),
+        _code_digest(root),
+        params.digest(*sections),
+    ]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
+
+
+def _record_path(chapter: Chapter, root: Path) -> Path:
+    return runs_dir(root) / f"{chapter.name}.json"
+
+
+def read_record(chapter: Chapter, root: Path | None = None) -> dict[str, Any] | None:
+    p = _record_path(chapter, root or find_root())
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def status(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path) -> str:
+    """'fresh', 'stale' or 'missing' for this profile and params."""
+    executed = chapters_dir(root) / f"{chapter.name}.ipynb"
+    rec = read_record(chapter, root)
+    if not executed.is_file() or rec is None:
+        return "missing"
+    if rec.get("fingerprint") != fingerprint(chapter, params, all_chapters, root):
+        return "stale"
+    for up in upstream(all_chapters, chapter):
+        up_rec = read_record(up, root)
+        if up_rec is None or up_rec.get("finished", 0) > rec.get("finished", 0):
+            return "stale"
+    return "fresh"
+
+
+def ensure_kernel() -> str:
+    """Install the `taskstudy` Jupyter kernel for this environment's Python (once) and return its name."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+        if spec.argv and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL, display_name="taskstudy (.venv)", prefix=sys.prefix)
+    return KERNEL
+
+
+def chapter_parameters(chapter: Chapter, params: StudyParams) -> dict[str, Any]:
+    """What papermill injects: the params file, the overrides and the chapter's own flat values."""
+    own = params.values(chapter.section)
+    defaults = notebook_defaults(chapter.path)
+    missing = [k for k in own if k not in defaults]
+    if missing:
+        raise ChapterError(
+            f"{chapter.path}: params section '{chapter.section}' has {missing} but the parameters cell does not"
+        )
+    return {"params_file": str(params.file.resolve()), "overrides": list(params.overrides), **own}
+
+
+def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path,
+            progress: bool = True) -> dict[str, Any]:
+    """Run one chapter with papermill into book/chapters/ (atomically); on failure keep the executed notebook
+    under book/_runs/ and raise ChapterError naming the cell and the error."""
+    import papermill as pm
+
+    runs = runs_dir(root)
+    runs.mkdir(parents=True, exist_ok=True)
+    partial = runs / f"{chapter.name}.ipynb"
+    target = chapters_dir(root) / f"{chapter.name}.ipynb"
+    started = time.time()
+    try:
+        pm.execute_notebook(
+            str(chapter.path),
+            str(partial),
+            parameters=chapter_parameters(chapter, params),
+            kernel_name=ensure_kernel(),
+            cwd=str(root),
+            progress_bar=progress,
+            log_output=True,
+        )
+    except pm.PapermillExecutionError as e:
+        raise ChapterError(
+            f"chapter {chapter.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
+            f"{e.ename}: {e.evalue}\n  executed notebook kept for inspection: {partial.relative_to(root)}"
+        ) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(partial, target)
+    record = {
+        "chapter": chapter.name,
+        "profile": params.profile,
+        "params_file": str(params.file),
+        "overrides": list(params.overrides),
+        "fingerprint": fingerprint(chapter, params, all_chapters, root),
+        "started": started,
+        "finished": time.time(),
+        "wall_s": round(time.time() - started, 2),
+    }
+    from taskstudy.store import atomic_write
+
+    atomic_write(_record_path(chapter, root), json.dumps(record, indent=1).encode())
+    return record
+
+
+def plan(params: StudyParams, wanted: Sequence[str] = (), with_downstream: bool = False,
+         force: bool = False, root: Path | None = None) -> list[Chapter]:
+    """The chapters `taskstudy run` would execute: the named ones (plus downstream), else every chapter that
+    is not fresh (all of them with force)."""
+    root = root or find_root()
+    chs = chapters(root)
+    if wanted:
+        todo = select(chs, wanted)
+        return downstream(chs, todo) if with_downstream else todo
+    if force:
+        return chs
+    todo = []
+    for c in chs:
+        if status(c, params, chs, root) != "fresh" or any(u.name in {t.name for t in todo}
+                                                          for u in upstream(chs, c)):
+            todo.append(c)
+    return todo
+
+
+def build_book(root: Path | None = None, strict: bool = True) -> Path:
+    """Build the Jupyter Book (1.x, execute_notebooks off) into book/_build/html; warnings are errors."""
+    root = root or find_root()
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root / "book")]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    log_path = build_dir(root) / "build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(proc.stdout + proc.stderr)
+    index = build_dir(root) / "html" / "index.html"
+    if proc.returncode != 0 or not index.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise ChapterError(f"book build failed (full log: {log_path}):\n{tail}")
+    return index
+
+
+def clean(root: Path | None = None, results: Path | None = None) -> list[Path]:
+    """Remove executed chapters, run records and the built book (and a results folder, if given)."""
+    root = root or find_root()
+    removed = []
+    for p in (chapters_dir(root), runs_dir(root), build_dir(root), *([results] if results else [])):
+        if p.exists():
+            shutil.rmtree(p)
+            removed.append(p)
+    return removed

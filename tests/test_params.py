@@ -1,0 +1,98 @@
+"""Params: validation, overrides, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from taskstudy import params as P
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "prof.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_profiles_in_repo_validate(repo_root):
+    for name in ("default", "smoke", "gpu"):
+        sp = P.load(repo_root / "params" / f"{name}.yaml")
+        assert sp.profile == name
+        assert "overview" in sp.sections
+
+
+def test_override_changes_value_and_parses_yaml(repo_root):
+    sp = P.load(repo_root / "params/smoke.yaml", ["common.image_size=24", "overview.packages=[a, b]"])
+    assert sp.common.image_size == 24
+    assert sp.values("overview")["packages"] == ["a", "b"]
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    p = write(tmp_path, "common:\n  image_sise: 32\n")
+    with pytest.raises(P.ParamsError) as e:
+        P.load(p)
+    msg = str(e.value)
+    assert str(p) in msg and "common.image_sise" in msg and "did you mean 'image_size'" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_override_key(repo_root):
+    with pytest.raises(P.ParamsError, match=r"unknown key 'overview.pakages'.*did you mean 'packages'"):
+        P.load(repo_root / "params/smoke.yaml", ["overview.pakages=[x]"])
+
+
+def test_unknown_section_suggests(tmp_path):
+    with pytest.raises(P.ParamsError, match=r"unknown section 'overveiw'.*did you mean 'overview'"):
+        P.load(write(tmp_path, "overveiw: {}\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(P.ParamsError, match=r"'common.seed'.*integer.*'abc'"):
+        P.load(write(tmp_path, "common:\n  seed: abc\n"))
+
+
+@pytest.mark.parametrize("override", ["common.image_size=7", "common.workers=-1", "common.n_test=0"])
+def test_out_of_range(repo_root, override):
+    with pytest.raises(P.ParamsError, match=override.split("=")[0]):
+        P.load(repo_root / "params/smoke.yaml", [override])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(P.ParamsError, match="params file not found"):
+        P.load(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    p = write(tmp_path, "common:\n  seed: 0\n image_size: [32\n")
+    with pytest.raises(P.ParamsError, match=r"prof.yaml: line \d+ malformed YAML"):
+        P.load(p)
+
+
+def test_bad_override_syntax(repo_root):
+    with pytest.raises(P.ParamsError, match="expected section.key=value"):
+        P.load(repo_root / "params/smoke.yaml", ["seed"])
+
+
+def test_notebook_section_model_from_parameters_cell(tmp_path, repo_root, monkeypatch):
+    """A user's chapter without a pydantic model is validated against its notebook's parameters cell."""
+    import shutil
+
+    for d in ("notebooks", "params"):
+        shutil.copytree(repo_root / d, tmp_path / d)
+    (tmp_path / "_config.yml").write_text("")
+    nb = (tmp_path / "notebooks/00_overview.ipynb").read_text()
+    (tmp_path / "notebooks/50_mine.ipynb").write_text(nb)
+    monkeypatch.setenv("TASKSTUDY_ROOT", str(tmp_path))
+    sp = P.load(tmp_path / "params/smoke.yaml", ["mine.packages=[x]"])
+    assert sp.values("mine")["packages"] == ["x"]
+    with pytest.raises(P.ParamsError, match="'mine.packages'"):
+        P.load(tmp_path / "params/smoke.yaml", ["mine.packages=3"])
+
+
+def test_section_models_match_notebook_parameters(repo_root):
+    """Every chapter's params section has exactly the notebook's own parameters."""
+    for name, model in P.SECTIONS.items():
+        nbs = list((repo_root / "notebooks").glob(f"[0-9][0-9]_{name}.ipynb"))
+        assert len(nbs) == 1, name
+        names = set(P.notebook_defaults(nbs[0])) - set(P.RESERVED)
+        assert names == set(model.model_fields), name

@@ -1,0 +1,129 @@
+"""The pipeline end to end on the smoke profile: real `taskstudy` processes in a fresh copy of the study."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import taskstudy
+from taskstudy import pipeline
+
+SMOKE = ["--params", "params/smoke.yaml"]
+
+
+def html_pages(study: Path) -> set[str]:
+    return {p.stem for p in (study / "book/_build/html/book/chapters").glob("*.html")}
+
+
+def records(study: Path) -> dict[str, float]:
+    return {p.stem: json.loads(p.read_text())["finished"] for p in (study / "book/_runs").glob("*.json")}
+
+
+def add_chapter(study: Path, name: str, depends: str | None = None, extra: str = "") -> None:
+    """A user's new chapter: a copy of the overview notebook with its own parameter."""
+    nb = nbformat.read(study / "notebooks/00_overview.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    section = name[3:]
+    cell.source = (f"# depends: {depends}\n" if depends else "") + (
+        'params_file = "params/default.yaml"\noverrides = []\nmessage = "hello from the new chapter"\n'
+    )
+    nb.cells = [c for c in nb.cells if c.cell_type == "markdown"][:1] + [cell] + [
+        nbformat.v4.new_code_cell(
+            "from taskstudy.params import chapter_params\n"
+            f'P = chapter_params(params_file, overrides, "{section}", message=message)\n'
+            f'print(P.values("{section}")["message"]){extra}'
+        )
+    ]
+    nb.cells[0].source = f"# A new chapter {name}"
+    nbformat.write(nb, study / "notebooks" / f"{name}.ipynb")
+
+
+@pytest.mark.slow
+def test_run_book_rerun_one_chapter_and_add_a_chapter(study):
+    # 1. Every chapter of a fresh copy runs on smoke params and is a page of the built book.
+    taskstudy("run", *SMOKE, "--quiet", cwd=study)
+    taskstudy("book", cwd=study)
+    assert (study / "book/_build/html/index.html").is_file()
+    names = {c.name for c in pipeline.chapters(study)}
+    assert html_pages(study) == names
+    listing = taskstudy("list", *SMOKE, cwd=study).stdout
+    assert "missing" not in listing and "stale" not in listing
+    assert "every chapter is fresh" in taskstudy("run", *SMOKE, cwd=study).stdout
+
+    # 2. One chapter rerun with a new value: only it is executed, and the value is on the rebuilt page.
+    before = records(study)
+    taskstudy("run", "overview", *SMOKE, "-p", "overview.packages=[filelock]", "--quiet", cwd=study)
+    after = records(study)
+    assert after["00_overview"] > before["00_overview"]
+    assert {k for k in after if after[k] != before.get(k)} == {"00_overview"}
+    taskstudy("book", cwd=study)
+    page = (study / "book/_build/html/book/chapters/00_overview.html").read_text()
+    assert "filelock" in page
+    assert "stale" in taskstudy("list", *SMOKE, cwd=study).stdout  # the book now shows a non-default run
+
+    # 3. A new notebook is listed, run and in the book; --downstream follows its `# depends:` line.
+    add_chapter(study, "90_extra", depends="00_overview")
+    shutil.rmtree(study / "book/_build")
+    assert "90_extra" in taskstudy("list", *SMOKE, cwd=study).stdout
+    taskstudy("run", "extra", *SMOKE, "--quiet", cwd=study)
+    taskstudy("book", cwd=study)
+    assert "90_extra" in html_pages(study)
+    assert "hello from the new chapter" in (study / "book/_build/html/book/chapters/90_extra.html").read_text()
+    before = records(study)
+    taskstudy("run", "overview", *SMOKE, "--downstream", "--quiet", cwd=study)
+    after = records(study)
+    assert after["00_overview"] > before["00_overview"] and after["90_extra"] > before["90_extra"]
+
+
+@pytest.mark.slow
+def test_bad_params_fail_before_any_kernel(study):
+    cases = {
+        ("-p", "overview.pakages=[x]"): "did you mean 'packages'",
+        ("-p", "common.image_size=7"): "common.image_size",
+        ("-p", "common.seed=abc"): "common.seed",
+        ("--params", "params/nope.yaml"): "params file not found",
+    }
+    (study / "params/bad.yaml").write_text("common:\n  seed: [0\n")
+    cases[("--params", "params/bad.yaml")] = "malformed YAML"
+    for args, expected in cases.items():
+        argv = ["run", *args] if args[0] == "--params" else ["run", *SMOKE, *args]
+        proc = taskstudy(*argv, cwd=study, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        err = proc.stderr.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+    assert not (study / "book/_runs").exists()  # nothing ran
+
+
+@pytest.mark.slow
+def test_failing_chapter_names_cell_and_keeps_notebook(study):
+    add_chapter(study, "91_broken", extra="\nraise RuntimeError('boom in chapter')")
+    proc = taskstudy("run", "broken", *SMOKE, "--quiet", cwd=study, check=False)
+    assert proc.returncode == 2
+    assert "chapter 91_broken failed in cell" in proc.stderr and "RuntimeError: boom in chapter" in proc.stderr
+    assert (study / "book/_runs/91_broken.ipynb").is_file()
+    assert not (study / "book/chapters/91_broken.ipynb").exists()
+
+
+def test_chapter_discovery_and_selection(repo_root):
+    chs = pipeline.chapters(repo_root)
+    assert chs[0].name == "00_overview"
+    assert pipeline.select(chs, ["0"]) == pipeline.select(chs, ["overview"]) == [chs[0]]
+    with pytest.raises(pipeline.ChapterError, match="did you mean '00_overview'"):
+        pipeline.select(chs, ["00_overveiw"])
+
+
+def test_notebook_without_parameters_cell_is_an_error(study):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(nb, study / "notebooks/95_nocell.ipynb")
+    with pytest.raises(pipeline.ChapterError, match="95_nocell.ipynb: no cell tagged 'parameters'"):
+        pipeline.chapters(study)
+
+
+def test_committed_notebooks_are_stripped(repo_root):
+    for p in (repo_root / "notebooks").glob("*.ipynb"):
+        nb = nbformat.read(p, as_version=4)
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), p
+        assert nb.metadata.kernelspec.name == pipeline.KERNEL, p
