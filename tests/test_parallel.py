@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskstudy.parallel import map_units
+from taskstudy.parallel import close_clients, map_units
 
 
 def square_with_threads(x: int) -> tuple[int, int]:
@@ -22,3 +22,13 @@ def test_in_process_and_local_cluster_agree():
     assert [r[0] for r in dask] == [r[0] for r in serial]
     assert all(r[1] == 1 for r in dask)  # one torch thread per worker
     assert sorted(seen) == units
+
+
+def test_existing_scheduler_address():
+    """`cluster.address` sends units to a scheduler someone else started."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        out = map_units(square_with_threads, [3, 4], address=cluster.scheduler_address)
+        close_clients()
+    assert [r[0] for r in out] == [9, 16]
