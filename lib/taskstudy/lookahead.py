@@ -1,0 +1,107 @@
+"""Lookahead inter-task affinity in the style of Task Affinity Grouping (Fifty et al., NeurIPS 2021, Eq. 3).
+
+During a multi-task training run, for each task i take one plain SGD step of the shared parameters on task i's loss
+alone, theta_s' = theta_s - lr * grad_{theta_s} L_i, keeping every task head fixed, and measure for every task j
+
+    Z_{i->j} = 1 - L_j(batch; theta_s', theta_j) / L_j(batch; theta_s, theta_j).
+
+Positive Z_{i->j}: a step on i lowers j's loss (i helps j). The step is taken on a deep copy of the model, so the
+model's parameters and buffers (e.g. BatchNorm running statistics) are left bit-identical. TAG uses the training
+optimizer's update; here the lookahead is plain SGD with learning rate `lr`. Stochastic layers (dropout) add noise
+to the ratio: evaluate in eval mode or without them. `LookaheadAccumulator` averages Z over batches/steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+LossesFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+def shared_parameters(model: nn.Module, shared: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    """Named parameters whose name equals a prefix in `shared` or starts with prefix + '.'."""
+    prefixes = list(shared)
+    out = [(n, p) for n, p in model.named_parameters()
+           if p.requires_grad and any(n == s or n.startswith(s + ".") for s in prefixes)]
+    if not out:
+        raise ValueError(f"no trainable parameter of the model matches the shared prefixes {prefixes}")
+    return out
+
+
+def lookahead_affinity(
+    model: nn.Module,
+    batch: Any,
+    losses_fn: LossesFn,
+    lr: float,
+    shared: Sequence[str],
+    tasks: Sequence[str] | None = None,
+) -> np.ndarray:
+    """T x T matrix Z[i, j] = 1 - L_j(after an SGD step on task i) / L_j(before), tasks in `tasks` order.
+
+    `losses_fn(model, batch)` returns {task: scalar loss}; `tasks` defaults to its key order. `shared` lists the
+    parameter-name prefixes of the shared part (e.g. ["encoder"]). The model itself is not modified.
+    """
+    return _affinity(model, batch, losses_fn, lr, shared, tasks)[0]
+
+
+def _affinity(
+    model: nn.Module, batch: Any, losses_fn: LossesFn, lr: float, shared: Sequence[str], tasks: Sequence[str] | None
+) -> tuple[np.ndarray, list[str]]:
+    work = copy.deepcopy(model)
+    params = shared_parameters(work, shared)
+    tensors = [p for _, p in params]
+    before = losses_fn(work, batch)
+    tasks = list(before) if tasks is None else list(tasks)
+    missing = [t for t in tasks if t not in before]
+    if missing:
+        raise KeyError(f"losses_fn returned no loss for tasks {missing}")
+    grads = []
+    for t in tasks:
+        g = torch.autograd.grad(before[t], tensors, retain_graph=True, allow_unused=True)
+        grads.append([torch.zeros_like(p) if gi is None else gi for p, gi in zip(tensors, g, strict=True)])
+    base = [float(before[t].detach()) for t in tasks]
+    originals = [p.detach().clone() for p in tensors]
+    z = np.zeros((len(tasks), len(tasks)))
+    with torch.no_grad():
+        for i in range(len(tasks)):
+            for p, p0, g in zip(tensors, originals, grads[i], strict=True):
+                p.copy_(p0 - lr * g)
+            after = losses_fn(work, batch)
+            for j, t in enumerate(tasks):
+                z[i, j] = 1.0 - float(after[t]) / base[j]
+    return z, tasks
+
+
+class LookaheadAccumulator:
+    """Running mean of `lookahead_affinity` over the batches (training steps) it is updated with."""
+
+    def __init__(self, losses_fn: LossesFn, lr: float, shared: Sequence[str], tasks: Sequence[str] | None = None):
+        self.losses_fn, self.lr, self.shared = losses_fn, lr, list(shared)
+        self.tasks: list[str] | None = list(tasks) if tasks is not None else None
+        self._sum: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, model: nn.Module, batch: Any) -> np.ndarray:
+        """Add one batch's affinity matrix (returned); the first batch fixes the task order if none was given."""
+        z, self.tasks = _affinity(model, batch, self.losses_fn, self.lr, self.shared, self.tasks)
+        self._sum = z.copy() if self._sum is None else self._sum + z
+        self.count += 1
+        return z
+
+    def matrix(self) -> np.ndarray:
+        """Mean Z over all updates so far (rows: the task stepped on; columns: the task measured)."""
+        if self._sum is None:
+            raise ValueError("LookaheadAccumulator.matrix() called before any update()")
+        return self._sum / self.count
+
+    def frame(self) -> pd.DataFrame:
+        """The mean matrix as a labelled pandas DataFrame."""
+        return pd.DataFrame(self.matrix(), index=pd.Index(self.tasks, name="step on"),
+                            columns=pd.Index(self.tasks, name="loss of"))
