@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+
 from taskstudy.grouping import (
     GroupingError,
     best_grouping,

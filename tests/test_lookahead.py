@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from taskstudy.lookahead import LookaheadAccumulator, lookahead_affinity, shared_parameters
 from torch import nn
+
+from taskstudy.lookahead import LookaheadAccumulator, lookahead_affinity, shared_parameters
 
 TASKS = ("a", "b", "c")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import taskstudy
+
 from taskstudy import pipeline
 
 SMOKE = ["--params", "params/smoke.yaml"]

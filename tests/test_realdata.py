@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from taskstudy.realdata import (
     CIFAR100_MAN_MADE,
     DEPTH_MAX_M,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from taskstudy import scenes
 
 PIXEL_KEYS = [

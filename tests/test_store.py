@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from taskstudy.store import Store, stable_hash
 
 

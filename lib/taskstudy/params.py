@@ -55,8 +55,15 @@ class Overview(Section):
     # ^ packages whose installed versions the overview chapter lists
 
 
+class Scenes(Section):
+    n_show: int = Field(3, ge=1)  # scenes shown in each gallery of task labels
+    bench_scenes: int = Field(512, ge=1)  # scenes rendered per repeat to measure throughput (at 32 px)
+    bench_sizes: list[int] = [32, 64, 128]  # image sizes whose throughput the chapter reports
+    bench_repeats: int = Field(3, ge=1)  # repeats of each throughput measurement (min/median/max)
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
-SECTIONS: dict[str, type[Section]] = {"overview": Overview}
+SECTIONS: dict[str, type[Section]] = {"overview": Overview, "scenes": Scenes}
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     partial = runs / f"{chapter.name}.ipynb"
     target = chapters_dir(root) / f"{chapter.name}.ipynb"
     started = time.time()
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars belong to the terminal, not to the book's pages
     try:
         pm.execute_notebook(
             str(chapter.path),

@@ -436,3 +436,15 @@ def make_input(
     if t.input == "jigsaw":
         return shuffle_tiles(x, jigsaw_class(index, seed))
     raise ValueError(f"task {t.name}: unknown input transform {t.input!r}")
+
+
+def dictionary_table() -> Any:
+    """The task dictionary as a table: group, kind, output channels, input, target, loss, role."""
+    import pandas as pd
+
+    rows = []
+    for t in TASKS.values():
+        role = "held out (novel)" if t.held_out else "source only" if t.source_only else "source and target"
+        rows.append({"task": t.name, "group": t.group, "kind": t.kind, "channels": t.channels, "input": t.input,
+                     "target": t.target, "loss": t.loss_name, "role": role})
+    return pd.DataFrame(rows)

@@ -1,0 +1,138 @@
+"""Step III of Taskonomy (Zamir et al. 2018, Sec. 3.3): ordinal normalisation of transfers with AHP.
+
+For a target t, the win matrix W_t holds w_ij = the fraction of test images on which the readout from source (set)
+s_i scores better than the readout from s_j (ties count half). W_t is clipped to [0.001, 0.999], turned into the
+pairwise-comparison matrix W'_t = W_t / W_t^T (elementwise), and the principal eigenvector of W'_t, normalised to sum
+to 1, gives the target's affinities. Stacking them over targets gives the affinity matrix P (targets x source sets).
+
+Input throughout: the per-image `scores` table (columns target, sources, order, image, score; higher is better;
+`sources` = source task names sorted and joined by "+").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+CLIP = (0.001, 0.999)
+BASELINES = ("scratch", "full", "random")
+
+
+def sources_key(sources: str | Iterable[str]) -> str:
+    """Canonical name of a source set: task names sorted and joined by "+" (a string is split on "+" first)."""
+    names = sources.split("+") if isinstance(sources, str) else list(sources)
+    return "+".join(sorted(names))
+
+
+def _order(key: str) -> int:
+    return key.count("+") + 1
+
+
+def _per_image(scores: pd.DataFrame, target: str, candidates: Sequence[str] | None) -> pd.DataFrame:
+    """images x candidates table of the target's per-image scores (NaN where a readout has no score)."""
+    sub = scores[scores["target"] == target]
+    if sub.empty:
+        raise KeyError(f"no scores for target {target!r}")
+    dup = sub.duplicated(["sources", "image"])
+    if dup.any():
+        first = sub[dup].iloc[0]
+        raise ValueError(f"duplicate score rows for target {target!r}, sources {first['sources']!r}, "
+                         f"image {first['image']!r}")
+    table = sub.pivot(index="image", columns="sources", values="score")
+    if candidates is None:
+        return table
+    missing = [c for c in candidates if c not in table.columns]
+    if missing:
+        raise KeyError(f"target {target!r} has no scores for source set(s) {missing}")
+    return table[list(candidates)]
+
+
+def win_matrix(scores: pd.DataFrame, target: str, candidates: Sequence[str] | None = None
+               ) -> tuple[np.ndarray, list[str]]:
+    """W_t of Sec. 3.3 (Eq. before W'): w_ij = share of test images where source set i beats j; ties count half.
+
+    `candidates` are "+"-joined source-set names (default: every source set scored for the target, in sorted
+    order). Each pair is compared on the images both readouts were scored on. Returns (W, names); W + W^T = 1 and
+    the diagonal is 0.5.
+    """
+    cands = None if candidates is None else [sources_key(c) for c in candidates]
+    table = _per_image(scores, target, cands)
+    names = [str(c) for c in table.columns]
+    a = table.to_numpy(dtype=float)
+    valid = ~np.isnan(a)
+    n = len(names)
+    W = np.full((n, n), 0.5)
+    for i in range(n):
+        both = valid[:, [i]] & valid
+        count = both.sum(axis=0)
+        if (count == 0).any():
+            j = int(np.flatnonzero(count == 0)[0])
+            raise ValueError(f"target {target!r}: source sets {names[i]!r} and {names[j]!r} share no test image")
+        with np.errstate(invalid="ignore"):
+            wins = (a[:, [i]] > a) + 0.5 * (a[:, [i]] == a)
+        W[i] = np.where(both, wins, 0.0).sum(axis=0) / count
+    return W, names
+
+
+def ahp_matrix(W: np.ndarray) -> np.ndarray:
+    """W' of Sec. 3.3: W clipped to [0.001, 0.999], then W / W^T elementwise (reciprocal: w'_ji = 1 / w'_ij)."""
+    W = np.asarray(W, dtype=float)
+    if W.ndim != 2 or W.shape[0] != W.shape[1] or W.shape[0] == 0:
+        raise ValueError(f"W must be a non-empty square matrix, got shape {W.shape}")
+    if not np.isfinite(W).all():
+        raise ValueError("W has non-finite entries")
+    Wc = np.clip(W, *CLIP)
+    return Wc / Wc.T
+
+
+def ahp_weights(W: np.ndarray) -> np.ndarray:
+    """AHP weights of one target (Sec. 3.3): the principal eigenvector of W' = clip(W) / clip(W)^T (Perron vector:
+    positive), normalised to sum 1."""
+    Wp = ahp_matrix(W)
+    if Wp.shape[0] == 1:
+        return np.ones(1)
+    vals, vecs = np.linalg.eig(Wp)
+    v = np.abs(np.real(vecs[:, int(np.argmax(np.real(vals)))]))
+    return v / v.sum()
+
+
+def candidate_sets(scores: pd.DataFrame, target: str, max_order: int = 1,
+                   exclude: Iterable[str] = BASELINES) -> list[str]:
+    """The target's source sets of order <= max_order that contain no excluded (baseline) name, sorted by order
+    then name."""
+    excl = set(exclude)
+    sets = scores.loc[scores["target"] == target, "sources"].unique()
+    keep = [s for s in sets if _order(s) <= max_order and not excl.intersection(s.split("+"))]
+    return sorted(keep, key=lambda s: (_order(s), s))
+
+
+def affinity_matrix(scores: pd.DataFrame, max_order: int = 1,
+                    exclude: Iterable[str] = BASELINES) -> pd.DataFrame:
+    """The affinity matrix P (Sec. 3.3, Fig. 7): rows = targets, columns = source sets (order <= max_order, sorted
+    by order then name). Per target, the AHP weights over all its candidate source sets of every order up to
+    max_order, so each row sums to 1 (as the paper: first- and higher-order sources share one vector). NaN where a
+    target has no readout from a source set."""
+    exclude = tuple(exclude)
+    rows: dict[str, pd.Series] = {}
+    for target in sorted(scores["target"].unique()):
+        cands = candidate_sets(scores, target, max_order, exclude)
+        if not cands:
+            continue
+        W, names = win_matrix(scores, target, cands)
+        rows[target] = pd.Series(ahp_weights(W), index=names)
+    P = pd.DataFrame(rows).T
+    cols = sorted(P.columns, key=lambda s: (_order(s), s))
+    P = P[cols]
+    P.index.name, P.columns.name = "target", "sources"
+    return P
+
+
+def raw_quality(scores: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.DataFrame:
+    """Mean test score per (target, sources) as a targets x source-sets table, to set beside the AHP ranking
+    (the raw-loss view that Sec. 3.3 argues is not comparable across targets). Higher is better."""
+    excl = set(exclude)
+    keep = ~scores["sources"].map(lambda s: bool(excl.intersection(s.split("+"))))
+    table = scores[keep].groupby(["target", "sources"])["score"].mean().unstack("sources")
+    return table[sorted(table.columns, key=lambda s: (_order(s), s))]

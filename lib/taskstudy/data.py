@@ -1,0 +1,130 @@
+"""Scene splits for the experiments: rendered once, cached in the results store, loaded as torch tensors.
+
+Splits follow the paper's protocol (Zamir et al. 2018, Sec. 4): `train` for the task-specific networks (Step I),
+a smaller `transfer` split for the readouts (Step II; the paper's 16k vs 120k images), `test` for per-image
+scores and win rates. A split's store key holds every generator parameter (split, size, seed, image size) and a
+hash of the renderer and task-dictionary code, so a change to either re-renders. Real data (Taskonomy folders,
+CIFAR-100) is in `taskstudy.realdata`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from taskstudy import scenes
+from taskstudy import tasks as taskdict
+from taskstudy.store import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SPLITS = ("train", "transfer", "test")
+_SMALL_INTS = ("instance", "semantic", "label_segment_semantic", "label_shadow")
+
+
+def code_version() -> str:
+    """Hash of the renderer and the task dictionary: part of every split's key."""
+    h = hashlib.sha256()
+    for mod in (scenes, taskdict):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def split_size(common: Any, split: str) -> int:
+    sizes = {"train": common.n_train, "transfer": common.n_transfer, "test": common.n_test}
+    if split not in sizes:
+        raise ValueError(f"unknown split '{split}' (one of {SPLITS})")
+    return sizes[split]
+
+
+def split_key(common: Any, split: str) -> dict[str, Any]:
+    return {"split": split, "n": split_size(common, split), "seed": common.seed,
+            "image_size": common.image_size, "code": code_version()}
+
+
+def _compact(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Smaller arrays, same values: labels equal to the RGB image are dropped (listed in `rgb_targets`),
+    integer maps stored as uint8."""
+    out: dict[str, np.ndarray] = {}
+    same_as_rgb = []
+    for k, v in d.items():
+        if k.startswith(scenes.LABEL_PREFIX) and v.shape == d["rgb"].shape and np.array_equal(v, d["rgb"]):
+            same_as_rgb.append(k[len(scenes.LABEL_PREFIX):])
+        elif k in _SMALL_INTS:
+            assert v.min() >= 0 and v.max() < 256, k
+            out[k] = v.astype(np.uint8)
+        else:
+            out[k] = v
+    out["rgb_targets"] = np.array(sorted(same_as_rgb), dtype="U32")
+    return out
+
+
+def scene_split(store: Store, common: Any, split: str) -> dict[str, np.ndarray]:
+    """The whole split (render buffers kept for the chapters and every task's label), from the store."""
+    key = split_key(common, split)
+    return _cached_split(store.root, tuple(sorted(key.items())))
+
+
+@lru_cache(maxsize=6)
+def _cached_split(root: Path, key_items: tuple) -> dict[str, np.ndarray]:
+    key = dict(key_items)
+    store = Store(root)
+
+    def render() -> dict[str, np.ndarray]:
+        return _compact(scenes.generate_split(key["split"], key["n"], key["seed"], key["image_size"]))
+
+    return store.get_or_compute("scenes", key, render, fmt="npz")
+
+
+def target(split_data: dict[str, np.ndarray], task: str) -> torch.Tensor:
+    """The task's labels for a split: float32, or int64 for class targets."""
+    t = taskdict.get_task(task)
+    if task in set(split_data["rgb_targets"].tolist()):
+        arr = split_data["rgb"]
+    else:
+        arr = split_data[scenes.LABEL_PREFIX + task]
+    x = torch.from_numpy(np.asarray(arr))
+    return x.long() if t.loss_name == "ce" else x.float()
+
+
+def task_input(split_data: dict[str, np.ndarray], task: str, seed: int) -> torch.Tensor:
+    """The task's network input (its input transform applied to the clean images, seeded per sample)."""
+    return taskdict.make_input(task, split_data["rgb"], index=split_data["index"], seed=seed)
+
+
+def rgb(split_data: dict[str, np.ndarray]) -> torch.Tensor:
+    """The clean images (N, 3, H, W): the query images I of every transfer E_s(I)."""
+    return torch.from_numpy(np.asarray(split_data["rgb"]))
+
+
+def split_table(store: Store, common: Any) -> pd.DataFrame:
+    """One row per split: its role, scenes, image size and stored size."""
+    import pandas as pd
+
+    roles = {"train": "Step I task networks", "transfer": "Step II readouts", "test": "per-image scores"}
+    rows = []
+    for split in SPLITS:
+        d = scene_split(store, common, split)
+        mb = round(sum(v.nbytes for v in d.values()) / 2**20, 1)
+        rows.append({"split": split, "used for": roles[split], "scenes": len(d["rgb"]),
+                     "image size": common.image_size, "MB in memory": mb})
+    return pd.DataFrame(rows)
+
+
+def class_balance(split_data: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Tidy counts of room types (scene classes) and of objects per class (visible or not)."""
+    import pandas as pd
+
+    rooms = np.bincount(split_data["room_type"], minlength=len(scenes.ROOM_TYPES))
+    objs = split_data["obj_class"]
+    objects = np.bincount(objs[objs >= 0], minlength=len(scenes.OBJECT_CLASSES))
+    pairs = [("room type", scenes.ROOM_TYPES, rooms), ("object", scenes.OBJECT_CLASSES, objects)]
+    rows = [{"kind": kind, "class": n, "count": int(c)} for kind, names, counts in pairs
+            for n, c in zip(names, counts, strict=True)]
+    return pd.DataFrame(rows)

@@ -1,0 +1,164 @@
+"""Evaluating taxonomies (Taskonomy, Zamir et al. 2018, Sec. 4.1-4.2, Fig. 9 and Fig. 11).
+
+Gain = win rate of the policy's transfer against a network trained from scratch on the transfer split (source
+"scratch"); Quality = win rate against the target's task network trained on the full split (source "full"). Win
+rate = share of test images where the transfer scores better, ties counting half. Significance: the BIP's policy
+against random feasible policies under the same budget (Fig. 11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from taskstudy.ahp import sources_key
+from taskstudy.taxonomy import (
+    Taxonomy,
+    TaxonomyError,
+    _prepare,
+    _result,
+    solve_taxonomy,
+    transfers_from_affinity,
+)
+
+GAIN_REF, QUALITY_REF = "scratch", "full"
+
+
+class _Scores:
+    """Per-image scores indexed by (target, sources key), with cached win rates."""
+
+    def __init__(self, scores: pd.DataFrame):
+        self.series = {k: g.set_index("image")["score"] for k, g in scores.groupby(["target", "sources"], sort=False)}
+        self.cache: dict[tuple[str, str, str], float] = {}
+
+    def has(self, target: str, key: str) -> bool:
+        return (target, key) in self.series
+
+    def win_rate(self, target: str, key: str, ref: str) -> float:
+        k = (target, key, ref)
+        if k not in self.cache:
+            for name in (key, ref):
+                if (target, name) not in self.series:
+                    raise KeyError(f"no scores for {name!r} -> {target!r}")
+            a, b = self.series[(target, key)].align(self.series[(target, ref)], join="inner")
+            if len(a) == 0:
+                raise ValueError(f"{key!r} and {ref!r} share no test image for target {target!r}")
+            x, y = a.to_numpy(), b.to_numpy()
+            self.cache[k] = float(((x > y) + 0.5 * (x == y)).mean())
+        return self.cache[k]
+
+
+def win_rate(scores: pd.DataFrame, target: str, sources: str | Iterable[str], reference: str | Iterable[str]) -> float:
+    """Share of test images where the readout from `sources` beats `reference` on `target` (ties count half)."""
+    return _Scores(scores[scores["target"] == target]).win_rate(target, sources_key(sources), sources_key(reference))
+
+
+def _policy_rates(idx: _Scores, tax: Taxonomy) -> pd.DataFrame:
+    rows = []
+    for t, srcs in tax.policy.items():
+        key = sources_key(srcs)
+        rows.append({"target": t, "sources": key,
+                     "gain": idx.win_rate(t, key, GAIN_REF) if idx.has(t, GAIN_REF) else np.nan,
+                     "quality": idx.win_rate(t, key, QUALITY_REF) if idx.has(t, QUALITY_REF) else np.nan})
+    return pd.DataFrame(rows, columns=["target", "sources", "gain", "quality"]).set_index("target")
+
+
+def policy_gain_quality(scores: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
+    """Per target of the policy: its source set, Gain (win rate vs "scratch") and Quality (win rate vs "full");
+    NaN where the target has no such baseline."""
+    return _policy_rates(_Scores(scores), taxonomy)
+
+
+def _transfers(affinity: pd.DataFrame, max_order: int | None = None) -> pd.DataFrame:
+    tr = transfers_from_affinity(affinity)
+    return tr if max_order is None else tr[tr["sources"].map(len) <= max_order]
+
+
+def _default_budgets(tr: pd.DataFrame) -> list[int]:
+    return list(range(1, len({s for tup in tr["sources"] for s in tup}) + 1))
+
+
+def gain_quality_table(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Sequence[float] | None = None,
+                       orders: Sequence[int] = (1, 2, 3, 4), costs: Mapping[str, float] | None = None,
+                       importance: Mapping[str, float] | None = None, solver: str = "cbc") -> pd.DataFrame:
+    """Fig. 9 / the Gain-Quality table: for each budget (default 1..number of source tasks) and max order, the BIP
+    solved on the affinity matrix and the mean Gain and Quality of its policy over targets. Budgets below the
+    cheapest feasible one give NaN rows."""
+    idx = _Scores(scores)
+    tr = _transfers(affinity)
+    rows = []
+    for budget in budgets or _default_budgets(tr):
+        for order in orders:
+            row = {"budget": budget, "order": order}
+            try:
+                tax = solve_taxonomy(tr, budget, costs, importance, max_order=order, solver=solver)
+            except TaxonomyError:
+                rows.append(row | {"gain": np.nan, "quality": np.nan, "objective": np.nan, "n_sources": np.nan,
+                                   "sources": None})
+                continue
+            rates = _policy_rates(idx, tax)
+            rows.append(row | {"gain": rates["gain"].mean(), "quality": rates["quality"].mean(),
+                               "objective": tax.objective, "n_sources": len(tax.sources),
+                               "sources": "+".join(sorted(tax.sources))})
+    return pd.DataFrame(rows)
+
+
+def random_policies(transfers: pd.DataFrame, budget: float, n: int, seed: int = 0,
+                    costs: Mapping[str, float] | None = None, max_order: int | None = None,
+                    importance: Mapping[str, float] | None = None, max_tries: int = 1000) -> list[Taxonomy]:
+    """n random feasible policies (Fig. 11's baseline): source tasks are added in random order while the budget
+    allows (a random maximal subset), then each target takes a uniformly random candidate whose sources all lie in
+    the subset; subsets leaving a target without a candidate are redrawn (up to max_tries per policy)."""
+    pb = _prepare(transfers, costs, importance, max_order, None)
+    rng = np.random.default_rng(seed)
+    groups = [[i for i, e in enumerate(pb.edges) if e[0] == t] for t in pb.targets]
+    out: list[Taxonomy] = []
+    for _ in range(n):
+        for _try in range(max_tries):
+            chosen_src: set[str] = set()
+            spent = 0.0
+            for j in rng.permutation(len(pb.sources)):
+                if spent + pb.cost[j] <= budget + 1e-9:
+                    chosen_src.add(pb.sources[j])
+                    spent += pb.cost[j]
+            feasible = [[i for i in g if set(pb.edges[i][1]) <= chosen_src] for g in groups]
+            if all(feasible):
+                picks = [f[int(rng.integers(len(f)))] for f in feasible]
+                out.append(_result(pb, picks, budget, max_order, "random"))
+                break
+        else:
+            raise TaxonomyError(f"no random feasible policy found for budget {budget} in {max_tries} draws")
+    return out
+
+
+def significance(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Sequence[float] | None = None,
+                 n_random: int = 100, seed: int = 0, max_order: int = 1, costs: Mapping[str, float] | None = None,
+                 importance: Mapping[str, float] | None = None, solver: str = "cbc") -> pd.DataFrame:
+    """Fig. 11: per budget, the taxonomy's mean Quality and Gain against those of n_random random feasible
+    policies. percentile = share of random policies the taxonomy beats (ties half); p = (1 + #random >= taxonomy)
+    / (1 + n_random). The random policies' means are kept in the list columns random_quality / random_gain."""
+    idx = _Scores(scores)
+    tr = _transfers(affinity, max_order)
+    rows = []
+    for k, budget in enumerate(budgets or _default_budgets(tr)):
+        try:
+            tax = solve_taxonomy(tr, budget, costs, importance, max_order=max_order, solver=solver)
+        except TaxonomyError:
+            continue
+        row: dict = {"budget": budget}
+        rand = random_policies(tr, budget, n_random, seed + k, costs, max_order, importance)
+        ours_rates = _policy_rates(idx, tax).mean(numeric_only=True)
+        rand_rates = pd.DataFrame([_policy_rates(idx, p).mean(numeric_only=True) for p in rand])
+        for metric in ("quality", "gain"):
+            ours, dist = ours_rates[metric], rand_rates[metric].to_numpy()
+            row |= {f"taxonomy_{metric}": ours, f"random_{metric}_mean": dist.mean(),
+                    f"{metric}_percentile": float(((dist < ours) + 0.5 * (dist == ours)).mean()),
+                    f"{metric}_p": float((1 + (dist >= ours).sum()) / (1 + len(dist))),
+                    f"random_{metric}": dist.tolist()}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+__all__ = ["win_rate", "policy_gain_quality", "gain_quality_table", "random_policies", "significance"]

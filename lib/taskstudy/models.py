@@ -1,0 +1,108 @@
+"""Networks of Taskonomy Step I and II (Zamir et al. 2018, Sec. 3.1-3.2).
+
+One encoder architecture for every task: a small ResNet built from torchvision's BasicBlock, no global pooling,
+so the representation is a spatial map (the paper's 16x16x8 code; here (B, 4w, H/4, W/4)). Decoders depend on the
+task kind: pixel-wise outputs are upsampled back to (H, W); low-dimensional, classification and distribution
+outputs come from a small head on the pooled map. A readout D_{s->t} (Step II) is a decoder on the frozen
+representation of one or several sources (concatenated on channels for higher orders).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+PIXEL_KINDS = ("pixel_regression", "pixel_classification")
+KINDS = (*PIXEL_KINDS, "regression", "classification", "distribution")
+
+
+def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
+    down = None
+    if stride != 1 or cin != cout:
+        down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    layers = [BasicBlock(cin, cout, stride, down)]
+    layers += [BasicBlock(cout, cout) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """ResNet-style encoder: stem + 3 stages (w, 2w, 4w channels; strides 1, 2, 2); no pooling at the end."""
+
+    def __init__(self, width: int = 16, depth: int = 1, in_channels: int = 3):
+        super().__init__()
+        self.width, self.depth = width, depth
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        self.stages = nn.Sequential(
+            _stage(width, width, depth, 1),
+            _stage(width, 2 * width, depth, 2),
+            _stage(2 * width, 4 * width, depth, 2),
+        )
+
+    @property
+    def out_channels(self) -> int:
+        return 4 * self.width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, 4w, H/4, W/4)
+        return self.stages(self.stem(x))
+
+
+class PixelDecoder(nn.Module):
+    """(B, C_in, H/4, W/4) -> (B, C_out, H, W): two x2 upsamplings, each conv-BN-ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(width, out_channels, 3, 1, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class VectorDecoder(nn.Module):
+    """(B, C_in, h, w) -> (B, C_out): a conv, pooling to 2x2, and two linear layers (low-dim, class, distribution)."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(4 * width, 2 * width), nn.ReLU(inplace=True),
+            nn.Linear(2 * width, out_channels),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def make_decoder(kind: str, in_channels: int, out_channels: int, width: int = 32) -> nn.Module:
+    """The decoder for a task kind (see taskstudy.tasks)."""
+    if kind in PIXEL_KINDS:
+        return PixelDecoder(in_channels, out_channels, width)
+    if kind in KINDS:
+        return VectorDecoder(in_channels, out_channels, width)
+    raise ValueError(f"unknown task kind '{kind}' (one of {KINDS})")
+
+
+class TaskNetwork(nn.Module):
+    """Step I: encoder + decoder for one task."""
+
+    def __init__(self, kind: str, out_channels: int, width: int = 16, depth: int = 1,
+                 decoder_width: int = 32, in_channels: int = 3):
+        super().__init__()
+        self.encoder = Encoder(width, depth, in_channels)
+        self.decoder = make_decoder(kind, self.encoder.out_channels, out_channels, decoder_width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

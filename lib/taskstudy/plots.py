@@ -1,0 +1,97 @@
+"""Figures used by the chapters: task labels as images, heatmaps with task names, bar charts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from taskstudy import data, scenes
+from taskstudy import tasks as taskdict
+
+GROUPS = ("2D", "3D", "geometry", "semantic", "held_out")
+
+
+def _as_image(task: taskdict.Task, label: np.ndarray) -> tuple[np.ndarray, dict]:
+    """A displayable image for one sample's label and the imshow arguments."""
+    if task.kind == "pixel_classification":
+        return label, {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest"}
+    x = np.asarray(label, dtype=np.float32)
+    if x.shape[0] == 3:
+        if task.name == "normals":
+            x = (x + 1) / 2
+        return np.clip(x.transpose(1, 2, 0), 0, 1), {}
+    if x.shape[0] == 2:  # curvature: the first principal curvature
+        x = x[0:1]
+    return x[0], {"cmap": "magma"}
+
+
+def label_panel(ax: plt.Axes, task: taskdict.Task, label: np.ndarray) -> None:
+    """Draw one sample's label of `task` on `ax`: an image for pixel tasks, bars or text otherwise."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if task.kind.startswith("pixel"):
+        img, kw = _as_image(task, label)
+        ax.imshow(img, **kw)
+    elif task.kind in ("regression", "distribution"):
+        v = np.ravel(label)
+        ax.bar(range(len(v)), v, color="tab:blue")
+        ax.axhline(0, color="k", lw=0.5)
+        if task.name == "class_object":
+            ax.set_xticks(range(len(v)), [c[:3] for c in scenes.OBJECT_CLASSES], fontsize=5, rotation=90)
+    else:
+        name = scenes.ROOM_TYPES[int(label)] if task.name == "class_scene" else f"class {int(label)}"
+        ax.text(0.5, 0.5, name, ha="center", va="center", fontsize=8, transform=ax.transAxes)
+
+
+def task_gallery(split_data: dict[str, np.ndarray], group: str, indices: Sequence[int], seed: int) -> plt.Figure:
+    """Rows = scenes, columns = the clean image, then each task of `group`: its input when it is not the clean
+    image (denoising, colorization, inpainting, jigsaw) and its target."""
+    names = [n for n, t in taskdict.TASKS.items() if t.group == group]
+    cols: list[tuple[str, str]] = [("rgb", "image")]
+    for n in names:
+        if taskdict.TASKS[n].input != "rgb":
+            cols.append((n, "input"))
+        cols.append((n, "target"))
+    fig, axes = plt.subplots(len(indices), len(cols), figsize=(1.25 * len(cols), 1.35 * len(indices)),
+                             squeeze=False)
+    for r, i in enumerate(indices):
+        for c, (name, what) in enumerate(cols):
+            ax = axes[r, c]
+            if name == "rgb":
+                label_panel(ax, taskdict.TASKS["autoencoding"], split_data["rgb"][i])
+            elif what == "input":
+                x = data.task_input({k: v[i : i + 1] for k, v in split_data.items() if k != "rgb_targets"},
+                                    name, seed)[0].numpy()
+                label_panel(ax, taskdict.TASKS["autoencoding"], x)
+            else:
+                label_panel(ax, taskdict.TASKS[name], data.target(split_data, name)[i].numpy())
+            if r == 0:
+                ax.set_title(f"{name}\n({what})" if what == "input" else name, fontsize=7)
+    fig.suptitle(f"{group} tasks", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def count_bars(counts: pd.DataFrame, x: str, hue: str | None, title: str, ax: plt.Axes | None = None) -> plt.Axes:
+    """Bar chart of a tidy count table (columns x, 'count' and optionally hue)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 2.8))
+    sns.barplot(counts, x=x, y="count", hue=hue, ax=ax)
+    ax.set_title(title)
+    ax.set_xlabel(x.replace("_", " "))
+    ax.tick_params(axis="x", rotation=30)
+    return ax
+
+
+def heatmap(matrix: pd.DataFrame, title: str, ax: plt.Axes | None = None, fmt: str = ".2f", cmap: str = "viridis",
+            annot: bool = True, **kw) -> plt.Axes:
+    """A heatmap with the row and column names (tasks) on both axes."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * matrix.shape[1] + 2, 0.4 * matrix.shape[0] + 1.5))
+    sns.heatmap(matrix, annot=annot, fmt=fmt, cmap=cmap, ax=ax, annot_kws={"fontsize": 6}, **kw)
+    ax.set_title(title)
+    return ax
