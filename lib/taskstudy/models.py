@@ -91,6 +91,31 @@ def make_decoder(kind: str, in_channels: int, out_channels: int, width: int = 32
     raise ValueError(f"unknown task kind '{kind}' (one of {KINDS})")
 
 
+class PixelReadout(nn.Module):
+    """A small Step II readout for pixel tasks: two 3x3 convs on the (B, C_in, H/4, W/4) representation, then a
+    1x1 conv to 16 C_out channels rearranged to (B, C_out, H, W) (PixelShuffle x4): cheap, and all its capacity
+    reads the frozen representation rather than re-learning an image decoder."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 16 * out_channels, 1),
+            nn.PixelShuffle(4),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def make_readout(kind: str, in_channels: int, out_channels: int, width: int = 16) -> nn.Module:
+    """D_{s->t} of Step II: a small decoder on frozen representations (concatenated for higher orders)."""
+    if kind in PIXEL_KINDS:
+        return PixelReadout(in_channels, out_channels, width)
+    return make_decoder(kind, in_channels, out_channels, width)
+
+
 class TaskNetwork(nn.Module):
     """Step I: encoder + decoder for one task."""
 

@@ -62,8 +62,30 @@ class Scenes(Section):
     bench_repeats: int = Field(3, ge=1)  # repeats of each throughput measurement (min/median/max)
 
 
+class TaskNetworks(Section):
+    width: int = Field(16, ge=1)  # encoder width w: stages of w, 2w, 4w channels; representation (4w, H/4, W/4)
+    depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage
+    decoder_width: int = Field(32, ge=1)  # channels of the task decoders
+    epochs: int = Field(4, ge=1)  # passes over the train split
+    batch_size: int = Field(64, ge=1)  # images per step
+    lr: float = Field(2e-3, gt=0)  # Adam learning rate
+    n_show: int = Field(3, ge=1)  # test scenes whose predictions the chapter shows
+
+
+class Transfers(Section):
+    readout_width: int = Field(16, ge=1)  # channels of each readout D_{s->t}
+    epochs: int = Field(8, ge=1)  # passes over the transfer split per readout
+    batch_size: int = Field(64, ge=1)  # images per step
+    lr: float = Field(3e-3, gt=0)  # Adam learning rate
+    max_order: int = Field(2, ge=1, le=4)  # highest transfer order k (sources per readout)
+    beam: int = Field(3, ge=1)  # top-b first-order sources per target whose k-combinations are tried
+    scratch_epochs: int = Field(8, ge=1)  # epochs of the from-scratch network on the transfer split (Gain)
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
-SECTIONS: dict[str, type[Section]] = {"overview": Overview, "scenes": Scenes}
+SECTIONS: dict[str, type[Section]] = {
+    "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,7 @@ class StudyParams:
     sections: dict[str, Section]
     overrides: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    root: Path | None = None  # the study root it was loaded under (results are found from it in workers)
 
     def section(self, name: str) -> Section:
         if name not in self.sections:
@@ -92,7 +115,12 @@ class StudyParams:
         return out
 
     def results_root(self) -> Path:
-        return find_root() / self.common.results_dir / self.profile
+        return (self.root or find_root()) / self.common.results_dir / self.profile
+
+    def subset(self, *sections: str) -> StudyParams:
+        """The same params with only the named chapter sections (small and picklable, for workers)."""
+        keep = {k: v for k, v in self.sections.items() if k in sections}
+        return StudyParams(self.profile, self.file, self.common, keep, self.overrides, {}, self.root)
 
     def digest(self, *sections: str) -> str:
         """A stable JSON text of `common` and the named sections (all when none), for hashing."""
@@ -238,7 +266,14 @@ def validate(raw: dict[str, Any], file: Path, overrides: Iterable[str] = (), roo
         except ValidationError as e:
             raise ParamsError(_format_error(where, name, e, model)) from None
     _check_tasks(common, where)
-    return StudyParams(profile, Path(file), common, sections, overrides, raw)
+    return StudyParams(profile, Path(file), common, sections, overrides, raw, root or _root_or_none())
+
+
+def _root_or_none() -> Path | None:
+    try:
+        return find_root()
+    except Exception:
+        return None
 
 
 def _chapter_sections(root: Path | None) -> list[str]:

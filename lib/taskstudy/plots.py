@@ -95,3 +95,33 @@ def heatmap(matrix: pd.DataFrame, title: str, ax: plt.Axes | None = None, fmt: s
     sns.heatmap(matrix, annot=annot, fmt=fmt, cmap=cmap, ax=ax, annot_kws={"fontsize": 6}, **kw)
     ax.set_title(title)
     return ax
+
+
+def _as_label(task: taskdict.Task, pred: np.ndarray) -> np.ndarray:
+    """A network output turned into the label's form: class ids from logits, a distribution from logits."""
+    if task.loss_name == "ce":
+        return pred.argmax(0)
+    if task.loss_name == "kl":
+        e = np.exp(pred - pred.max())
+        return e / e.sum()
+    return pred
+
+
+def prediction_gallery(results: dict, test: dict[str, np.ndarray], task_names: Sequence[str], n: int) -> plt.Figure:
+    """Rows = tasks; for each of `n` test scenes the target and the task network's prediction side by side."""
+    fig, axes = plt.subplots(len(task_names), 2 * n + 1, figsize=(1.2 * (2 * n + 1), 1.2 * len(task_names)),
+                             squeeze=False)
+    for r, name in enumerate(task_names):
+        task = taskdict.TASKS[name]
+        target = data.target(test, name).numpy()
+        preds = results[name]["predictions"]
+        axes[r, 0].text(0.5, 0.5, name, ha="center", va="center", fontsize=7, transform=axes[r, 0].transAxes)
+        axes[r, 0].axis("off")
+        for i in range(n):
+            label_panel(axes[r, 1 + 2 * i], task, target[i])
+            label_panel(axes[r, 2 + 2 * i], task, _as_label(task, preds[i]))
+            if r == 0:
+                axes[r, 1 + 2 * i].set_title(f"scene {i}\ntarget", fontsize=7)
+                axes[r, 2 + 2 * i].set_title(f"scene {i}\nprediction", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,194 @@
+"""Taskonomy Step I (Zamir et al. 2018, Sec. 3.1): one task-specific encoder-decoder per task.
+
+Every task, source-only ones included, gets the same encoder architecture (taskstudy.models.Encoder) and a
+decoder for its kind, trained on the `train` split with the task's loss. Each network is one unit of
+`parallel.map_units`; its weights are a store entry keyed by the task, the train split and the training
+parameters, its per-image test scores another entry (adding test images re-scores, never retrains). The
+sanity baselines of the paper's Fig. 6 come with every network: `avg` (the mean training label as the
+prediction) and `rand` (the same network with random weights).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from taskstudy import data
+from taskstudy import tasks as taskdict
+from taskstudy.models import Encoder, TaskNetwork
+from taskstudy.parallel import map_units
+from taskstudy.store import Store
+from taskstudy.train import TrainConfig, fit, predict, resolve_device
+
+VERSION = "1"
+
+
+def unit_seed(seed: int, *names: str) -> int:
+    """A stable per-unit seed derived from the study seed and the unit's names."""
+    return zlib.crc32(":".join([str(seed), *names]).encode()) % 2**31
+
+
+@dataclass(frozen=True)
+class NetworkUnit:
+    """Everything one Step I unit needs; picklable for Dask workers."""
+
+    task: str
+    common: Any  # params.Common
+    cfg: Any  # params.TaskNetworks
+    root: str  # the results store folder
+
+
+def network_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
+    """Every parameter that determines a task network's weights."""
+    return {
+        "task": task, "train": data.split_key(common, "train"), "width": cfg.width, "depth": cfg.depth,
+        "decoder_width": cfg.decoder_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "seed": common.seed,
+    }
+
+
+def scores_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
+    return {"network": network_key(common, cfg, task), "test": data.split_key(common, "test")}
+
+
+def build_network(task: str, cfg: Any) -> TaskNetwork:
+    t = taskdict.get_task(task)
+    return TaskNetwork(t.kind, t.channels, cfg.width, cfg.depth, cfg.decoder_width)
+
+
+def average_prediction(task: str, targets: torch.Tensor, n: int) -> torch.Tensor:
+    """The paper's `avg` baseline: the mean training label, as an output of the network's form (logits of the
+    label frequencies for class and distribution targets)."""
+    t = taskdict.get_task(task)
+    if t.loss_name == "ce":
+        onehot = F.one_hot(targets.long(), t.channels).float()  # (N, ..., C)
+        freq = onehot.mean(0).movedim(-1, 0)  # (C, ...)
+        out = torch.log(freq + 1e-6)
+    elif t.loss_name == "kl":
+        out = torch.log(targets.float().mean(0) + 1e-6)
+    else:
+        out = targets.float().mean(0)
+    return out.unsqueeze(0).expand(n, *out.shape).contiguous()
+
+
+def train_network_unit(u: NetworkUnit) -> dict[str, Any]:
+    """Train (or load) one task network and score it and its baselines on the test split."""
+    store = Store(u.root)
+    t = taskdict.get_task(u.task)
+    seed = unit_seed(u.common.seed, "task_network", u.task)
+    device = resolve_device(u.common.device)
+    test = data.scene_split(store, u.common, "test")
+    x_test, y_test = data.task_input(test, u.task, u.common.seed), data.target(test, u.task)
+    train = data.scene_split(store, u.common, "train")
+    y_train = data.target(train, u.task)
+
+    key = network_key(u.common, u.cfg, u.task)
+    saved = store.load("task_network", key, VERSION)
+    torch.manual_seed(seed)
+    net = build_network(u.task, u.cfg)
+    rand_scores = t.score(predict(net, x_test, device=device), y_test).numpy()
+    out: dict[str, Any] = {"task": u.task}
+    if saved is None:
+        x_train = data.task_input(train, u.task, u.common.seed)
+        cfg = TrainConfig(u.cfg.epochs, u.cfg.batch_size, u.cfg.lr, seed=seed)
+        ckpt = Path(u.root) / "checkpoints" / f"{store.key('task_network', key, VERSION)}.pt"
+        start = time.perf_counter()
+        history = fit(net, x_train, y_train, t.loss, cfg, device=device, checkpoint=ckpt)
+        wall = time.perf_counter() - start
+        saved = {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "history": history, "wall_s": wall,
+                 "images_per_s": len(x_train) * cfg.epochs / wall, "n_params": sum(p.numel() for p in net.parameters())}
+        out["network"] = saved
+        out["checkpoint"] = str(ckpt)
+    else:
+        net.load_state_dict(saved["state"])
+    pred = predict(net, x_test, device=device)
+    out["scores"] = {
+        "network": t.score(pred, y_test).numpy(),
+        "avg": t.score(average_prediction(u.task, y_train, len(y_test)), y_test).numpy(),
+        "rand": rand_scores,
+    }
+    out["predictions"] = pred[: 8].numpy()
+    return out
+
+
+@dataclass
+class StepResult:
+    """What a step computed: results per unit, which units were computed now (the rest came from the store)."""
+
+    results: dict[str, Any]
+    computed: list[str]
+    wall_s: float
+
+
+def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
+    """Step I for every task (default: every dictionary task of `common.tasks`): missing networks are trained
+    through parallel.map_units, the rest read from the store."""
+    common, cfg = params.common, params.section("task_networks")
+    store = Store.for_params(params)
+    names = tasks or study_tasks(common)
+    for split in ("train", "test"):  # rendered once here, read by every worker
+        data.scene_split(store, common, split)
+    units = [NetworkUnit(n, common, cfg, str(store.root)) for n in names]
+    missing = [u for u in units if not (store.exists("task_network", network_key(common, cfg, u.task), VERSION)
+                                        and store.exists("network_scores", scores_key(common, cfg, u.task), VERSION))]
+
+    def save(u: NetworkUnit, r: dict[str, Any]) -> None:
+        if "network" in r:
+            store.save("task_network", network_key(common, cfg, u.task), r["network"], VERSION, fmt="pt")
+            Path(r["checkpoint"]).unlink(missing_ok=True)
+        store.save("network_scores", scores_key(common, cfg, u.task),
+                   {"scores": r["scores"], "predictions": r["predictions"]}, VERSION, fmt="pt")
+
+    start = time.perf_counter()
+    map_units(train_network_unit, missing, workers=common.workers, address=common.cluster.address, on_result=save,
+              desc="Step I: task networks")
+    results = {
+        n: {"network": store.load("task_network", network_key(common, cfg, n), VERSION),
+            **store.load("network_scores", scores_key(common, cfg, n), VERSION)}
+        for n in names
+    }
+    return StepResult(results, [u.task for u in missing], time.perf_counter() - start)
+
+
+def study_tasks(common: Any) -> list[str]:
+    """The dictionary tasks of this profile (common.tasks, default all), source-only tasks included."""
+    return list(common.tasks) if common.tasks else taskdict.dictionary_tasks()
+
+
+def load_encoder(params: Any, task: str) -> Encoder:
+    """The trained encoder E_s of a task network (Step II reads its frozen representation)."""
+    common, cfg = params.common, params.section("task_networks")
+    saved = Store.for_params(params).load("task_network", network_key(common, cfg, task), VERSION)
+    if saved is None:
+        raise LookupError(f"no task network for '{task}' in the store: run chapter 02_task_networks first")
+    net = build_network(task, cfg)
+    net.load_state_dict(saved["state"])
+    return net.encoder.eval()
+
+
+def baseline_table(step: StepResult) -> pd.DataFrame:
+    """The paper's Fig. 6 check: test loss of each task network against `avg` and `rand` (lower is better)."""
+    rows = []
+    for task, r in step.results.items():
+        s = r["scores"]
+        loss = {k: float(-np.mean(v)) for k, v in s.items()}
+        wins = float(np.mean(s["network"] > s["avg"]) + 0.5 * np.mean(s["network"] == s["avg"]))
+        rows.append({"task": task, "group": taskdict.get_task(task).group, "loss": taskdict.get_task(task).loss_name,
+                     "network": loss["network"], "avg": loss["avg"], "rand": loss["rand"], "win rate vs avg": wins,
+                     "beats avg and rand": loss["network"] < min(loss["avg"], loss["rand"])})
+    return pd.DataFrame(rows)
+
+
+def history_table(step: StepResult) -> pd.DataFrame:
+    """Training loss per epoch of every network, tidy (task, epoch, loss)."""
+    rows = [{"task": t, "epoch": e + 1, "loss": v}
+            for t, r in step.results.items() for e, v in enumerate(r["network"]["history"])]
+    return pd.DataFrame(rows)

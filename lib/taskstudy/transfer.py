@@ -1,0 +1,281 @@
+"""Taskonomy Step II (Zamir et al. 2018, Sec. 3.2): transfers between every source and target.
+
+For every target t and source set S (one source: first order; k sources: order k), a small readout D_{S->t}
+(taskstudy.models.make_readout) is trained with t's loss on the frozen representations E_s(I), s in S,
+concatenated on channels, on the `transfer` split, and scored per image on the `test` split. The
+representation of each frozen encoder on each split is computed once and cached in the store, never per epoch.
+Higher orders follow the paper's beam search: for each target the top-b first-order sources (by mean test score)
+and all their k-combinations, k = 2..max_order.
+
+Baselines from the same readout protocol: `random` (a readout on a random-weight encoder) and `scratch` (the
+whole task network trained from scratch on the transfer split: the reference of Gain); `full` (the task
+network of Step I, trained on the full split: the reference of Quality) comes from Step I's scores.
+
+Units: the missing readouts of one target (one order at a time) run through parallel.map_units; every readout
+is its own store entry keyed by (target, sources, the sources' network keys, readout parameters), so adding a
+task trains only the readouts that involve it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from taskstudy import data
+from taskstudy import tasks as taskdict
+from taskstudy.models import Encoder, make_readout
+from taskstudy.parallel import map_units
+from taskstudy.store import Store
+from taskstudy.task_networks import VERSION as NET_VERSION
+from taskstudy.task_networks import (
+    StepResult,
+    build_network,
+    network_key,
+    scores_key,
+    study_tasks,
+    unit_seed,
+)
+from taskstudy.train import TrainConfig, fit, predict, resolve_device
+
+VERSION = "1"
+RANDOM = "random"  # a random-weight encoder, the paper's `random` source
+SCRATCH = "scratch"  # a task network trained from scratch on the transfer split (Gain's reference)
+FULL = "full"  # the Step I task network (Quality's reference)
+
+
+def sources_key(sources: tuple[str, ...] | list[str]) -> str:
+    """Canonical name of a source set: sorted names joined by '+'."""
+    return "+".join(sorted(sources))
+
+
+def encoder_key(params: Any, source: str) -> dict[str, Any]:
+    """What determines a source's frozen encoder: its task network's key, or the seed of the random one."""
+    if source == RANDOM:
+        cfg = params.section("task_networks")
+        return {"random": unit_seed(params.common.seed, "random_encoder"), "width": cfg.width, "depth": cfg.depth}
+    return network_key(params.common, params.section("task_networks"), source)
+
+
+def features_key(params: Any, source: str, split: str) -> dict[str, Any]:
+    return {"encoder": encoder_key(params, source), "split": data.split_key(params.common, split)}
+
+
+def _encoder(params: Any, source: str) -> Encoder:
+    cfg = params.section("task_networks")
+    if source == RANDOM:
+        torch.manual_seed(unit_seed(params.common.seed, "random_encoder"))
+        return Encoder(cfg.width, cfg.depth).eval()
+    saved = Store.for_params(params).load("task_network", encoder_key(params, source), NET_VERSION)
+    if saved is None:
+        raise LookupError(f"no task network for source '{source}': run chapter 02_task_networks first")
+    net = build_network(source, cfg)
+    net.load_state_dict(saved["state"])
+    return net.encoder.eval()
+
+
+def cache_features(params: Any, sources: list[str]) -> int:
+    """E_s(I) of every source on the transfer and test splits, computed once into the store (float16).
+    Returns how many were computed now."""
+    store = Store.for_params(params)
+    computed = 0
+    device = resolve_device(params.common.device)
+    for s in sources:
+        for split in ("transfer", "test"):
+            key = features_key(params, s, split)
+            if store.exists("features", key, VERSION):
+                continue
+            images = data.rgb(data.scene_split(store, params.common, split))
+            z = predict(_encoder(params, s), images, device=device)
+            store.save("features", key, {"z": z.half()}, VERSION, fmt="pt")
+            computed += 1
+    return computed
+
+
+def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str, Any]:
+    """Every parameter that determines one readout's per-image test scores."""
+    cfg = params.section("transfers")
+    return {
+        "target": target, "sources": sources_key(sources),
+        "encoders": {s: encoder_key(params, s) for s in sorted(sources)},
+        "transfer": data.split_key(params.common, "transfer"), "test": data.split_key(params.common, "test"),
+        "readout_width": cfg.readout_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "seed": params.common.seed,
+    }
+
+
+def scratch_key(params: Any, target: str) -> dict[str, Any]:
+    cfg, net = params.section("transfers"), params.section("task_networks")
+    return {"target": target, "transfer": data.split_key(params.common, "transfer"),
+            "test": data.split_key(params.common, "test"), "epochs": cfg.scratch_epochs, "width": net.width,
+            "depth": net.depth, "decoder_width": net.decoder_width, "batch_size": net.batch_size, "lr": net.lr,
+            "seed": params.common.seed}
+
+
+@dataclass(frozen=True)
+class TargetUnit:
+    """The readouts of one target still missing from the store (picklable for Dask workers)."""
+
+    params: Any  # StudyParams
+    target: str
+    source_sets: tuple[tuple[str, ...], ...]
+    scratch: bool  # also train the from-scratch network (Gain's reference)
+
+
+@lru_cache(maxsize=64)
+def _features(root: str, key_items: str, split: str) -> torch.Tensor:
+    import json
+
+    z = Store(root).load("features", json.loads(key_items), VERSION)
+    if z is None:
+        raise LookupError(f"features missing from the store ({split}); call cache_features first")
+    return z["z"].float()
+
+
+def load_features(params: Any, sources: tuple[str, ...], split: str) -> torch.Tensor:
+    """Concatenated cached representations of `sources` on a split: (N, k * 4w, H/4, W/4)."""
+    import json
+
+    root = str(Store.for_params(params).root)
+    parts = [_features(root, json.dumps(features_key(params, s, split), sort_keys=True), split)
+             for s in sorted(sources)]
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
+def train_readout(params: Any, target: str, sources: tuple[str, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    """One readout D_{S->t} on frozen features; returns its per-image test scores and training facts."""
+    cfg, t = params.section("transfers"), taskdict.get_task(target)
+    store = Store.for_params(params)
+    z_train, z_test = load_features(params, sources, "transfer"), load_features(params, sources, "test")
+    y_train = data.target(data.scene_split(store, params.common, "transfer"), target)
+    y_test = data.target(data.scene_split(store, params.common, "test"), target)
+    seed = unit_seed(params.common.seed, "readout", target, sources_key(sources))
+    torch.manual_seed(seed)
+    readout = make_readout(t.kind, z_train.shape[1], t.channels, cfg.readout_width)
+    start = time.perf_counter()
+    history = fit(readout, z_train, y_train, t.loss, TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed),
+                  device=resolve_device(params.common.device))
+    wall = time.perf_counter() - start
+    scores = t.score(predict(readout, z_test), y_test).numpy()
+    return scores, {"history": history, "wall_s": wall, "images_per_s": len(z_train) * cfg.epochs / wall}
+
+
+def train_scratch(params: Any, target: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """The target's whole network trained from scratch on the transfer split (the reference of Gain)."""
+    store, t = Store.for_params(params), taskdict.get_task(target)
+    net_cfg, cfg = params.section("task_networks"), params.section("transfers")
+    tr = data.scene_split(store, params.common, "transfer")
+    te = data.scene_split(store, params.common, "test")
+    seed = unit_seed(params.common.seed, "scratch", target)
+    torch.manual_seed(seed)
+    net = build_network(target, net_cfg)
+    start = time.perf_counter()
+    fit(net, data.task_input(tr, target, params.common.seed), data.target(tr, target), t.loss,
+        TrainConfig(cfg.scratch_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
+        device=resolve_device(params.common.device))
+    wall = time.perf_counter() - start
+    scores = t.score(predict(net, data.task_input(te, target, params.common.seed)), data.target(te, target))
+    return scores.numpy(), {"wall_s": wall}
+
+
+def target_unit(u: TargetUnit) -> dict[str, Any]:
+    """Train the missing readouts (and scratch network) of one target; the client stores the results."""
+    out: dict[str, Any] = {"readouts": {}}
+    for sources in u.source_sets:
+        out["readouts"][sources] = train_readout(u.params, u.target, sources)
+    if u.scratch:
+        out["scratch"] = train_scratch(u.params, u.target)
+    return out
+
+
+def first_order_sets(sources: list[str]) -> list[tuple[str, ...]]:
+    return [(s,) for s in [*sources, RANDOM]]
+
+
+def beam_sets(first_order: pd.DataFrame, target: str, beam: int, max_order: int) -> list[tuple[str, ...]]:
+    """The paper's beam search: all k-combinations (2 <= k <= max_order) of the target's top-b first-order
+    sources, ranked by mean per-image test score (the `random` baseline excluded)."""
+    rows = first_order[(first_order.target == target) & (first_order.order == 1)
+                       & ~first_order.sources.isin([RANDOM, SCRATCH, FULL])]
+    ranked = rows.groupby("sources")["score"].mean().sort_values(ascending=False, kind="stable")
+    top = sorted(ranked.index[:beam])
+    return [c for k in range(2, max_order + 1) for c in itertools.combinations(top, k)]
+
+
+def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], desc: str) -> list[str]:
+    store = Store.for_params(params)
+    small = params.subset("task_networks", "transfers")
+    units = [TargetUnit(small, t, tuple(sets), t in scratch) for t, sets in plan.items() if sets or t in scratch]
+
+    def save(u: TargetUnit, r: dict[str, Any]) -> None:
+        for sources, (scores, info) in r["readouts"].items():
+            store.save("readout", readout_key(params, u.target, sources), {"scores": scores, **info}, VERSION,
+                       fmt="pt")
+        if "scratch" in r:
+            scores, info = r["scratch"]
+            store.save("scratch", scratch_key(params, u.target), {"scores": scores, **info}, VERSION, fmt="pt")
+
+    map_units(target_unit, units, workers=params.common.workers, address=params.common.cluster.address,
+              on_result=save, desc=desc)
+    return [f"{u.target}<-{sources_key(s)}" for u in units for s in u.source_sets] + \
+           [f"{u.target}<-{SCRATCH}" for u in units if u.scratch]
+
+
+def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True) -> pd.DataFrame:
+    """Per-image test scores (target, sources, order, image, score) of every readout in `plan`, plus the
+    `scratch` and `full` baselines of each target."""
+    store = Store.for_params(params)
+    frames = []
+
+    def add(target: str, name: str, order: int, scores: np.ndarray) -> None:
+        frames.append(pd.DataFrame({"target": target, "sources": name, "order": order,
+                                    "image": np.arange(len(scores)), "score": scores.astype(np.float64)}))
+
+    for target, sets in plan.items():
+        for s in sets:
+            r = store.load("readout", readout_key(params, target, s), VERSION)
+            add(target, sources_key(s), len(s), r["scores"])
+        if with_baselines:
+            add(target, SCRATCH, 0, store.load("scratch", scratch_key(params, target), VERSION)["scores"])
+            full = store.load("network_scores",
+                              scores_key(params.common, params.section("task_networks"), target), NET_VERSION)
+            add(target, FULL, 0, full["scores"]["network"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def transfers(params: Any, targets: list[str] | None = None) -> StepResult:
+    """Step II: every first-order readout, then the beam search's higher orders, for every target. Returns the
+    per-image score table under results['scores'] and the list of units computed now (the rest were cached)."""
+    start = time.perf_counter()
+    store = Store.for_params(params)
+    cfg = params.section("transfers")
+    sources = study_tasks(params.common)
+    targets = targets or [t for t in sources if not taskdict.get_task(t).source_only]
+    cache_features(params, [*sources, RANDOM])
+
+    def missing(sets: list[tuple[str, ...]], target: str) -> list[tuple[str, ...]]:
+        return [s for s in sets if not store.exists("readout", readout_key(params, target, s), VERSION)]
+
+    first = {t: first_order_sets(sources) for t in targets}
+    scratch = {t for t in targets if not store.exists("scratch", scratch_key(params, t), VERSION)}
+    computed = _run_units(params, {t: missing(s, t) for t, s in first.items()}, scratch,
+                          "Step II: first-order readouts")
+    first_scores = score_table(params, first, with_baselines=False)
+    higher = {t: beam_sets(first_scores, t, cfg.beam, cfg.max_order) for t in targets}
+    computed += _run_units(params, {t: missing(s, t) for t, s in higher.items()}, set(),
+                           "Step II: higher-order readouts")
+    plan = {t: first[t] + higher[t] for t in targets}
+    table = score_table(params, plan)
+    return StepResult({"scores": table, "plan": plan}, computed, time.perf_counter() - start)
+
+
+def loss_matrix(scores: pd.DataFrame, order: int = 1) -> pd.DataFrame:
+    """Mean test loss (the negative mean score) of each readout: targets x sources of one order."""
+    sub = scores[scores.order == order]
+    return -sub.pivot_table(index="target", columns="sources", values="score", aggfunc="mean")

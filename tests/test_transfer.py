@@ -1,0 +1,81 @@
+"""Steps I-II on tiny data: only missing units are computed, frozen encoders stay frozen, beam search is exact."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from taskstudy import task_networks as tn
+from taskstudy import transfer as tr
+from taskstudy.params import load
+from taskstudy.store import Store, file_sha256
+
+TASKS = ["autoencoding", "normals", "depth_zbuffer", "class_scene"]
+
+
+@pytest.fixture
+def params(tmp_path, repo_root):
+    def make(tasks):
+        return load(repo_root / "params/smoke.yaml",
+                    [f"common.results_dir={tmp_path}", f"common.tasks=[{', '.join(tasks)}]",
+                     "common.n_train=24", "common.n_transfer=16", "common.n_test=12"])
+    return make
+
+
+def test_adding_a_task_recomputes_only_its_units(params):
+    p4 = params(TASKS)
+    s1 = tn.task_networks(p4)
+    s2 = tr.transfers(p4)
+    assert sorted(s1.computed) == sorted(TASKS)
+    n = len(TASKS)
+    first = [c for c in s2.computed if c.count("+") == 0 and not c.endswith(tr.SCRATCH)]
+    assert len(first) == n * (n + 1)  # every target from every source and the random encoder
+
+    p5 = params([*TASKS, "edge2d"])
+    s1b = tn.task_networks(p5)
+    s2b = tr.transfers(p5)
+    assert s1b.computed == ["edge2d"]
+    assert s2b.computed and all("edge2d" in c for c in s2b.computed), s2b.computed
+    first_b = [c for c in s2b.computed if "+" not in c.split("<-")[1] and not c.endswith(tr.SCRATCH)]
+    assert len(first_b) == 2 * (n + 1)  # the new target (n+1 sources + random) and n old targets from it
+    table = s2b.results["scores"]
+    assert set(table.target) == {*TASKS, "edge2d"}
+    assert tr.transfers(p5).computed == []  # everything now cached
+
+
+def test_readouts_leave_frozen_encoders_bit_identical(params):
+    p = params(TASKS[:2])
+    tn.task_networks(p)
+    store = Store.for_params(p)
+    files = sorted((store.root / "task_network").glob("*.pt"))
+    before = [file_sha256(f) for f in files]
+    enc = tr._encoder(p, "normals")
+    state = {k: v.clone() for k, v in enc.state_dict().items()}
+    tr.transfers(p)
+    tr.predict(enc, torch.rand(4, 3, 16, 16))
+    assert all(torch.equal(state[k], v) for k, v in enc.state_dict().items())  # BN statistics included
+    assert [file_sha256(f) for f in files] == before
+
+
+def test_beam_search_takes_exactly_top_b_and_their_combinations():
+    rng = np.random.default_rng(0)
+    means = {"a": -1.0, "b": -0.2, "c": -0.5, "d": -0.1, "e": -3.0}
+    rows = [{"target": "t", "sources": s, "order": 1, "image": i, "score": m + 0.01 * rng.standard_normal()}
+            for s, m in means.items() for i in range(50)]
+    rows += [{"target": "t", "sources": tr.RANDOM, "order": 1, "image": i, "score": 10.0} for i in range(50)]
+    table = pd.DataFrame(rows)
+    sets = tr.beam_sets(table, "t", beam=3, max_order=3)
+    top = ("b", "c", "d")
+    assert sets == [*itertools.combinations(top, 2), top]
+    assert tr.beam_sets(table, "t", beam=2, max_order=2) == [("b", "d")]
+
+
+def test_average_baseline_has_the_network_output_form():
+    y = torch.tensor([0, 1, 1, 2])
+    avg = tn.average_prediction("class_scene", y, 3)
+    assert avg.shape == (3, 5)
+    assert torch.allclose(torch.softmax(avg[0], 0)[:3], torch.tensor([0.25, 0.5, 0.25]), atol=1e-4)
