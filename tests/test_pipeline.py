@@ -52,6 +52,11 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(study):
     assert html_pages(study) == names
     listing = taskstudy("list", *SMOKE, cwd=study).stdout
     assert "missing" not in listing and "stale" not in listing
+    for nb_path in (study / "book/chapters").glob("*.ipynb"):  # no error or stderr output left on any page
+        nb = nbformat.read(nb_path, as_version=4)
+        bad = [o for c in nb.cells for o in c.get("outputs", [])
+               if o.output_type == "error" or (o.output_type == "stream" and o.name == "stderr")]
+        assert not bad, (nb_path.name, bad[:1])
     assert "every chapter is fresh" in taskstudy("run", *SMOKE, cwd=study).stdout
 
     # 2. One chapter rerun with a new value: only it is executed, and the value is on the rebuilt page.

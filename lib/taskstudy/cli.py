@@ -99,6 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_book(args: argparse.Namespace) -> int:
     root = find_root()
+    missing = [c.name for c in pipeline.chapters(root) if pipeline.read_record(c, root) is None]
+    if missing:
+        raise pipeline.ChapterError(f"chapter(s) never run: {', '.join(missing)}; run `taskstudy run` first")
     print("building the book ...", flush=True)
     index = pipeline.build_book(root)
     print(f"book: {index}")
