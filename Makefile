@@ -24,6 +24,9 @@ study: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py --params $(PARAMS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

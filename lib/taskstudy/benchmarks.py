@@ -117,3 +117,78 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
     return {"readouts": n, "epochs": cfg.epochs, "built_s": t_built, "naive_s": t_naive,
             "speedup": t_naive / t_built, "readouts_per_min_built": 60 * n / t_built,
             "max_score_diff": max(abs(built[k] - naive[k]) for k in built)}
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5, threads: int = 2) -> float:
+    """The machine's float32 matmul rate (GFLOP/s, best of `repeats`): the physical limit training is held to."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def bench_training(params, task: str = "normals", n_images: int = 512, repeats: int = 3, threads: int = 2) -> dict:
+    """Training throughput of one Step I task network (images/s, min/median/max) and its FLOP rate as a
+    fraction of the machine's matmul rate (FLOPs of a forward+backward pass counted by torch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from taskstudy import data, task_networks
+    from taskstudy.store import Store
+    from taskstudy.train import TrainConfig, fit
+
+    torch.set_num_threads(threads)
+    cfg, t = params.section("task_networks"), tasks.get_task(task)
+    split = data.scene_split(Store.for_params(params), params.common, "train")
+    x, y = data.task_input(split, task, params.common.seed)[:n_images], data.target(split, task)[:n_images]
+    net = task_networks.build_network(task, cfg)
+    with FlopCounterMode(display=False) as counter:
+        t.loss(net(x[: cfg.batch_size]), y[: cfg.batch_size]).backward()
+    flops_per_image = counter.get_total_flops() / cfg.batch_size
+    rates = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        fit(net, x, y, t.loss, TrainConfig(1, cfg.batch_size, cfg.lr, seed=r))
+        rates.append(len(x) / (time.perf_counter() - t0))
+    peak = matmul_gflops(threads=threads)
+    med = float(np.median(rates))
+    return {"task": task, "min": float(np.min(rates)), "median": med, "max": float(np.max(rates)),
+            "gflop_per_image": flops_per_image / 1e9, "achieved_gflops": med * flops_per_image / 1e9,
+            "matmul_gflops": peak, "fraction_of_matmul": med * flops_per_image / 1e9 / peak}
+
+
+def _readout_unit(unit: tuple) -> float:
+    from taskstudy import transfer
+
+    params, target, source = unit
+    return float(transfer.train_readout(params, target, (source,))[0].mean())
+
+
+def bench_scaleout(params, sources: list[str], targets: list[str], workers: tuple[int, ...] = (0, 1, 2)) -> list[dict]:
+    """Step II readouts (sources x targets, features cached) run in-process and on Dask LocalClusters of 1 and 2
+    single-threaded workers: wall time, speed-up over in-process, and whether the scores agree."""
+    from taskstudy import transfer
+    from taskstudy.parallel import close_clients, map_units
+
+    transfer.cache_features(params, sources)
+    small = params.subset("task_networks", "transfers")
+    units = [(small, t, s) for s in sources for t in targets]
+    rows, base = [], None
+    for w in workers:
+        map_units(_readout_unit, units[:1], workers=w)  # warm caches (and start the cluster) outside the timing
+        t0 = time.perf_counter()
+        scores = map_units(_readout_unit, units, workers=w)
+        wall = time.perf_counter() - t0
+        base = base or wall
+        rows.append({"workers": w, "readouts": len(units), "wall_s": wall, "speedup": base / wall,
+                     "scores": scores})
+        close_clients()
+    ref = rows[0]["scores"]
+    for r in rows:
+        r["max_score_diff"] = float(max(abs(a - b) for a, b in zip(r.pop("scores"), ref, strict=True)))
+    return rows

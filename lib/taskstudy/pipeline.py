@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -244,6 +245,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
         "started": started,
         "finished": time.time(),
         "wall_s": round(time.time() - started, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),  # largest kernel
     }
     from taskstudy.store import atomic_write
 
