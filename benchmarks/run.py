@@ -31,8 +31,8 @@ def row(bench: str, measure: str, value: float, target: str = "", ok: bool | Non
             "pass": "" if ok is None else ("pass" if ok else "FAIL"), **extra}
 
 
-def run(params_file: str, quick: bool = False) -> pd.DataFrame:
-    P = load(params_file)
+def run(params_file: str, quick: bool = False, overrides: tuple[str, ...] = ()) -> pd.DataFrame:
+    P = load(params_file, overrides)
     rows = []
     sizes = (32,) if quick else (32, 64, 128)
     for r in benchmarks.bench_render(sizes, n=256 if quick else 1024, repeats=1 if quick else 3):
@@ -67,8 +67,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params/default.yaml")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats (for tests)")
+    ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     a = ap.parse_args()
-    table = run(a.params, a.quick)
+    table = run(a.params, a.quick, tuple(a.overrides))
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(table.drop(columns=[c for c in ("brute_s", "wall_s", "max_score_diff") if c in table]).to_string(
             index=False, float_format=lambda v: f"{v:.3g}"))
