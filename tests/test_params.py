@@ -97,3 +97,14 @@ def test_section_models_match_notebook_parameters(repo_root):
         assert len(nbs) == 1, name
         names = set(P.notebook_defaults(nbs[0])) - set(P.RESERVED)
         assert names == set(model.model_fields), name
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["transfers.max_order=0"], "transfers.max_order"),
+    (["transfers.max_order=3", "transfers.beam=2"], "exceeds 'transfers.beam'"),
+    (["common.tasks=[normals, depth_zbuffer]", "transfers.beam=3", "transfers.max_order=2"], "number of tasks"),
+    (["common.tasks=[normals, depht_zbuffer]"], "did you mean 'depth_zbuffer'"),
+])
+def test_cross_section_and_task_name_errors(repo_root, overrides, key):
+    with pytest.raises(P.ParamsError, match=key):
+        P.load(repo_root / "params/smoke.yaml", overrides)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_log(params: params_mod.StudyParams) -> Path:
     log_dir = params.results_root() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / time.strftime("run-%Y%m%d-%H%M%S.log")
+    path = log_dir / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}.log")
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in ("papermill", "taskstudy"):

@@ -112,3 +112,43 @@ def map_units(
         return results
     finally:
         bar.close()
+
+
+def map_claimed(
+    fn: Callable[[U], R],
+    units: Sequence[U],
+    lock_of: Callable[[U], Any],
+    still_missing: Callable[[U], U | None],
+    *,
+    on_result: Callable[[U, R], None],
+    **kwargs: Any,
+) -> list[U]:
+    """`map_units` for units that several processes may want at once (two `taskstudy run` on one profile).
+
+    Each unit is claimed by a file lock (`lock_of(unit)`, a filelock.FileLock) held while it runs here; a unit
+    whose lock another process holds is set aside, waited for after the others, and then run only for what
+    `still_missing(unit)` says is left (None: the other process finished it). Returns the units run here.
+    """
+    import filelock
+
+    held, deferred = [], []
+    for u in units:
+        lock = lock_of(u)
+        try:
+            lock.acquire(timeout=0)
+            held.append((u, lock))
+        except filelock.Timeout:
+            deferred.append((u, lock))
+    try:
+        map_units(fn, [u for u, _ in held], on_result=on_result, **kwargs)
+    finally:
+        for _, lock in held:
+            lock.release()
+    done = [u for u, _ in held]
+    for u, lock in deferred:
+        with lock:
+            left = still_missing(u)
+            if left is not None:
+                map_units(fn, [left], on_result=on_result, **kwargs)
+                done.append(left)
+    return done

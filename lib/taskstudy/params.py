@@ -266,6 +266,7 @@ def validate(raw: dict[str, Any], file: Path, overrides: Iterable[str] = (), roo
         except ValidationError as e:
             raise ParamsError(_format_error(where, name, e, model)) from None
     _check_tasks(common, where)
+    _check_orders(common, sections, where)
     return StudyParams(profile, Path(file), common, sections, overrides, raw, root or _root_or_none())
 
 
@@ -295,6 +296,20 @@ def _check_tasks(common: Common, where: str) -> None:
     for t in common.tasks:
         if t not in taskdict.TASKS:
             raise ParamsError(f"{where}: 'common.tasks': unknown task '{t}'{_suggest(t, valid)}")
+
+
+def _check_orders(common: Common, sections: dict[str, Section], where: str) -> None:
+    """Cross-section limits: a readout cannot combine more sources than the beam keeps, nor the beam keep more
+    sources than there are tasks."""
+    tr = sections.get("transfers")
+    if tr is None:
+        return
+    if tr.max_order > tr.beam:
+        raise ParamsError(f"{where}: 'transfers.max_order' ({tr.max_order}) exceeds 'transfers.beam' ({tr.beam}): "
+                          "order-k transfers combine k of the beam's sources")
+    n = len(common.tasks) if common.tasks else None
+    if n is not None and tr.beam > n:
+        raise ParamsError(f"{where}: 'transfers.beam' ({tr.beam}) exceeds the number of tasks in 'common.tasks' ({n})")
 
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> StudyParams:

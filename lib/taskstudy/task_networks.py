@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from taskstudy import data
 from taskstudy import tasks as taskdict
 from taskstudy.models import Encoder, TaskNetwork
-from taskstudy.parallel import map_units
+from taskstudy.parallel import map_claimed
 from taskstudy.store import Store
 from taskstudy.train import TrainConfig, fit, predict, resolve_device
 
@@ -137,8 +137,11 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
     for split in ("train", "test"):  # rendered once here, read by every worker
         data.scene_split(store, common, split)
     units = [NetworkUnit(n, common, cfg, str(store.root)) for n in names]
-    missing = [u for u in units if not (store.exists("task_network", network_key(common, cfg, u.task), VERSION)
-                                        and store.exists("network_scores", scores_key(common, cfg, u.task), VERSION))]
+
+    def is_missing(u: NetworkUnit) -> NetworkUnit | None:
+        done = (store.exists("task_network", network_key(common, cfg, u.task), VERSION)
+                and store.exists("network_scores", scores_key(common, cfg, u.task), VERSION))
+        return None if done else u
 
     def save(u: NetworkUnit, r: dict[str, Any]) -> None:
         if "network" in r:
@@ -148,14 +151,16 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
                    {"scores": r["scores"], "predictions": r["predictions"]}, VERSION, fmt="pt")
 
     start = time.perf_counter()
-    map_units(train_network_unit, missing, workers=common.workers, address=common.cluster.address, on_result=save,
-              desc="Step I: task networks")
+    computed = map_claimed(train_network_unit, [u for u in units if is_missing(u)],
+                           lambda u: store.lock("task_network", network_key(common, cfg, u.task), VERSION),
+                           is_missing, on_result=save, workers=common.workers, address=common.cluster.address,
+                           desc="Step I: task networks")
     results = {
         n: {"network": store.load("task_network", network_key(common, cfg, n), VERSION),
             **store.load("network_scores", scores_key(common, cfg, n), VERSION)}
         for n in names
     }
-    return StepResult(results, [u.task for u in missing], time.perf_counter() - start)
+    return StepResult(results, [u.task for u in computed], time.perf_counter() - start)
 
 
 def study_tasks(common: Any) -> list[str]:

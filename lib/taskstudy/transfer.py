@@ -31,7 +31,7 @@ import torch
 from taskstudy import data
 from taskstudy import tasks as taskdict
 from taskstudy.models import Encoder, make_readout
-from taskstudy.parallel import map_units
+from taskstudy.parallel import map_claimed
 from taskstudy.store import Store
 from taskstudy.task_networks import VERSION as NET_VERSION
 from taskstudy.task_networks import (
@@ -208,10 +208,19 @@ def beam_sets(first_order: pd.DataFrame, target: str, beam: int, max_order: int)
     return [c for k in range(2, max_order + 1) for c in itertools.combinations(top, k)]
 
 
-def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], desc: str) -> list[str]:
+def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], phase: str) -> list[str]:
+    """Train the readouts in `plan` (target -> source sets) and the scratch networks of `scratch` that are not in
+    the store yet, one unit per target, each claimed by a lock per (target, phase) against concurrent runs."""
     store = Store.for_params(params)
     small = params.subset("task_networks", "transfers")
-    units = [TargetUnit(small, t, tuple(sets), t in scratch) for t, sets in plan.items() if sets or t in scratch]
+
+    def left(u: TargetUnit) -> TargetUnit | None:
+        sets = tuple(s for s in u.source_sets
+                     if not store.exists("readout", readout_key(params, u.target, s), VERSION))
+        need_scratch = u.scratch and not store.exists("scratch", scratch_key(params, u.target), VERSION)
+        return TargetUnit(small, u.target, sets, need_scratch) if sets or need_scratch else None
+
+    units = [left(TargetUnit(small, t, tuple(sets), t in scratch)) for t, sets in plan.items()]
 
     def save(u: TargetUnit, r: dict[str, Any]) -> None:
         for sources, (scores, info) in r["readouts"].items():
@@ -221,10 +230,12 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
             scores, info = r["scratch"]
             store.save("scratch", scratch_key(params, u.target), {"scores": scores, **info}, VERSION, fmt="pt")
 
-    map_units(target_unit, units, workers=params.common.workers, address=params.common.cluster.address,
-              on_result=save, desc=desc)
-    return [f"{u.target}<-{sources_key(s)}" for u in units for s in u.source_sets] + \
-           [f"{u.target}<-{SCRATCH}" for u in units if u.scratch]
+    done = map_claimed(target_unit, [u for u in units if u is not None],
+                       lambda u: store.lock("transfer_unit", {"target": u.target, "phase": phase}, VERSION),
+                       left, on_result=save, workers=params.common.workers, address=params.common.cluster.address,
+                       desc=f"Step II: {phase} readouts")
+    return [f"{u.target}<-{sources_key(s)}" for u in done for s in u.source_sets] + \
+           [f"{u.target}<-{SCRATCH}" for u in done if u.scratch]
 
 
 def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True) -> pd.DataFrame:
@@ -259,19 +270,16 @@ def transfers(params: Any, targets: list[str] | None = None) -> StepResult:
     targets = targets or [t for t in sources if not taskdict.get_task(t).source_only]
     cache_features(params, [*sources, RANDOM])
 
-    def missing(sets: list[tuple[str, ...]], target: str) -> list[tuple[str, ...]]:
-        return [s for s in sets if not store.exists("readout", readout_key(params, target, s), VERSION)]
-
     first = {t: first_order_sets(sources) for t in targets}
-    scratch = {t for t in targets if not store.exists("scratch", scratch_key(params, t), VERSION)}
-    computed = _run_units(params, {t: missing(s, t) for t, s in first.items()}, scratch,
-                          "Step II: first-order readouts")
+    computed = _run_units(params, first, set(targets), "first-order")
     first_scores = score_table(params, first, with_baselines=False)
     higher = {t: beam_sets(first_scores, t, cfg.beam, cfg.max_order) for t in targets}
-    computed += _run_units(params, {t: missing(s, t) for t, s in higher.items()}, set(),
-                           "Step II: higher-order readouts")
+    computed += _run_units(params, higher, set(), "higher-order")
     plan = {t: first[t] + higher[t] for t in targets}
     table = score_table(params, plan)
+    store.save("transfer_scores", {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
+                                   "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]},
+               table, VERSION, fmt="parquet")
     return StepResult({"scores": table, "plan": plan}, computed, time.perf_counter() - start)
 
 
