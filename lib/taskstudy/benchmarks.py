@@ -5,12 +5,15 @@ Each function measures one thing on this machine and returns plain rows (dicts) 
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
 from taskstudy import scenes, tasks
+from taskstudy.taxonomy import brute_force_taxonomy, solve_taxonomy
 
 TARGET_32PX = 1000.0
 
@@ -192,3 +195,101 @@ def bench_scaleout(params, sources: list[str], targets: list[str], workers: tupl
     for r in rows:
         r["max_score_diff"] = float(max(abs(a - b) for a, b in zip(r.pop("scores"), ref, strict=True)))
     return rows
+
+
+TARGET_BIP_S = 1.0
+
+
+def synthetic_transfers(n_tasks: int, max_order: int, beam: int | None = 5, seed: int = 0) -> pd.DataFrame:
+    """Candidate transfers (target, sources tuple, quality) for n_tasks tasks; `beam=None` enumerates every source
+    combination up to max_order instead of the beam."""
+    rng = np.random.default_rng(seed)
+    tasks = [f"task{i:02d}" for i in range(n_tasks)]
+    centres = rng.normal(size=(4, 3)) * 2.0
+    z = centres[rng.integers(0, 4, n_tasks)] + rng.normal(size=(n_tasks, 3)) * 0.7
+    d2 = ((z[:, None] - z[None]) ** 2).sum(-1)
+    first = np.exp(-d2 / 4.0) * rng.uniform(0.7, 1.0, (n_tasks, n_tasks))  # [target, source]
+    rows = []
+    for t in range(n_tasks):
+        ranked = np.argsort(-first[t])
+        pool = ranked if beam is None else ranked[:beam]
+        cands = {(s,): first[t, s] for s in range(n_tasks)}
+        for k in range(2, max_order + 1):
+            for combo in itertools.combinations(sorted(pool), k):
+                q = np.sort(first[t, list(combo)])[::-1]
+                cands[combo] = q[0] + 0.3 * q[1:].sum() * rng.uniform(0.2, 1.0)
+        total = sum(cands.values())
+        rows += [(tasks[t], tuple(tasks[s] for s in c), q / total) for c, q in cands.items()]
+    return pd.DataFrame(rows, columns=["target", "sources", "quality"])
+
+
+def bench_taxonomy(n_tasks: tuple[int, ...] = (5, 10, 15, 20, 25), orders: tuple[int, ...] = (1, 2, 3),
+                   beam: int | None = 5, solver: str = "cbc", brute_max_tasks: int = 12, seed: int = 0,
+                   budgets: tuple[int, ...] | None = None) -> list[dict]:
+    """One row per (n_tasks, order): candidate count, the slowest BIP solve over budgets 1..N (bip_s), the
+    summed brute-force time over those budgets (None beyond brute_max_tasks), whether both agree, the 1 s target
+    and pass (bip_s <= target). `budgets` (default 1..N) restricts the budgets timed."""
+    out = []
+    for n in n_tasks:
+        for order in orders:
+            tr = synthetic_transfers(n, order, beam, seed)
+            bip_s, brute_s, agree = 0.0, 0.0 if n <= brute_max_tasks else None, True
+            for budget in budgets or range(1, n + 1):
+                t0 = time.perf_counter()
+                tax = solve_taxonomy(tr, budget, max_order=order, solver=solver)
+                bip_s = max(bip_s, time.perf_counter() - t0)
+                if brute_s is not None:
+                    t0 = time.perf_counter()
+                    ref = brute_force_taxonomy(tr, budget, max_order=order)
+                    brute_s += time.perf_counter() - t0
+                    agree &= abs(ref.objective - tax.objective) < 1e-6
+            out.append({"n_tasks": n, "order": order, "candidates": len(tr), "solver": solver,
+                        "bip_s": round(bip_s, 4), "brute_s": None if brute_s is None else round(brute_s, 3),
+                        "agree": agree if brute_s is not None else None, "target_s": TARGET_BIP_S,
+                        "pass": bip_s <= TARGET_BIP_S})
+    return out
+
+
+SOURCES = ["normals", "autoencoding", "segment_semantic"]
+TARGETS = ["depth_zbuffer", "edge2d", "class_scene"]
+
+
+def row(bench: str, measure: str, value: float, target: str = "", ok: bool | None = None, **extra) -> dict:
+    return {"benchmark": bench, "measure": measure, "value": float(value), "target": target,
+            "pass": "" if ok is None else ("pass" if ok else "FAIL"), **extra}
+
+
+def run_suite(P, quick: bool = False) -> pd.DataFrame:
+    """Every benchmark with its target and pass/fail, against the naive baselines measured in the same run;
+    the table is stored (entry `benchmarks`) and written to results/<profile>/csv."""
+    from taskstudy import task_networks
+    from taskstudy.store import Store
+
+    rows = []
+    sizes = (32,) if quick else (32, 64, 128)
+    for r in bench_render(sizes, n=256 if quick else 1024, repeats=1 if quick else 3):
+        ok = r["median"] >= TARGET_32PX if r["image_size"] == 32 else None
+        rows.append(row("renderer", f"scenes/s at {r['image_size']} px (median; min {r['min']:.0f}, "
+                        f"max {r['max']:.0f})", r["median"], ">= 1000 at 32 px" if ok is not None else "", ok))
+    task_networks.task_networks(P, tasks=sorted(set(SOURCES + TARGETS)))
+    tr = bench_transfer(P, SOURCES[:2] if quick else SOURCES, TARGETS[:2] if quick else TARGETS)
+    rows.append(row("Step II", "as built vs naive (speed-up)", tr["speedup"], ">= 3x", tr["speedup"] >= 3))
+    rows.append(row("Step II", "readouts per minute, as built", tr["readouts_per_min_built"]))
+    rows.append(row("Step II", "largest |mean score| difference, built vs naive", tr["max_score_diff"]))
+    tn = bench_training(P, repeats=1 if quick else 3)
+    rows.append(row("training", f"task network images/s (median; min {tn['min']:.0f}, max {tn['max']:.0f})",
+                    tn["median"]))
+    rows.append(row("training", "matmul GFLOP/s of this machine", tn["matmul_gflops"]))
+    rows.append(row("training", "fraction of matmul FLOP/s reached", tn["fraction_of_matmul"]))
+    for r in bench_taxonomy((5, 10) if quick else (5, 10, 15, 20, 25), (1, 2, 3),
+                            budgets=(1, 3) if quick else None):
+        rows.append(row("BIP", f"{r['n_tasks']} tasks, order {r['order']}: worst solve s", r["bip_s"], "<= 1 s",
+                        r["bip_s"] <= 1.0, brute_s=r.get("brute_s")))
+    for r in bench_scaleout(P, SOURCES[:2], TARGETS[:2] if quick else TARGETS):
+        rows.append(row("Dask", f"Step II on {r['workers']} workers (0 = in-process): speed-up", r["speedup"],
+                        wall_s=r["wall_s"], max_score_diff=r["max_score_diff"]))
+    table = pd.DataFrame(rows)
+    store = Store.for_params(P)
+    store.save("benchmarks", {"profile": P.profile, "quick": quick}, table, fmt="parquet")
+    table.to_csv(store.root / "csv", index=False)
+    return table

@@ -54,3 +54,18 @@ def environment_table(packages: list[str]) -> pd.DataFrame:
         except metadata.PackageNotFoundError:
             rows.append((name, "not installed"))
     return pd.DataFrame(rows, columns=["component", "version"])
+
+
+def run_records() -> pd.DataFrame:
+    """The record of each chapter's last execution (book/_runs/*.json): wall time, peak memory, profile."""
+    import time
+
+    rows = []
+    for c in pipeline.chapters():
+        rec = pipeline.read_record(c)
+        if rec is None:
+            continue
+        rows.append({"chapter": c.name, "profile": rec["profile"], "wall s": rec["wall_s"],
+                     "peak memory MB": rec.get("peak_rss_mb"),
+                     "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime(rec["finished"]))})
+    return pd.DataFrame(rows)

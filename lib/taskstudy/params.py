@@ -82,9 +82,14 @@ class Transfers(Section):
     scratch_epochs: int = Field(8, ge=1)  # epochs of the from-scratch network on the transfer split (Gain)
 
 
+class Performance(Section):
+    quick: bool = False  # fewer sizes and repeats in the benchmark suite
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
+    "performance": Performance,
 }
 
 
