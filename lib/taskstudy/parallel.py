@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm as _tqdm
 
 U = TypeVar("U")
+
+
+def progress(*args: Any, **kwargs: Any) -> Any:
+    """A tqdm bar (a widget in Jupyter, text in a terminal), off when TQDM_DISABLE=1 (set by `taskstudy run`:
+    progress belongs to the terminal, not to the book's pages)."""
+    if os.environ.get("TQDM_DISABLE") == "1":
+        kwargs["disable"] = True
+    return _tqdm(*args, **kwargs)
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
@@ -85,7 +94,7 @@ def map_units(
     """
     units = list(units)
     results: list[Any] = [None] * len(units)
-    bar = tqdm(total=len(units), desc=desc or getattr(fn, "__name__", "units"), unit="unit", leave=False)
+    bar = progress(total=len(units), desc=desc or getattr(fn, "__name__", "units"), unit="unit", leave=False)
     try:
         if workers == 0 and not address:
             for i, u in enumerate(units):

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -86,10 +86,54 @@ class Performance(Section):
     quick: bool = False  # fewer sizes and repeats in the benchmark suite
 
 
+class Affinity(Section):
+    max_order: int = Field(3, ge=1, le=4)  # highest order of source sets in the affinity matrix (capped by transfers)
+    example_targets: list[str] = ["normals", "segment_semantic"]  # targets whose win matrices are shown
+
+
+class Taxonomy(Section):
+    budgets: list[int] = [1, 2, 3, 4, 6, 8, 12, 16]  # supervision budgets (source tasks) of the tables and tests
+    orders: list[int] = [1, 2, 3]  # max transfer orders compared (capped by transfers.max_order)
+    graph_budgets: list[int] = [2, 6]  # budgets whose taxonomies are drawn as graphs
+    graph_orders: list[int] = [1, 3]  # orders whose taxonomies are drawn as graphs
+    n_random: int = Field(100, ge=1)  # random feasible policies per budget (significance, Fig. 11)
+    seed_offset: int = 0  # added to common.seed for drawing the random policies
+    significance_order: int = Field(1, ge=1, le=4)  # max order of the policies in the significance test
+
+
+class NovelTasks(Section):
+    imagenet_epochs: int = Field(6, ge=1)  # epochs of the ImageNet-like classifier on the object crops
+    imagenet_n_images: int = Field(2000, ge=96)  # object crops it trains on (96 balanced classes)
+    max_order: int = Field(3, ge=1, le=4)  # highest transfer order the novel taxonomy may use (capped by transfers)
+    budget: int = Field(0, ge=0)  # dictionary tasks the novel taxonomy may supervise; 0 = all of them
+
+
+class TaskTree(Section):
+    method: str = "average"  # scipy linkage method
+    metric: str = "correlation"  # scipy pdist metric between the tasks' affinity columns
+    n_groups: int = Field(4, ge=2)  # groups the tree is cut into (the paper's four)
+
+
+class LayerTransfer(Section):
+    dataset: Literal["crops", "cifar100"] = "crops"  # the study's object crops, or a real CIFAR-100 copy
+    cifar_root: str | None = None  # folder holding cifar-100-python/ (relative to the study root); for cifar100
+    n_images: int = Field(4096, ge=2)  # training images, both halves A and B together
+    n_test: int = Field(2048, ge=2)  # test images, both halves together
+    image_size: int = Field(32, ge=16, le=256)  # pixels per side (crops rendered at it; CIFAR resized if not 32)
+    layers: int = Field(6, ge=4)  # L: L-3 conv blocks, 2 hidden fully connected layers, the classifier
+    width: int = Field(8, ge=1)  # channels of the first conv block (then 2x, 4x)
+    hidden: int = Field(64, ge=1)  # units of each hidden fully connected layer
+    epochs: int = Field(8, ge=1)  # passes over the target half, the same for every net
+    batch_size: int = Field(64, ge=1)  # images per step
+    lr: float = Field(3e-3, gt=0)  # Adam learning rate
+    seeds: int = Field(2, ge=1)  # repeats of every (split, treatment, n)
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
-    "performance": Performance,
+    "affinity": Affinity, "taxonomy": Taxonomy, "novel_tasks": NovelTasks, "task_tree": TaskTree,
+    "layer_transfer": LayerTransfer, "performance": Performance,
 }
 
 

@@ -125,3 +125,111 @@ def prediction_gallery(results: dict, test: dict[str, np.ndarray], task_names: S
                 axes[r, 2 + 2 * i].set_title(f"scene {i}\nprediction", fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ---- Taskonomy Steps III-IV and the task tree (Zamir et al. 2018, Fig. 7, 8, 11, 13) --------------------------
+
+
+def rank_side_by_side(raw: pd.DataFrame, affinity: pd.DataFrame, axes: Sequence[plt.Axes] | None = None
+                      ) -> plt.Figure:
+    """Fig. 7's point as ranks: for every target (row), the rank of each source (1 = best) by raw mean test loss
+    (left) and by AHP affinity (right), on the first-order sources both tables have."""
+    cols = [c for c in affinity.columns if c in raw.columns and "+" not in str(c)]
+    rows = [r for r in affinity.index if r in raw.index]
+    r_raw = raw.loc[rows, cols].rank(axis=1, ascending=False)
+    r_ahp = affinity.loc[rows, cols].rank(axis=1, ascending=False)
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(0.6 * len(cols) + 5, 0.32 * len(rows) + 2), sharey=True)
+    fig = axes[0].figure
+    for ax, r, title in ((axes[0], r_raw, "rank by raw test loss"), (axes[1], r_ahp, "rank by AHP affinity")):
+        sns.heatmap(r, ax=ax, cmap="mako", annot=True, fmt=".0f", annot_kws={"fontsize": 5}, cbar=False)
+        ax.set_title(title)
+        ax.set_xlabel("source task")
+    axes[0].set_ylabel("target task")
+    axes[1].set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def taxonomy_graph(policy: dict[str, tuple[str, ...]], supervised: Sequence[str], affinity: pd.DataFrame,
+                   ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+    """A taxonomy (Fig. 8) as a graph: supervised source tasks (left, highlighted) -> the targets they serve
+    (right); a target served by several sources (higher order) gets one edge from each. Edge width is the
+    transfer's affinity relative to the largest one drawn; supervised targets served by their own network carry
+    no edge; a supervised task served by another supervised task gets a curved (purple) edge."""
+    import networkx as nx
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    sup = set(supervised)
+    g = nx.DiGraph()
+    for s in sorted(sup):
+        g.add_node(s, layer=0)
+    for t in sorted(policy):
+        if t not in sup:
+            g.add_node(t, layer=1)
+    edges = []
+    for t, srcs in policy.items():
+        if tuple(srcs) == (t,):
+            continue
+        key = "+".join(sorted(srcs))
+        w = float(affinity.at[t, key]) if t in affinity.index and key in affinity.columns else np.nan
+        edges += [(s, t, w) for s in srcs]
+    wmax = max([w for *_, w in edges if np.isfinite(w)], default=1.0)
+    for s, t, w in edges:
+        g.add_edge(s, t, width=0.6 + 3.5 * (w / wmax if np.isfinite(w) else 0.2))
+    pos = nx.multipartite_layout(g, subset_key="layer", align="vertical")
+    colors = ["tab:orange" if n in sup else "lightsteelblue" for n in g.nodes]
+    nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colors, node_size=260, edgecolors="k", linewidths=0.5)
+    for inner in (False, True):  # edges between two supervised tasks are drawn curved, so they stay visible
+        es = [(u, v) for u, v in g.edges if (u in sup and v in sup) == inner]
+        nx.draw_networkx_edges(g, pos, ax=ax, edgelist=es, width=[g.edges[e]["width"] for e in es], alpha=0.6,
+                               arrowsize=8, edge_color="tab:purple" if inner else "tab:gray", node_size=260,
+                               connectionstyle="arc3,rad=0.6" if inner else "arc3")
+    for n, (x, y) in pos.items():
+        ax.text(x + (-0.06 if n in sup else 0.06), y, n, fontsize=6, va="center",
+                ha="right" if n in sup else "left")
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+    ax.margins(x=0.45, y=0.05)
+    return ax
+
+
+def significance_strip(sig: pd.DataFrame, metric: str = "quality", ax: plt.Axes | None = None) -> plt.Axes:
+    """Fig. 11: per budget, the mean `metric` (quality or gain) of the random feasible policies (points and a box)
+    and of the taxonomy (a red diamond)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3))
+    long = sig[["budget", f"random_{metric}"]].explode(f"random_{metric}")
+    long[f"random_{metric}"] = long[f"random_{metric}"].astype(float)
+    order = sorted(sig["budget"].unique())
+    sns.boxplot(long, x="budget", y=f"random_{metric}", order=order, ax=ax, color="lightgray", fliersize=0)
+    sns.stripplot(long, x="budget", y=f"random_{metric}", order=order, ax=ax, color="gray", size=2, alpha=0.5)
+    ax.scatter(range(len(order)), sig.set_index("budget").loc[order, f"taxonomy_{metric}"], marker="D",
+               color="tab:red", zorder=5, label="taxonomy (BIP)")
+    ax.set_xlabel("supervision budget (source tasks)")
+    ax.set_ylabel(f"mean {metric} (win rate)")
+    ax.legend(loc="lower right", fontsize=7)
+    return ax
+
+
+def trees_side_by_side(trees: Sequence, titles: Sequence[str], groups: Sequence[dict[str, str]],
+                       palette: dict[str, str] | None = None) -> plt.Figure:
+    """Dendrograms (taskstudy.tree.TaskTree) side by side, leaf labels coloured by a group per tree (e.g. the
+    paper's 3D / 2D / geometric / semantic)."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    palette = palette or {"3D": "tab:blue", "2D": "tab:orange", "geometric": "tab:green", "semantic": "tab:red"}
+    fig, axes = plt.subplots(1, len(trees), figsize=(5.2 * len(trees), 0.28 * max(len(t.labels) for t in trees) + 1.5))
+    for ax, tree, title, grp in zip(np.atleast_1d(axes), trees, titles, groups, strict=True):
+        dendrogram(tree.linkage, labels=tree.labels, ax=ax, orientation="left", color_threshold=0,
+                   above_threshold_color="k")
+        for lab in ax.get_yticklabels():
+            lab.set_color(palette.get(grp.get(lab.get_text(), ""), "dimgray"))
+            lab.set_fontsize(7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"distance (1 - {tree.metric})" if tree.metric == "correlation" else f"{tree.metric} distance")
+    handles = [plt.Line2D([], [], color=c, marker="s", ls="", label=g) for g, c in palette.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(palette), fontsize=7, title="paper's group")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig

@@ -869,12 +869,9 @@ def generate_split(
     starts = range(0, n, batch_size)
     it: Any = starts
     if progress:
-        try:
-            from tqdm.auto import tqdm
+        from taskstudy.parallel import progress as bar
 
-            it = tqdm(starts, desc=f"scenes {split}", unit="batch", leave=False)
-        except ImportError:  # pragma: no cover
-            pass
+        it = bar(starts, desc=f"scenes {split}", unit="batch", leave=False)
     for s in it:
         buf = render(split, np.arange(s, min(n, s + batch_size)), seed, image_size)
         labels = tasks_mod.make_labels(buf)

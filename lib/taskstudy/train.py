@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from taskstudy.parallel import progress
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -84,7 +85,7 @@ def fit(
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         total, count = 0.0, 0
-        for i in tqdm(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=desc is None):
+        for i in progress(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=desc is None):
             idx = order[i : i + cfg.batch_size]
             x, y = inputs[idx].to(device), targets[idx].to(device)
             loss = loss_fn(model(x), y)

@@ -1,0 +1,269 @@
+"""Generalisation to novel tasks (Taskonomy, Zamir et al. 2018, Sec. 4.3, Fig. 10 and its novel-task table).
+
+The held-out tasks (taskstudy.tasks.held_out_tasks) are targets only: they get a fully supervised network (Step I,
+the reference of Quality), readouts from every dictionary task plus `random` and `scratch` (Step II), and AHP
+affinities (Step III) over the dictionary tasks as the only candidate sources. The taxonomy's choice for a novel
+target is the BIP's policy over those affinities (Step IV). It is compared, per test image, with:
+
+- `scratch`: the target's network trained from scratch on the transfer split (Gain);
+- `imagenet`: a readout on an "ImageNet-like" encoder: the same Encoder architecture trained on supervised
+  classification in another domain (the object-crop set, 96 shape x texture classes), store-cached;
+- the self-supervised encoders of the dictionary (autoencoding, colorization, jigsaw, inpainting): their
+  first-order readouts;
+- `full`: the target's fully supervised network (Quality).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from taskstudy import ahp, data, evaluate
+from taskstudy import tasks as taskdict
+from taskstudy import taxonomy as taxmod
+from taskstudy.models import TaskNetwork, make_readout
+from taskstudy.scenes import NUM_CROP_CLASSES
+from taskstudy.store import Store
+from taskstudy.task_networks import StepResult, study_tasks, task_networks, unit_seed
+from taskstudy.train import TrainConfig, fit, predict, resolve_device
+from taskstudy.transfer import FULL, SCRATCH, transfers
+
+VERSION = "1"
+IMAGENET = "imagenet"  # the supervised-classification encoder from another domain
+SELF_SUPERVISED = ("autoencoding", "colorization", "jigsaw", "inpainting")
+TAXONOMY = "taxonomy"
+
+# The paper's novel-task table (seed 004 / Zamir et al. 2018, Table 2): win rate (%) of the taxonomy's transfer
+# against each method, per novel task. Columns: the paper's reference numbers [49] ImageNet (Krizhevsky et al.),
+# [93] Wang (tracking), [1] Agrawal (egomotion), [97] Zamir (generic 3D), [100] Zhang (colorization), [65] Noroozi
+# (jigsaw).
+PAPER_WINS = pd.DataFrame(
+    [[88, 88, 93, 89, 88, 84, 86, 43], [80, 52, 83, 74, 74, 71, 75, 15], [78, 79, 82, 85, 76, 78, 84, 21],
+     [79, 54, 82, 76, 75, 76, 76, 34], [97, 98, 98, 98, 98, 97, 97, 6], [80, 93, 92, 89, 90, 84, 87, 40],
+     [93, 96, 95, 93, 94, 93, 94, 42], [88, 94, 89, 85, 88, 92, 88, 29], [79, 78, 83, 77, 76, 74, 71, 59],
+     [80, 76, 85, 79, 77, 78, 70, 36]],
+    index=pd.Index(["Depth", "Scene Cls.", "Sem. Segm.", "Object Cls.", "Normals", "2.5D Segm.", "Occ. Edges",
+                    "Curvature", "Egomotion", "Layout"], name="novel task"),
+    columns=["scratch", "ImageNet", "Wang (tracking)", "Agrawal (egomotion)", "Zamir (3D)",
+             "Zhang (colorization)", "Noroozi (jigsaw)", "full sup."],
+) / 100
+# The paper's columns that correspond to this study's baselines.
+PAPER_COLUMNS = {SCRATCH: "scratch", IMAGENET: "ImageNet", "colorization": "Zhang (colorization)",
+                 "jigsaw": "Noroozi (jigsaw)", FULL: "full sup."}
+
+# The paper's Gain and Quality per target task and max transfer order at one supervision budget (the table in
+# seed 004; Zamir et al. 2018, Fig. 9): rows = (study task name or None, the paper's label), columns =
+# gain order 1..4, quality order 1..4. Used by the taxonomy chapter to set the paper's order trend beside ours.
+_PAPER_GQ = """
+segment_unsup25d|2.5D Segm.|.1 .1 .1 .9 .0 .0 .0 .0
+edge2d|2D Edges|.8 .8 .8 .8 .4 .4 .4 .4
+keypoints2d|2D Keypt.|.8 .8 .9 .9 .2 .2 .2 .2
+segment_unsup2d|2D Segm.|.8 .9 .9 .9 .2 .3 .3 .3
+keypoints3d|3D Keypt.|.0 .1 .9 .9 .0 .0 .0 .0
+autoencoding|Autoenc.|.9 1. 1. 1. .0 .0 .0 .0
+curvature|Curvature|.9 .9 .9 .9 .3 .4 .4 .4
+denoising|Denoising|.7 .8 .8 .8 .5 .6 .6 .6
+depth_euclidean|Distance|.7 .7 .7 .7 .4 .4 .4 .4
+-|Egomotion|.0 .9 .9 .9 .0 .0 .0 .0
+room_layout|Layout|.9 .9 .9 .9 .1 .2 .2 .2
+-|Matching|.6 .6 .6 .6 .5 .5 .5 .5
+normals|Normals|.6 .7 .7 .7 .2 .4 .4 .5
+class_object|Object Cls.|.9 .9 .9 .9 .4 .5 .5 .5
+edge_occlusion|Occ. Edges|.9 .9 .9 .9 .4 .4 .4 .4
+-|Pose (fix)|.9 .9 .9 .9 .4 .5 .5 .5
+-|Pose (nonfix)|.9 1. 1. 1. .0 .0 .1 .1
+reshading|Reshading|.8 .8 .8 .8 .3 .3 .4 .4
+class_scene|Scene Cls.|.8 .8 .8 .8 .4 .4 .4 .4
+segment_semantic|Sem. Segm.|.5 .5 .5 .5 .4 .4 .4 .4
+vanishing_point|Vanishing|.7 .8 .8 .8 .2 .2 .2 .2
+depth_zbuffer|Z-Depth|.9 .9 .9 .9 .2 .2 .2 .2
+"""
+
+
+def paper_gain_quality() -> pd.DataFrame:
+    """The paper's per-task Gain and Quality by max order (seed 004's table) as a tidy frame: task (study name,
+    None where the study has no counterpart), paper_task, metric (gain/quality), order, value."""
+    rows = []
+    for line in filter(None, _PAPER_GQ.strip().split("\n")):
+        name, label, vals = line.split("|")
+        v = [float(x) for x in vals.split()]
+        for i, metric in enumerate(("gain", "quality")):
+            rows += [{"task": None if name == "-" else name, "paper_task": label, "metric": metric, "order": k + 1,
+                      "value": v[4 * i + k]} for k in range(4)]
+    return pd.DataFrame(rows)
+
+
+def _cfg(params: Any) -> Any:
+    return params.section("novel_tasks")
+
+
+def imagenet_key(params: Any) -> dict[str, Any]:
+    """Everything that determines the ImageNet-like encoder's weights."""
+    cfg, net = _cfg(params), params.section("task_networks")
+    return {"n_images": cfg.imagenet_n_images, "epochs": cfg.imagenet_epochs, "seed": params.common.seed,
+            "image_size": params.common.image_size, "width": net.width, "depth": net.depth,
+            "decoder_width": net.decoder_width, "batch_size": net.batch_size, "lr": net.lr,
+            "code": data.code_version()}
+
+
+def imagenet_encoder(params: Any) -> dict[str, Any]:
+    """Train (or read from the store) the "ImageNet-like" network: the study's Encoder with a classification
+    decoder, on `imagenet_n_images` object crops (96 classes); scored on a held-out crop split (a quarter the
+    size). Returns state (the whole network), history, test_accuracy, wall_s."""
+    store = Store.for_params(params)
+    cfg, net_cfg = _cfg(params), params.section("task_networks")
+    key = imagenet_key(params)
+
+    def compute() -> dict[str, Any]:
+        seed = unit_seed(params.common.seed, IMAGENET)
+        size = params.common.image_size
+        train = data.crop_split(store, "train", cfg.imagenet_n_images, params.common.seed, size)
+        test = data.crop_split(store, "test", max(NUM_CROP_CLASSES, cfg.imagenet_n_images // 4),
+                               params.common.seed, size)
+        torch.manual_seed(seed)
+        net = TaskNetwork("classification", NUM_CROP_CLASSES, net_cfg.width, net_cfg.depth, net_cfg.decoder_width)
+        start = time.perf_counter()
+        history = fit(net, torch.from_numpy(train["rgb"]), torch.from_numpy(train["label"]), F.cross_entropy,
+                      TrainConfig(cfg.imagenet_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
+                      device=resolve_device(params.common.device))
+        wall = time.perf_counter() - start
+        pred = predict(net, torch.from_numpy(test["rgb"])).argmax(1).numpy()
+        return {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "history": history, "wall_s": wall,
+                "test_accuracy": float((pred == test["label"]).mean()), "n_test": len(test["label"]),
+                "chance": 1 / NUM_CROP_CLASSES}
+
+    return store.get_or_compute("imagenet_encoder", key, compute, VERSION, fmt="pt")
+
+
+def _load_imagenet(params: Any) -> torch.nn.Module:
+    net_cfg = params.section("task_networks")
+    net = TaskNetwork("classification", NUM_CROP_CLASSES, net_cfg.width, net_cfg.depth, net_cfg.decoder_width)
+    net.load_state_dict(imagenet_encoder(params)["state"])
+    return net.encoder.eval()
+
+
+def readout_key(params: Any, target: str) -> dict[str, Any]:
+    """Everything that determines the imagenet -> target readout (same protocol as transfer.readout_key)."""
+    cfg = params.section("transfers")
+    return {"target": target, "sources": IMAGENET, "encoder": imagenet_key(params),
+            "transfer": data.split_key(params.common, "transfer"), "test": data.split_key(params.common, "test"),
+            "readout_width": cfg.readout_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "seed": params.common.seed}
+
+
+def _readout_scores(params: Any, target: str, z_train: torch.Tensor, z_test: torch.Tensor) -> np.ndarray:
+    """Step II's readout protocol (transfer.train_readout) on given frozen features."""
+    cfg, t = params.section("transfers"), taskdict.get_task(target)
+    store = Store.for_params(params)
+    y_train = data.target(data.scene_split(store, params.common, "transfer"), target)
+    y_test = data.target(data.scene_split(store, params.common, "test"), target)
+    seed = unit_seed(params.common.seed, "readout", target, IMAGENET)
+    torch.manual_seed(seed)
+    readout = make_readout(t.kind, z_train.shape[1], t.channels, cfg.readout_width)
+    fit(readout, z_train, y_train, t.loss, TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed),
+        device=resolve_device(params.common.device))
+    return t.score(predict(readout, z_test), y_test).numpy()
+
+
+def imagenet_scores(params: Any, targets: Sequence[str]) -> pd.DataFrame:
+    """Per-image test scores of the imagenet -> target readouts (the score table's columns), store-cached."""
+    store = Store.for_params(params)
+    feats: dict[str, torch.Tensor] = {}
+    frames = []
+    for target in targets:
+        key = readout_key(params, target)
+        r = store.load("novel_readout", key, VERSION)
+        if r is None:
+            if not feats:
+                enc = _load_imagenet(params)
+                for split in ("transfer", "test"):
+                    feats[split] = predict(enc, data.rgb(data.scene_split(store, params.common, split)))
+            r = {"scores": _readout_scores(params, target, feats["transfer"], feats["test"])}
+            store.save("novel_readout", key, r, VERSION, fmt="pt")
+        s = np.asarray(r["scores"], dtype=np.float64)
+        frames.append(pd.DataFrame({"target": target, "sources": IMAGENET, "order": 1, "image": np.arange(len(s)),
+                                    "score": s}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def novel_affinity(scores: pd.DataFrame, max_order: int) -> pd.DataFrame:
+    """Step III for the novel targets: AHP affinities over the dictionary tasks' source sets only (the
+    baselines and the imagenet encoder are left out of the candidates)."""
+    return ahp.affinity_matrix(scores, max_order=max_order, exclude=(*ahp.BASELINES, IMAGENET))
+
+
+def novel_taxonomy(affinity: pd.DataFrame, budget: int | None, max_order: int) -> taxmod.Taxonomy:
+    """Step IV for the novel targets: the BIP over their affinities; budget None = every dictionary task."""
+    tr = taxmod.transfers_from_affinity(affinity)
+    n_sources = len({s for tup in tr["sources"] for s in tup})
+    return taxmod.solve_taxonomy(tr, n_sources if not budget else budget, max_order=max_order)
+
+
+def comparison(scores: pd.DataFrame, tax: taxmod.Taxonomy,
+               baselines: Sequence[str] = (SCRATCH, IMAGENET, *SELF_SUPERVISED, FULL)) -> pd.DataFrame:
+    """The novel-task table: per target, the taxonomy's source set and its win rate against each baseline
+    (Gain = vs scratch, Quality = vs full); a last row "mean" over targets."""
+    rows = []
+    for target, srcs in tax.policy.items():
+        key = ahp.sources_key(srcs)
+        row: dict[str, Any] = {"target": target, "taxonomy's sources": key}
+        for b in baselines:
+            have = scores[(scores.target == target) & (scores.sources == b)]
+            row[b] = evaluate.win_rate(scores, target, key, b) if len(have) else np.nan
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("target")
+    table.loc["mean"] = table[list(baselines)].mean()
+    table.loc["mean", "taxonomy's sources"] = ""
+    return table
+
+
+def loss_table(scores: pd.DataFrame, tax: taxmod.Taxonomy,
+               baselines: Sequence[str] = (SCRATCH, IMAGENET, *SELF_SUPERVISED, FULL)) -> pd.DataFrame:
+    """Mean test loss (negative mean score; lower is better) per novel target of each baseline and of the
+    taxonomy's choice (the paper's second row per task)."""
+    mean = scores.groupby(["target", "sources"])["score"].mean()
+    rows = {t: {**{b: -mean.get((t, b), np.nan) for b in baselines}, TAXONOMY: -mean[(t, ahp.sources_key(s))]}
+            for t, s in tax.policy.items()}
+    return pd.DataFrame(rows).T.rename_axis("target")
+
+
+def paper_beside(table: pd.DataFrame) -> pd.DataFrame:
+    """The study's mean win rates of the taxonomy beside the paper's (mean over its ten novel tasks), for the
+    baselines both have."""
+    rows = [{"against": ours, "paper's column": theirs, "paper (mean win rate)": PAPER_WINS[theirs].mean(),
+             "study (mean win rate)": table.loc["mean", ours]}
+            for ours, theirs in PAPER_COLUMNS.items() if ours in table.columns]
+    return pd.DataFrame(rows)
+
+
+def novel_tasks(params: Any, targets: Sequence[str] | None = None) -> StepResult:
+    """The whole novel-task experiment: Step I-IV for the held-out targets, the imagenet encoder and its
+    readouts. results: scores (every readout and baseline, imagenet included), affinity, taxonomy, table
+    (win rates), losses, imagenet (the encoder's training facts)."""
+    start = time.perf_counter()
+    cfg = _cfg(params)
+    targets = list(targets or taskdict.held_out_tasks())
+    missing = [s for s in SELF_SUPERVISED if s not in study_tasks(params.common)]
+    if missing:
+        raise ValueError(f"the self-supervised sources {missing} are not in common.tasks")
+    step1 = task_networks(params, tasks=targets)
+    step2 = transfers(params, targets=targets)
+    net = imagenet_encoder(params)
+    scores = pd.concat([step2.results["scores"], imagenet_scores(params, targets)], ignore_index=True)
+    order = min(cfg.max_order, params.section("transfers").max_order)
+    affinity = novel_affinity(scores, order)
+    tax = novel_taxonomy(affinity, cfg.budget, order)
+    results = {"scores": scores, "affinity": affinity, "taxonomy": tax, "table": comparison(scores, tax),
+               "losses": loss_table(scores, tax), "gain_quality": evaluate.policy_gain_quality(scores, tax),
+               "imagenet": {k: v for k, v in net.items() if k != "state"}, "max_order": order}
+    return StepResult(results, step1.computed + step2.computed, time.perf_counter() - start)
+
+
+__all__ = ["IMAGENET", "SELF_SUPERVISED", "PAPER_WINS", "imagenet_encoder", "imagenet_scores", "novel_affinity",
+           "novel_taxonomy", "comparison", "loss_table", "paper_beside", "novel_tasks", "paper_gain_quality"]

@@ -1,0 +1,136 @@
+"""Layer transfer (Yosinski et al. 2014): copying exactly the first n layers, frozen layers unchanged by training,
+the experiment's rows at smoke size on the object crops and on a CIFAR-100 fixture, the paper's curves."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from taskstudy import layers
+from taskstudy.store import Store
+from taskstudy.train import TrainConfig
+
+
+def _realdata_fixtures():  # the CIFAR-100 fixture writer of tests/test_realdata.py, reused
+    spec = importlib.util.spec_from_file_location("_realdata_fixtures", Path(__file__).with_name("test_realdata.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_write_cifar = _realdata_fixtures()._write_cifar
+
+CFG = layers.NetConfig(layers=6, width=4, hidden=8, image_size=16, n_classes=5)
+SMOKE = dict(dataset="crops", cifar_root=None, n_images=96, n_test=96, image_size=16, layers=4, width=2,
+             hidden=8, epochs=1, batch_size=32, lr=0.003, seeds=1)
+
+
+def _net(seed: int) -> layers.LayerNet:
+    torch.manual_seed(seed)
+    return layers.LayerNet(CFG)
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _common(workers: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(seed=0, workers=workers, cluster=SimpleNamespace(address=None))
+
+
+def test_net_has_L_layers_classifier_last() -> None:
+    net = _net(0)
+    assert len(net.layers) == CFG.layers
+    assert isinstance(net.layers[-1], torch.nn.Linear) and net.layers[-1].out_features == CFG.n_classes
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, CFG.n_classes)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_copy_first_layers_copies_exactly_n(n: int) -> None:
+    src, dst = _net(0), _net(1)
+    copy_first_layers = layers.copy_first_layers
+    copy_first_layers(src, dst, n, freeze=True)
+    for i in range(CFG.layers):
+        assert _same(src.layers[i], dst.layers[i]) == (i < n), f"layer {i + 1} after copying n={n}"
+        assert all(p.requires_grad == (i >= n) for p in dst.layers[i].parameters())
+    with pytest.raises(ValueError):
+        copy_first_layers(src, dst, CFG.layers, freeze=False)  # the classifier is never copied
+
+
+def test_frozen_layers_unchanged_fine_tuned_layers_change() -> None:
+    g = torch.Generator().manual_seed(0)
+    data = {"xtr": torch.randn(64, 3, 16, 16, generator=g), "ytr": torch.randint(0, 5, (64,), generator=g),
+            "xte": torch.randn(32, 3, 16, 16, generator=g), "yte": torch.randint(0, 5, (32,), generator=g)}
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=0)
+    base, n = _net(0), 3
+    frozen, tuned = _net(1), _net(1)
+    layers.copy_first_layers(base, frozen, n, freeze=True)
+    layers.copy_first_layers(base, tuned, n, freeze=False)
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    layers.train_net(frozen, n, data, cfg)
+    layers.train_net(tuned, 0, data, cfg)
+    after = frozen.state_dict()
+    for i in range(CFG.layers):
+        names = [k for k in before if k.startswith(f"layers.{i}.")]
+        unchanged = all(torch.equal(before[k], after[k]) for k in names)
+        assert unchanged == (i < n), f"layer {i + 1}: frozen={i < n} but unchanged={unchanged}"
+        assert _same(base.layers[i], frozen.layers[i]) == (i < n)
+    assert not _same(base.layers[0], tuned.layers[0])  # fine-tuned: the copied layers train too
+
+
+def _check_rows(df: pd.DataFrame, values: dict) -> None:
+    counts = layers.unit_counts(values)
+    assert len(df) == counts["total"]
+    assert set(df.columns) == {"split_kind", "treatment", "n", "seed", "top1", "cpu_s"}
+    assert set(df.treatment) == set(layers.BASES) | set(layers.TREATMENTS)
+    assert sorted(df[df.treatment == "AnB"].n.unique()) == list(range(1, values["layers"]))
+    assert df.top1.between(0, 1).all()
+
+
+def test_smoke_run_rows_and_reuse(tmp_path: Path) -> None:
+    store = Store(tmp_path / "results")
+    df = layers.run_layer_transfer(SMOKE, _common(), store)
+    _check_rows(df, SMOKE)
+    f = layers.findings(df)
+    assert {"finding1", "finding2", "finding3", "anb_slope", "random_lowest_share"} <= set(f)
+    computed = store.stats["computed"]
+    again = layers.run_layer_transfer(SMOKE, _common(), Store(tmp_path / "results"))
+    pd.testing.assert_frame_equal(df, again)  # every unit read back from the store
+    assert store.stats["computed"] == computed
+    sentences = layers.report(f, layers.findings(layers.load_paper_curves()))
+    assert len(sentences) >= 3
+
+
+def test_cifar_fixture(tmp_path: Path) -> None:
+    _write_cifar(tmp_path / "cifar", per_class=2)
+    values = {**SMOKE, "dataset": "cifar100", "cifar_root": str(tmp_path / "cifar"), "n_images": 200,
+              "n_test": 200, "image_size": 32}
+    key = layers.data_key(values, _common())
+    sets = layers.halves(key, tmp_path / "results")
+    assert sets["dissimilar"]["A"]["n_classes"] + sets["dissimilar"]["B"]["n_classes"] == 100
+    assert sets["similar"]["A"]["xtr"].shape[1:] == (3, 32, 32)
+    store = Store(tmp_path / "results")
+    bases, transfers = layers.make_units(values, _common(), store.root)
+    unit = next(u for u in transfers if (u.split_kind, u.treatment, u.n) == ("dissimilar", "AnB", 2))
+    base = unit.base("baseA")
+    r = layers.run_unit(base)
+    store.save("layer_bases", base.key(), r["state"], layers.VERSION, fmt="pt")
+    assert 0 <= layers.run_unit(unit)["top1"] <= 1  # natural -> man-made transfer, base read from the store
+    with pytest.raises(ValueError, match="cifar_root"):
+        layers.data_key({**values, "cifar_root": None}, _common())
+
+
+def test_paper_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paper = layers.load_paper_curves()
+    assert {"similar", "dissimilar"} == set(paper.split_kind)
+    f = layers.findings(paper)
+    assert f["anb_falls"] and f["finding2"] and f["finding3"]  # the paper's own numbers show its findings
+    monkeypatch.setenv("TASKSTUDY_REFERENCE", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="TASKSTUDY_REFERENCE"):
+        layers.load_paper_curves()
