@@ -42,3 +42,12 @@ def study(tmp_path: Path) -> Path:
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def built_study(tmp_path_factory) -> Path:
+    """A fresh copy of the study with every chapter run on smoke params and the book built (shared, read-only)."""
+    study = copy_study(tmp_path_factory.mktemp("built") / "study")
+    taskstudy("run", "--params", "params/smoke.yaml", "--quiet", cwd=study)
+    taskstudy("book", cwd=study)
+    return study
