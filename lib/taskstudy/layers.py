@@ -18,7 +18,6 @@ net with the prefix's parameters excluded, at a fraction of the cost.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -430,13 +429,10 @@ def findings(df: pd.DataFrame) -> dict[str, Any]:
 
 # ---- the paper's numbers -----------------------------------------------------------------------------------
 def reference_dir() -> Path:
-    """$TASKSTUDY_REFERENCE, else ../shared/reference beside the study root."""
-    env = os.environ.get("TASKSTUDY_REFERENCE")
-    if env:
-        return Path(env)
-    from taskstudy.paths import find_root
+    """The papers' published numbers (taskstudy.paths.reference_dir)."""
+    from taskstudy.paths import reference_dir as _ref
 
-    return find_root().parent / "shared" / "reference"
+    return _ref()
 
 
 def load_paper_curves(path: str | Path | None = None) -> pd.DataFrame:

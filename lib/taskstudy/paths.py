@@ -39,3 +39,10 @@ def chapters_dir(root: Path | None = None) -> Path:
 
 def build_dir(root: Path | None = None) -> Path:
     return (root or find_root()) / "book" / "_build"
+
+
+def reference_dir(root: Path | None = None) -> Path:
+    """The papers' published numbers (reference/ in the study, a copy of the project's shared reference);
+    $TASKSTUDY_REFERENCE overrides it."""
+    env = os.environ.get("TASKSTUDY_REFERENCE")
+    return Path(env) if env else (root or find_root()) / "reference"

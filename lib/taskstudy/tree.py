@@ -10,7 +10,6 @@ with the paper's four groups better than cosine or Euclidean distance with avera
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,13 +143,10 @@ def compare_groups(groups: Mapping[str, int], name_map: Mapping[str, str | None]
 
 
 def reference_dir() -> Path:
-    """The published reference results: $TASKSTUDY_REFERENCE, else <study root>/../shared/reference."""
-    env = os.environ.get("TASKSTUDY_REFERENCE")
-    if env:
-        return Path(env)
-    from taskstudy.paths import find_root
+    """The papers' published numbers (taskstudy.paths.reference_dir)."""
+    from taskstudy.paths import reference_dir as _ref
 
-    return find_root().parent / "shared" / "reference"
+    return _ref()
 
 
 def load_paper_affinities(kind: str = "affinities") -> pd.DataFrame:
