@@ -129,11 +129,25 @@ class LayerTransfer(Section):
     seeds: int = Field(2, ge=1)  # repeats of every (split, treatment, n)
 
 
+class TaskGrouping(Section):
+    tasks: list[str] = ["segment_semantic", "depth_zbuffer", "normals", "keypoints2d", "edge2d"]
+    # ^ every non-empty subset gets a full-size multi-task network, every task a half-size one
+    width: int = Field(8, ge=1)  # full-size encoder width w (stages w, 2w, 4w); 1 budget unit = its MACs per image
+    depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage
+    decoder_width: int = Field(16, ge=1)  # channels of each task decoder (not counted in the budget)
+    epochs: int = Field(3, ge=1)  # passes over the training images per network
+    early_epoch: int = Field(1, ge=1)  # epoch after which test losses are recorded (early-stopping approximation)
+    batch_size: int = Field(64, ge=1)  # images per step
+    lr: float = Field(3e-3, gt=0)  # Adam learning rate; also the lookahead's SGD step
+    train_images: int = Field(1000, ge=0)  # first images of the train split used (0 = all of n_train)
+    lookahead_every: int = Field(5, ge=1)  # training steps between lookahead measurements (all-tasks network)
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
     "affinity": Affinity, "taxonomy": Taxonomy, "novel_tasks": NovelTasks, "task_tree": TaskTree,
-    "layer_transfer": LayerTransfer, "performance": Performance,
+    "layer_transfer": LayerTransfer, "task_grouping": TaskGrouping, "performance": Performance,
 }
 
 
