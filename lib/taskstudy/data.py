@@ -9,7 +9,6 @@ CIFAR-100) is in `taskstudy.realdata`.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ import torch
 
 from taskstudy import scenes
 from taskstudy import tasks as taskdict
-from taskstudy.store import Store
+from taskstudy.store import Store, code_hash
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,10 +29,7 @@ _SMALL_INTS = ("instance", "semantic", "label_segment_semantic", "label_shadow")
 
 def code_version() -> str:
     """Hash of the renderer and the task dictionary: part of every split's key."""
-    h = hashlib.sha256()
-    for mod in (scenes, taskdict):
-        h.update(Path(mod.__file__).read_bytes())
-    return h.hexdigest()[:12]
+    return code_hash(scenes, taskdict)
 
 
 def split_size(common: Any, split: str) -> int:

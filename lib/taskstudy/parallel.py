@@ -93,6 +93,8 @@ def map_units(
     process as each unit finishes (write the store there). A unit whose worker dies is retried `retries` times.
     """
     units = list(units)
+    if not units:  # nothing to do: no progress bar, no cluster start-up
+        return []
     results: list[Any] = [None] * len(units)
     bar = progress(total=len(units), desc=desc or getattr(fn, "__name__", "units"), unit="unit", leave=False)
     try:

@@ -54,6 +54,15 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"cannot hash parameter of type {type(x).__name__}: {x!r}")
 
 
+def code_hash(*modules: Any) -> str:
+    """Hash of the source of the given modules: part of the key of every entry their code computes, so a code
+    change recomputes instead of silently reusing what older code made."""
+    h = hashlib.sha256()
+    for mod in modules:
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

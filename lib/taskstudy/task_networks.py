@@ -25,7 +25,7 @@ from taskstudy import data
 from taskstudy import tasks as taskdict
 from taskstudy.models import Encoder, TaskNetwork
 from taskstudy.parallel import map_claimed
-from taskstudy.store import Store
+from taskstudy.store import Store, code_hash
 from taskstudy.train import TrainConfig, fit, predict, resolve_device
 
 VERSION = "1"
@@ -51,8 +51,14 @@ def network_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
     return {
         "task": task, "train": data.split_key(common, "train"), "width": cfg.width, "depth": cfg.depth,
         "decoder_width": cfg.decoder_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "seed": common.seed,
+        "seed": common.seed, "code": _code(),
     }
+
+
+def _code() -> str:
+    from taskstudy import models, train
+
+    return code_hash(models, train, taskdict)
 
 
 def scores_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from taskstudy import data
 from taskstudy import tasks as taskdict
 from taskstudy.models import Encoder, make_readout
 from taskstudy.parallel import map_claimed
-from taskstudy.store import Store
+from taskstudy.store import Store, code_hash
 from taskstudy.task_networks import VERSION as NET_VERSION
 from taskstudy.task_networks import (
     StepResult,
@@ -40,6 +40,7 @@ from taskstudy.task_networks import (
     network_key,
     scores_key,
     study_tasks,
+    task_networks,
     unit_seed,
 )
 from taskstudy.train import TrainConfig, fit, predict, resolve_device
@@ -106,8 +107,14 @@ def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str,
         "encoders": {s: encoder_key(params, s) for s in sorted(sources)},
         "transfer": data.split_key(params.common, "transfer"), "test": data.split_key(params.common, "test"),
         "readout_width": cfg.readout_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "seed": params.common.seed,
+        "seed": params.common.seed, "code": _readout_code(),
     }
+
+
+def _readout_code() -> str:
+    from taskstudy import models, train
+
+    return code_hash(models, train, taskdict)
 
 
 def scratch_key(params: Any, target: str) -> dict[str, Any]:
@@ -115,7 +122,7 @@ def scratch_key(params: Any, target: str) -> dict[str, Any]:
     return {"target": target, "transfer": data.split_key(params.common, "transfer"),
             "test": data.split_key(params.common, "test"), "epochs": cfg.scratch_epochs, "width": net.width,
             "depth": net.depth, "decoder_width": net.decoder_width, "batch_size": net.batch_size, "lr": net.lr,
-            "seed": params.common.seed}
+            "seed": params.common.seed, "code": _readout_code()}
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,7 @@ def transfers(params: Any, targets: list[str] | None = None) -> StepResult:
     cfg = params.section("transfers")
     sources = study_tasks(params.common)
     targets = targets or [t for t in sources if not taskdict.get_task(t).source_only]
+    task_networks(params, sources)  # Step I first (read from the store when there), so this chapter runs alone
     cache_features(params, [*sources, RANDOM])
 
     first = {t: first_order_sets(sources) for t in targets}
