@@ -143,11 +143,31 @@ class TaskGrouping(Section):
     lookahead_every: int = Field(5, ge=1)  # training steps between lookahead measurements (all-tasks network)
 
 
+class Task2Vec(Section):
+    crops_train: int = Field(1920, ge=96)  # object crops the probe, heads and experts train on
+    crops_test: int = Field(960, ge=96)  # object crops the test errors are measured on
+    scene_tasks: list[str] = ["class_scene", "class_object"]  # scene classification tasks added to the family
+    probe_width: int = Field(8, ge=1)  # probe and expert encoders: stages of w, 2w, 4w channels
+    probe_depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage (probe and experts)
+    probe_epochs: int = Field(15, ge=1)  # epochs of the probe on the 96-class crop task
+    batch_size: int = Field(64, ge=1)  # images per step (probe and experts)
+    lr: float = Field(3e-3, gt=0)  # Adam learning rate (probe and experts)
+    head_wd: float = Field(1e-3, ge=0)  # L2 weight of the retrained linear heads
+    head_steps: int = Field(50, ge=1)  # L-BFGS iterations of a linear head
+    mc_samples: int = Field(1, ge=1)  # labels drawn from p(y|x) per image for the Fisher
+    fisher_samples: int = Field(480, ge=0)  # at most this many training images per task enter its Fisher (0 = all)
+    expert_width: int = Field(8, ge=1)  # encoder width of the experts
+    expert_steps: int = Field(100, ge=1)  # optimiser steps of each expert (same compute for every task)
+    alpha: float = Field(0.15, ge=0)  # weight of the complexity term of the asymmetric distance
+    expert_factor: float = Field(1.5, ge=1)  # a pick within this factor of the best expert's error counts as good
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
     "affinity": Affinity, "taxonomy": Taxonomy, "novel_tasks": NovelTasks, "task_tree": TaskTree,
-    "layer_transfer": LayerTransfer, "task_grouping": TaskGrouping, "performance": Performance,
+    "layer_transfer": LayerTransfer, "task_grouping": TaskGrouping, "task2vec": Task2Vec,
+    "performance": Performance,
 }
 
 
