@@ -66,6 +66,8 @@ def test_every_page_renders_with_working_links_and_images(server, built_study):
     problems = []
     for page in pages:
         rel = page.relative_to(html).as_posix()
+        if 'http-equiv="Refresh"' in page.read_text() or "http-equiv=\"refresh\"" in page.read_text():
+            continue  # a redirect (index.html -> book/intro.html): its target is checked as a page itself
         proc = load(exe, f"{base}/{rel}", "--dump-dom")
         errors = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln and re.search(r"Uncaught|Error", ln)]
         problems += [f"{rel}: JS {e}" for e in errors]

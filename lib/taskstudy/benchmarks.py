@@ -291,5 +291,5 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     store = Store.for_params(P)
     store.save("benchmarks", {"profile": P.profile, "quick": quick}, table, fmt="parquet")
-    table.to_csv(store.root / "csv", index=False)
+    table.to_csv(store.root / "benchmarks.csv", index=False)
     return table
