@@ -1,6 +1,8 @@
 """One training loop for every network of the study: seeded, deterministic on CPU, resumable.
 
-Mini-batch Adam over in-memory tensors; the shuffling order of epoch e comes from a generator seeded with
+Mini-batch Adam over in-memory tensors with the learning rate decayed to zero along a half cosine over all steps
+(Loshchilov & Hutter 2017, without restarts): on this study's short runs the decay is what lets the last
+epochs settle instead of hovering at the constant-rate noise floor. The shuffling order of epoch e comes from a generator seeded with
 (seed, e), so a run resumed from a checkpoint after epoch e continues exactly as an uninterrupted run. A
 checkpoint (model, optimiser, epoch, loss history) is written atomically after every epoch when a path is given.
 """
@@ -8,6 +10,7 @@ checkpoint (model, optimiser, epoch, loss history) is written atomically after e
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +54,11 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def cosine_lr(lr: float, step: int, total: int) -> float:
+    """The learning rate at `step` of `total`: lr * (1 + cos(pi * step / total)) / 2."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
 def fit(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -81,11 +89,14 @@ def fit(
             opt.load_state_dict(state["optimizer"])
             history, start = state["history"], state["epoch"]
     n = inputs.shape[0]
+    steps = -(-n // cfg.batch_size)
     for epoch in range(start, cfg.epochs):
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         total, count = 0.0, 0
-        for i in progress(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=desc is None):
+        for j, i in enumerate(progress(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=desc is None)):
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, epoch * steps + j, cfg.epochs * steps)
             idx = order[i : i + cfg.batch_size]
             x, y = inputs[idx].to(device), targets[idx].to(device)
             loss = loss_fn(model(x), y)
