@@ -162,12 +162,18 @@ class Task2Vec(Section):
     expert_factor: float = Field(1.5, ge=1)  # a pick within this factor of the best expert's error counts as good
 
 
+class Agreement(Section):
+    fisher_images: int = Field(480, ge=8)  # transfer-split images entering each dense task's Task2Vec Fisher
+    head_steps: int = Field(200, ge=1)  # full-batch Adam steps of each dense Task2Vec head
+    n_perm: int = Field(2000, ge=10)  # permutations behind each rank-correlation p-value
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
     "affinity": Affinity, "taxonomy": Taxonomy, "novel_tasks": NovelTasks, "task_tree": TaskTree,
     "layer_transfer": LayerTransfer, "task_grouping": TaskGrouping, "task2vec": Task2Vec,
-    "performance": Performance,
+    "agreement": Agreement, "performance": Performance,
 }
 
 

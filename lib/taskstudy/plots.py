@@ -233,3 +233,24 @@ def trees_side_by_side(trees: Sequence, titles: Sequence[str], groups: Sequence[
     fig.legend(handles=handles, loc="lower center", ncol=len(palette), fontsize=7, title="paper's group")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+def agreement_figure(corr: pd.DataFrame, pair_ranks: pd.DataFrame, title: str) -> plt.Figure:
+    """Left: the methods' rank correlations; right: every task pair's rank under each method (1 = most related),
+    one line per pair, so crossings show where the methods disagree."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 1.4]})
+    sns.heatmap(corr, annot=True, fmt=".2f", cmap="RdBu_r", vmin=-1, vmax=1, center=0, ax=left,
+                annot_kws={"fontsize": 8})
+    left.set_title("Spearman's rho between methods")
+    x = np.arange(pair_ranks.shape[1])
+    for pair, row in pair_ranks.iterrows():
+        label = " & ".join(pair) if isinstance(pair, tuple) else str(pair)
+        right.plot(x, row.to_numpy(), marker="o", label=label)
+    right.set_xticks(x, pair_ranks.columns)
+    right.invert_yaxis()
+    right.set_ylabel("rank of the pair (1 = most related)")
+    right.set_title("task pairs ranked by each method")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

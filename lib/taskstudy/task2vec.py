@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,10 +154,12 @@ def fisher_embedding(probe: Probe, x: torch.Tensor, y: torch.Tensor, n_classes: 
     return torch.cat([a / count for a in acc]).numpy()
 
 
-def _per_sample_sq_grads(model: nn.Module, convs: list[nn.Conv2d], x: torch.Tensor,
-                         y: torch.Tensor) -> list[torch.Tensor]:
+def _per_sample_sq_grads(model: nn.Module, convs: list[nn.Conv2d], x: torch.Tensor, y: torch.Tensor,
+                         nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                         ) -> list[torch.Tensor]:
     """For every conv: (B, filters) = the squared per-sample gradient of -log p(y|x) w.r.t. its weights,
-    averaged over each filter's weights. One forward/backward: in eval mode the samples do not interact, so the
+    averaged over each filter's weights. `nll(output, y)` is the summed -log p (default: cross-entropy of
+    class labels y). One forward/backward: in eval mode the samples do not interact, so the
     gradient at a conv's output is per sample, and the per-sample weight gradient is (grad_out x unfold(in))."""
     inputs: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
@@ -173,7 +175,8 @@ def _per_sample_sq_grads(model: nn.Module, convs: list[nn.Conv2d], x: torch.Tens
             xg = x.detach().requires_grad_(False)
             for c in convs:
                 c.weight.requires_grad_(True)
-            loss = F.cross_entropy(model(xg), y, reduction="sum")
+            out = model(xg)
+            loss = F.cross_entropy(out, y, reduction="sum") if nll is None else nll(out, y)
             model.zero_grad(set_to_none=True)
             loss.backward()
     finally:

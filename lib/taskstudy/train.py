@@ -2,9 +2,10 @@
 
 Mini-batch Adam over in-memory tensors with the learning rate decayed to zero along a half cosine over all steps
 (Loshchilov & Hutter 2017, without restarts): on this study's short runs the decay is what lets the last
-epochs settle instead of hovering at the constant-rate noise floor. The shuffling order of epoch e comes from a generator seeded with
-(seed, e), so a run resumed from a checkpoint after epoch e continues exactly as an uninterrupted run. A
-checkpoint (model, optimiser, epoch, loss history) is written atomically after every epoch when a path is given.
+epochs settle instead of hovering at the constant-rate noise floor. The shuffling order of epoch e comes from a
+generator seeded with (seed, e), and the rate is a function of the step, so a run resumed from a checkpoint after
+epoch e continues exactly as an uninterrupted run. A checkpoint (model, optimiser, epoch, loss history) is
+written atomically after every epoch when a path is given.
 """
 
 from __future__ import annotations

@@ -1,0 +1,96 @@
+"""Do the four methods agree on which tasks are related? (the study's own comparison; no paper has it)
+
+Each method gives a task-by-task matrix M with M[a, b] = how much task b helps task a (row: the receiving
+task, column: the helper), higher = more related:
+
+- Taskonomy (Zamir et al. 2018, Sec. 3.3): the first-order AHP affinity, P[target, source];
+- Task2Vec (Achille et al. 2019, Sec. 3): minus the symmetric distance of the two tasks' embeddings;
+- Standley et al. 2020 (Tables 2-4): the relative drop of a's loss when a shares its encoder with b;
+- lookahead (Fifty et al. 2021, Eq. 3): Z[b -> a], how a gradient step on b changes a's loss.
+
+`relations` turns a matrix into one value per task pair (ordered, or unordered as the mean of both directions);
+`rank_agreement` compares every two methods by Spearman's rho and Kendall's tau over the pairs they both rate,
+with permutation p-values (few pairs: five tasks give ten); `disagreements` lists the pairs whose ranks differ
+the most between methods.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def relations(matrix: pd.DataFrame, tasks: Sequence[str], ordered: bool = False) -> pd.Series:
+    """One value per pair of distinct `tasks` from M[a, b] (b helps a): indexed (a, b) for every ordered pair,
+    or (a, b) with a < b (names sorted) and the mean of M[a, b] and M[b, a] when unordered. A task missing from
+    the matrix leaves its pairs NaN."""
+    m = matrix.reindex(index=list(tasks), columns=list(tasks)).astype(float)
+    if ordered:
+        pairs = [(a, b) for a, b in itertools.permutations(sorted(tasks), 2)]
+        vals = [m.loc[a, b] for a, b in pairs]
+    else:
+        pairs = list(itertools.combinations(sorted(tasks), 2))
+        vals = [np.mean([m.loc[a, b], m.loc[b, a]]) for a, b in pairs]
+    names = ["task", "helper"] if ordered else ["task 1", "task 2"]
+    return pd.Series(vals, index=pd.MultiIndex.from_tuples(pairs, names=names), dtype=float)
+
+
+def _perm_p(x: np.ndarray, y: np.ndarray, statistic: str, n_perm: int, seed: int) -> float:
+    """Two-sided permutation p-value of a rank correlation (pairings of y shuffled), with the +1 correction."""
+    def stat(a: np.ndarray, b: np.ndarray) -> float:
+        return stats.spearmanr(a, b)[0] if statistic == "spearman" else stats.kendalltau(a, b)[0]
+
+    observed = abs(stat(x, y))
+    rng = np.random.default_rng(seed)
+    hits = sum(abs(stat(x, rng.permutation(y))) >= observed - 1e-12 for _ in range(n_perm))
+    return (hits + 1) / (n_perm + 1)
+
+
+def rank_agreement(rel: Mapping[str, pd.Series], n_perm: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """For every two methods: Spearman's rho and Kendall's tau over the pairs both rate, with permutation
+    p-values (`n_perm` shuffles, seeded) and the number of pairs."""
+    rows = []
+    for a, b in itertools.combinations(rel, 2):
+        both = pd.concat([rel[a], rel[b]], axis=1, keys=[a, b]).dropna()
+        n = len(both)
+        row = {"method a": a, "method b": b, "pairs": n}
+        if n >= 3 and both[a].nunique() > 1 and both[b].nunique() > 1:
+            x, y = both[a].to_numpy(), both[b].to_numpy()
+            row |= {"spearman": stats.spearmanr(x, y)[0], "p spearman": _perm_p(x, y, "spearman", n_perm, seed),
+                    "kendall": stats.kendalltau(x, y)[0], "p kendall": _perm_p(x, y, "kendall", n_perm, seed)}
+        else:
+            row |= {"spearman": np.nan, "p spearman": np.nan, "kendall": np.nan, "p kendall": np.nan}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def correlation_matrix(table: pd.DataFrame, methods: Sequence[str], statistic: str = "spearman") -> pd.DataFrame:
+    """rank_agreement's statistic as a symmetric methods x methods matrix (1 on the diagonal)."""
+    m = pd.DataFrame(np.eye(len(methods)), index=list(methods), columns=list(methods))
+    for _, r in table.iterrows():
+        m.loc[r["method a"], r["method b"]] = m.loc[r["method b"], r["method a"]] = r[statistic]
+    return m
+
+
+def ranks(rel: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """Rank of every pair under every method (1 = most related), pairs x methods."""
+    return pd.DataFrame({k: v.rank(ascending=False) for k, v in rel.items()})
+
+
+def disagreements(rel: Mapping[str, pd.Series], top: int = 3) -> pd.DataFrame:
+    """The `top` pairs whose ranks spread the most across methods (max rank - min rank), with the method that
+    ranks each highest and lowest."""
+    r = ranks(rel)
+    spread = r.max(axis=1) - r.min(axis=1)
+    out = pd.DataFrame({"spread": spread, "highest by": r.idxmin(axis=1), "lowest by": r.idxmax(axis=1)})
+    out = pd.concat([out, r], axis=1)
+    return out.sort_values("spread", ascending=False, kind="stable").head(top)
+
+
+def consensus(rel: Mapping[str, pd.Series]) -> pd.Series:
+    """The mean rank of every pair over the methods that rate it (lower = related by more methods)."""
+    return ranks(rel).mean(axis=1).sort_values(kind="stable")
