@@ -35,12 +35,15 @@ def bench_render(
     for size in sizes:
         m = max(batch_size, n * 32 * 32 // (size * size))  # fewer scenes at large sizes
         m = min(m, n)
+        # at most batch_size scenes of 64 x 64 pixels at once: every buffer and label of a 128-pixel batch of 256
+        # scenes held 4.6 GB; the rate per scene does not depend on the batch at these sizes
+        batch = max(8, min(batch_size, batch_size * 64 * 64 // (size * size)))
         scenes.render("train", np.arange(min(64, m)), 0, size)  # warm-up
         rates = []
         for r in range(repeats):
             t0 = time.perf_counter()
-            for s in range(0, m, batch_size):
-                buf = scenes.render("train", np.arange(s, min(m, s + batch_size)) + r * m, 0, size)
+            for s in range(0, m, batch):
+                buf = scenes.render("train", np.arange(s, min(m, s + batch)) + r * m, 0, size)
                 tasks.make_labels(buf)
             rates.append(m / (time.perf_counter() - t0))
         rows.append(
