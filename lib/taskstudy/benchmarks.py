@@ -186,7 +186,9 @@ def bench_scaleout(params, sources: list[str], targets: list[str], workers: tupl
     units = [(small, t, s) for s in sources for t in targets]
     rows, base = [], None
     for w in workers:
-        map_units(_readout_unit, units[:1], workers=w)  # warm caches (and start the cluster) outside the timing
+        # warm every worker's feature cache (and start the cluster) outside the timing: one unit per source and
+        # worker, so that no worker reads features from the store inside the timed part
+        map_units(_readout_unit, [(small, targets[0], s) for s in sources for _ in range(max(w, 1))], workers=w)
         t0 = time.perf_counter()
         scores = map_units(_readout_unit, units, workers=w)
         wall = time.perf_counter() - t0
