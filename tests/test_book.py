@@ -113,3 +113,39 @@ def test_intro_numbers_come_from_the_chapters(built_study):
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     beaten = re.search(r"(\d+) of (\d+) task networks beat both", text)
     assert beaten and f'<span class="pasted-text">{beaten.group(1)}</span>' in page
+
+
+class Figures(HTMLParser):
+    """Counts the plot images (cell outputs) of a page and those inside a <figure> that has a <figcaption>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[dict] = []
+        self.images = 0
+        self.captioned = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "figure":
+            self.stack.append({"images": 0, "caption": False})
+        elif tag == "figcaption" and self.stack:
+            self.stack[-1]["caption"] = True
+        elif tag == "img" and "_images/" in (dict(attrs).get("src") or ""):
+            self.images += 1
+            if self.stack:
+                self.stack[-1]["images"] += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figure" and self.stack:
+            fig = self.stack.pop()
+            self.captioned += fig["images"] if fig["caption"] else 0
+
+
+@pytest.mark.slow
+def test_every_chapter_figure_has_a_caption(built_study):
+    missing = []
+    for page in sorted((built_study / "book/_build/html/book/chapters").glob("*.html")):
+        f = Figures()
+        f.feed(page.read_text())
+        if f.captioned < f.images:
+            missing.append(f"{page.name}: {f.images - f.captioned} of {f.images} figures without a caption")
+    assert not missing, "\n".join(missing)
