@@ -138,17 +138,29 @@ def fisher_embedding(probe: Probe, x: torch.Tensor, y: torch.Tensor, n_classes: 
     if head is None:
         head = fit_head(features(probe, x), y, n_classes, weight_decay, head_steps)
     model = nn.Sequential(probe.encoder, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
-    convs = [m for m in probe.encoder.modules() if isinstance(m, nn.Conv2d)]
+    return monte_carlo_fisher(model, probe.encoder, x, lambda out, gen: sample_labels(F.softmax(out, dim=1), gen),
+                              mc_samples=mc_samples, seed=seed, batch_size=batch_size)
+
+
+def monte_carlo_fisher(model: nn.Module, encoder: nn.Module, x: torch.Tensor,
+                       draw: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *,
+                       nll: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                       mc_samples: int = 1, seed: int = 0, batch_size: int = 64) -> np.ndarray:
+    """Sec. 2.1: the diagonal Fisher of `encoder`'s convolution weights, one value per filter. For every image,
+    `mc_samples` draws y = draw(model output, generator) from the model's predictive distribution; the per-sample
+    gradient of nll(output, y) (default: cross-entropy) is squared and averaged over draws, images and each
+    filter's weights. `model` (eval mode) contains `encoder`."""
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
     acc = [torch.zeros(c.out_channels, dtype=torch.float64) for c in convs]
     gen = torch.Generator().manual_seed(seed)
     count = 0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
         with torch.no_grad():
-            prob = F.softmax(model(xb), dim=1)
+            out = model(xb)
         for _ in range(mc_samples):
-            yb = sample_labels(prob, gen)
-            for k, g2 in enumerate(_per_sample_sq_grads(model, convs, xb, yb)):
+            y = draw(out, gen)
+            for k, g2 in enumerate(_per_sample_sq_grads(model, convs, xb, y, nll)):
                 acc[k] += g2.sum(0)
             count += len(xb)
     return torch.cat([a / count for a in acc]).numpy()

@@ -109,20 +109,9 @@ def dense_fisher_embedding(probe: task2vec.Probe, x: torch.Tensor, y: torch.Tens
     model = nn.Sequential(probe.encoder, head).eval()
     with torch.no_grad():
         scale = likelihood_scale(task, torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]), y)
-    convs = [m for m in probe.encoder.modules() if isinstance(m, nn.Conv2d)]
-    acc = [torch.zeros(c.out_channels, dtype=torch.float64) for c in convs]
-    gen = torch.Generator().manual_seed(seed)
-    count = 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size]
-        with torch.no_grad():
-            out = model(xb)
-        for _ in range(mc_samples):
-            g = output_gradient(task, out, scale, gen)
-            for k, g2 in enumerate(task2vec._per_sample_sq_grads(model, convs, xb, g, nll=_linear_nll)):
-                acc[k] += g2.sum(0)
-            count += len(xb)
-    return torch.cat([a / count for a in acc]).numpy()
+    return task2vec.monte_carlo_fisher(model, probe.encoder, x,
+                                       lambda out, gen: output_gradient(task, out, scale, gen), nll=_linear_nll,
+                                       mc_samples=mc_samples, seed=seed, batch_size=batch_size)
 
 
 def _linear_nll(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
