@@ -215,7 +215,8 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
 
     runs = runs_dir(root)
     runs.mkdir(parents=True, exist_ok=True)
-    partial = runs / f"{chapter.name}.ipynb"
+    partial = runs / f".{chapter.name}.{os.getpid()}.ipynb"  # per process: two runs of one chapter may overlap
+    failed = runs / f"{chapter.name}.ipynb"
     target = chapters_dir(root) / f"{chapter.name}.ipynb"
     started = time.time()
     os.environ["TQDM_DISABLE"] = "1"  # progress bars belong to the terminal, not to the book's pages
@@ -230,12 +231,17 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
             log_output=True,
         )
     except pm.PapermillExecutionError as e:
+        os.replace(partial, failed)
         raise ChapterError(
             f"chapter {chapter.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
-            f"{e.ename}: {e.evalue}\n  executed notebook kept for inspection: {partial.relative_to(root)}"
+            f"{e.ename}: {e.evalue}\n  executed notebook kept for inspection: {failed.relative_to(root)}"
         ) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)  # interrupted: no half-written notebook left behind
+        raise
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, target)
+    failed.unlink(missing_ok=True)  # an earlier failure's notebook is stale now
     record = {
         "chapter": chapter.name,
         "profile": params.profile,
