@@ -111,3 +111,21 @@ def test_dense_embedding_shape_determinism_and_task_check(probe):
     assert e1.shape == (t2v.n_filters(probe.encoder),) and np.all(e1 >= 0) and np.array_equal(e1, e2)
     with pytest.raises(ValueError, match="not a dense task"):
         dense.fit_dense_head(torch.rand(4, 16, 4, 4), torch.rand(4, 9), "room_layout")
+
+
+def test_vectorised_permutation_p_equals_scipy_on_the_same_pairings():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, 10).astype(float), rng.integers(0, 4, 10).astype(float)  # with ties
+    perms = np.argsort(np.random.default_rng(5).random((200, 10)), axis=1)  # the pairings _perm_p draws
+    for name, f in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
+        observed = abs(f(x, y)[0])
+        slow = (sum(abs(f(x, y[p])[0]) >= observed - 1e-12 for p in perms) + 1) / 201
+        assert agreement._perm_p(x, y, name, 200, 5) == pytest.approx(slow)
+
+
+def test_symmetry_of_directed_relations():
+    m = pd.DataFrame(np.arange(16.0).reshape(4, 4), index=TASKS, columns=TASKS)
+    assert agreement.symmetry(agreement.relations(m + m.T, TASKS, ordered=True)) == pytest.approx(1.0)
+    assert agreement.symmetry(agreement.relations(m - m.T, TASKS, ordered=True)) == pytest.approx(-1.0)

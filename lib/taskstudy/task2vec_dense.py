@@ -27,7 +27,9 @@ from torch import nn
 
 from taskstudy import data, task2vec
 from taskstudy import tasks as taskdict
+from taskstudy.models import PIXEL_KINDS
 from taskstudy.store import Store
+from taskstudy.train import predict
 
 VERSION = "1"
 
@@ -45,18 +47,11 @@ class DenseHead(nn.Module):
         return self.up(self.conv(z))
 
 
-@torch.no_grad()
-def feature_maps(probe: task2vec.Probe, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The frozen probe encoder's (N, 4w, H/4, W/4) maps, in eval mode."""
-    probe.eval()
-    return torch.cat([probe.encoder(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
 def fit_dense_head(z: torch.Tensor, y: torch.Tensor, task: str, steps: int = 200, lr: float = 0.05,
                    seed: int = 0) -> DenseHead:
     """A DenseHead on fixed feature maps `z`, full-batch Adam on the task's loss (convex in the head's weights)."""
     t = taskdict.get_task(task)
-    if not t.kind.startswith("pixel"):
+    if t.kind not in PIXEL_KINDS:
         raise ValueError(f"'{task}' is not a dense task (kind {t.kind}); use task2vec.fisher_embedding")
     torch.manual_seed(seed)
     head = DenseHead(z.shape[1], t.channels)
@@ -105,10 +100,9 @@ def dense_fisher_embedding(probe: task2vec.Probe, x: torch.Tensor, y: torch.Tens
 
     The probe's encoder is frozen, in eval mode; the head is `head` or one fitted on (x, y)."""
     if head is None:
-        head = fit_dense_head(feature_maps(probe, x), y, task, head_steps, seed=seed)
+        head = fit_dense_head(predict(probe.encoder, x), y, task, head_steps, seed=seed)
     model = nn.Sequential(probe.encoder, head).eval()
-    with torch.no_grad():
-        scale = likelihood_scale(task, torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)]), y)
+    scale = likelihood_scale(task, predict(model, x), y)
     return task2vec.monte_carlo_fisher(model, probe.encoder, x,
                                        lambda out, gen: output_gradient(task, out, scale, gen), nll=_linear_nll,
                                        mc_samples=mc_samples, seed=seed, batch_size=batch_size)
