@@ -25,7 +25,6 @@ brute-force row) run through parallel.map_units and are stored, keyed by everyth
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,16 +42,12 @@ from taskstudy import data, scenes
 from taskstudy.models import Encoder
 from taskstudy.parallel import map_units
 from taskstudy.store import Store, stable_hash
+from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit, seed_everything
 
 VERSION = "1"
 SECTION = "task2vec"
 SCENE_TASKS = ("class_scene", "class_object")  # scene classification tasks that may join the family
-
-
-def unit_seed(seed: int, *names: str) -> int:
-    """A stable per-unit seed from the study seed and the unit's names."""
-    return zlib.crc32(":".join([str(seed), *names]).encode()) % 2**31
 
 
 # ---------------------------------------------------------------------------------------------- the probe
