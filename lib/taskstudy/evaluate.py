@@ -8,10 +8,12 @@ against random feasible policies under the same budget (Fig. 11).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ConstantInputWarning
 
 from taskstudy.ahp import sources_key
 from taskstudy.taxonomy import (
@@ -22,6 +24,7 @@ from taskstudy.taxonomy import (
     solve_taxonomy,
     transfers_from_affinity,
 )
+from taskstudy.tree import PAPER_NAMES, load_paper_affinities, rank_agreement
 
 GAIN_REF, QUALITY_REF = "scratch", "full"
 
@@ -162,3 +165,56 @@ def significance(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Sequence
 
 
 __all__ = ["win_rate", "policy_gain_quality", "gain_quality_table", "random_policies", "significance"]
+
+
+def first_order_win_rates(scores: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Targets x sources: win rate of every first-order readout (the `random` encoder's included) against
+    `reference` ("full": Quality, "scratch": Gain) on the same target; also `full` against `reference` when
+    reference is "scratch" (the paper's `self` source in its Gain table)."""
+    idx = _Scores(scores)
+    first = scores.loc[scores["order"] == 1, ["target", "sources"]].drop_duplicates()
+    rows = {(t, s): idx.win_rate(t, s, reference) for t, s in first.itertuples(index=False) if idx.has(t, reference)}
+    if reference == GAIN_REF:
+        rows |= {(t, QUALITY_REF): idx.win_rate(t, QUALITY_REF, GAIN_REF) for t in first["target"].unique()
+                 if idx.has(t, QUALITY_REF) and idx.has(t, GAIN_REF)}
+    out = pd.Series(rows, dtype=float).unstack()
+    out.index.name, out.columns.name = "target", "sources"
+    return out
+
+
+def paper_transfer_beside(scores: pd.DataFrame) -> pd.DataFrame:
+    """First-order Gain and Quality of the study beside the paper's published ones (reference/taskonomy,
+    wins_vs_pixels and wins_vs_task), per target both have. Columns (measure, "paper" / "study"): the best
+    transfer from another task (over the sources both have; its name under "best source"), its Gain and Quality,
+    the random encoder's Gain and Quality, the task network's win rate against scratch (the paper's `self` row of
+    its Gain table), and Spearman rho between the two orders of the shared sources by Quality."""
+    study = {"gain": first_order_win_rates(scores, GAIN_REF), "quality": first_order_win_rates(scores, QUALITY_REF)}
+    paper = {"gain": load_paper_affinities("wins_vs_pixels"), "quality": load_paper_affinities("wins_vs_task")}
+    with warnings.catch_warnings():  # a constant win-rate row (tiny profiles) has no rank correlation: NaN
+        warnings.simplefilter("ignore", category=ConstantInputWarning)
+        rho = rank_agreement(study["quality"], paper["quality"]).set_index("target")["rho"]
+    rows = {}
+    for t in study["quality"].index:
+        pt = PAPER_NAMES.get(t)
+        if pt is None or pt not in paper["quality"].index:
+            continue
+        shared = {s: PAPER_NAMES[s] for s in study["quality"].columns
+                  if s != t and PAPER_NAMES.get(s) is not None and PAPER_NAMES[s] in paper["quality"].columns}
+        if not shared:
+            continue
+        best_s = max(shared, key=lambda s: study["quality"].at[t, s])
+        best_p = max(shared, key=lambda s: paper["quality"].at[pt, shared[s]])
+        row = {("best source", "paper"): best_p, ("best source", "study"): best_s}
+        for m in ("gain", "quality"):
+            row[(f"best {m}", "paper")] = paper[m].at[pt, shared[best_p]]
+            row[(f"best {m}", "study")] = study[m].at[t, best_s]
+            row[(f"random {m}", "paper")] = paper[m].at[pt, "random"]
+            row[(f"random {m}", "study")] = study[m].at[t, "random"]
+        row[("network vs scratch", "paper")] = paper["gain"].at[pt, "self"]
+        row[("network vs scratch", "study")] = study["gain"].at[t, QUALITY_REF]
+        row[("rank rho (quality)", "study vs paper")] = rho.get(t, np.nan)
+        rows[t] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    out.index.name = "target"
+    return out

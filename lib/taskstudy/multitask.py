@@ -36,6 +36,7 @@ from taskstudy import tasks as taskdict
 from taskstudy.lookahead import LookaheadAccumulator
 from taskstudy.models import Encoder, make_decoder
 from taskstudy.parallel import map_units
+from taskstudy.reference import claims, standley_best_grouping
 from taskstudy.store import Store
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import resolve_device
@@ -411,3 +412,65 @@ def budget_figure(table: pd.DataFrame, title: str, ax: Any = None) -> Any:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.figure.tight_layout()
     return ax
+
+
+def serving_networks(run: GroupingRun, chosen: Sequence[int]) -> dict[str, int]:
+    """Task -> the chosen network that serves it (the one with its lowest loss, as grouping.total_loss counts)."""
+    return {t: min((i for i in chosen if t in run.results[i]["losses"]), key=lambda i: run.results[i]["losses"][t])
+            for t in run.tasks}
+
+
+def _served_groups(serving: dict[str, int | str], size: dict[int | str, str]) -> str:
+    nets: dict[int | str, list[str]] = {}
+    for t, i in serving.items():
+        nets.setdefault(i, []).append(t)
+    return " | ".join("+".join(ts) + (" (x0.5)" if size[i] == "half" else "") for i, ts in nets.items())
+
+
+def paper_beside(run: GroupingRun, table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Standley et al.'s findings (reference/claims.csv, reference/standley2020_best_grouping.csv) beside the
+    study's numbers: the best grouping at the paper's budget (tasks grouped by the network that serves them),
+    normals alone, the best grouping against all-in-one and all-separate, all-in-one against full-size
+    single-task networks. `table`: budget_table(run); `pairs`: pairwise(run). agrees None: not tested here."""
+    paper, ref = claims("10_task_grouping"), standley_best_grouping()
+    budget = float(ref["budget"].iloc[0])
+    row = table.loc[(table["budget"] - budget).abs().idxmin()]
+    chosen = grouping.best_grouping(run.losses(), run.costs, float(row["budget"]), run.tasks)
+    serving = serving_networks(run, chosen)
+    p_serves = ref[ref["serves"]].set_index("task")
+    common = [t for t in run.tasks if t in p_serves.index]
+    p_size, s_size = dict(zip(ref["network"], ref["size"], strict=False)), {i: run.results[i]["size"] for i in chosen}
+    pairs_t = [(a, b) for k, a in enumerate(common) for b in common[k + 1:]]
+    same = sum((p_serves.at[a, "network"] == p_serves.at[b, "network"]) == (serving[a] == serving[b])
+               for a, b in pairs_t)
+    sizes = sum(p_size[p_serves.at[t, "network"]] == s_size[serving[t]] for t in common)
+    study: dict[str, tuple[str, bool | None]] = {
+        "best_grouping": (f"at {row['budget']:g} units: {_served_groups({t: serving[t] for t in common}, s_size)}; "
+                          f"{same} of {len(pairs_t)} task pairs together or apart as in the paper "
+                          f"({_served_groups(p_serves.loc[common, 'network'].to_dict(), p_size)}), {sizes} of "
+                          f"{len(common)} tasks on a network of the paper's size",
+                          bool(same == len(pairs_t) and sizes == len(common))),
+    }
+    if "normals" in pairs.index:
+        own = pairs.loc["normals"].drop("normals").dropna()
+        given = pairs["normals"].drop("normals").dropna()
+        study["normals_alone"] = (f"the best partner changes normals' loss by {100 * own.max():+.1f}% (pairwise); "
+                                  f"normals change their partners' losses by {100 * given.mean():+.1f}% on average",
+                                  bool(own.max() <= 0 and given.mean() > 0))
+    else:
+        study["normals_alone"] = ("not measured (normals are not among the tasks)", None)
+    beats = row["best_loss"] < row["all_in_one_loss"] and row["best_loss"] < row["all_separate_loss"]
+    study["beats_baselines"] = (f"at {row['budget']:g} units total loss {row['best_loss']:.4f} against "
+                                f"{row['all_in_one_loss']:.4f} (all-in-one) and {row['all_separate_loss']:.4f} "
+                                f"(all-separate)", bool(beats))
+    everything = next(i for i, net in enumerate(run.networks) if len(net) == len(run.tasks))
+    single = run.single_losses()
+    worse = sum(run.results[everything]["losses"][t] > single[t] for t in run.tasks)
+    aio, sep = sum(run.results[everything]["losses"].values()), sum(single.values())
+    study["mtl_vs_single"] = (f"all-in-one total loss {aio:.4f} against {sep:.4f} for {len(single)} full-size "
+                              f"single-task networks; worse for {worse} of {len(run.tasks)} tasks", bool(aio > sep))
+    study["equal_budget"] = ("not measured (only full- and half-size networks are trained)", None)
+    rows = [{"finding": k, "paper (Standley et al. 2020)": paper.at[k, "claim"], "where": paper.at[k, "where"],
+             "paper's number": "not in the sources" if pd.isna(paper.at[k, "number"]) else paper.at[k, "number"],
+             "study": study[k][0], "agrees": study[k][1]} for k in paper.index]
+    return pd.DataFrame(rows)

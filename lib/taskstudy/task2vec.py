@@ -41,6 +41,7 @@ from torch import nn
 from taskstudy import data, scenes
 from taskstudy.models import Encoder
 from taskstudy.parallel import map_units
+from taskstudy.reference import claims
 from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit, seed_everything
@@ -699,3 +700,30 @@ def discussion(f: dict[str, Any], image_size: int, n_images: int) -> str:
         else:
             out.append("Task2Vec's pick is not within the stated factor of the best. " + why)
     return "\n\n".join(out)
+
+
+def paper_beside(f: dict[str, Any], selection: pd.DataFrame) -> pd.DataFrame:
+    """The paper's claims (reference/claims.csv; the sources state no numbers for them) beside the study's
+    numbers from `findings` and `expert_selection`, with whether the study agrees (None: not tested here)."""
+    paper = claims("09_task2vec")
+    n = f["n_tasks"]
+    chance = n / (n - 1)  # expected number of best picks of a uniformly random expert (n - 1 candidates per task)
+    differ = int((selection["chosen expert"] != selection["symmetric pick"]).sum())
+    study = {
+        "distance": (f"same-attribute tasks at mean distance {f['d_same_attribute']:.3f}, different-attribute at "
+                     f"{f['d_different_attribute']:.3f} (permutation p = {f['attribute_p']:.4f})",
+                     f["distance_tracks_attributes"]),
+        "norm": (f"Spearman rho(norm, test error) = {f['norm_error_spearman']:.2f} over {n} tasks "
+                 f"(p = {f['norm_error_p']:.3f})", f["norm_tracks_error"]),
+        "expert": (f"picks the best expert for {f['n_best_chosen']} of {n} tasks (a random pick: {chance:.1f} "
+                   f"expected); median error ratio to the best {f['ratio_median']:.2f}",
+                   f["n_best_chosen"] > chance),
+        "metric": (f"asymmetric and symmetric picks differ for {differ} of {n} tasks; median error ratio "
+                   f"{f['ratio_median']:.2f} (asymmetric) vs {f['sym_ratio_median']:.2f} (symmetric)",
+                   differ > 0 and not np.isclose(f["ratio_median"], f["sym_ratio_median"])),
+        "dataset_size": ("not measured (one training-set size)", None),
+    }
+    rows = [{"finding": k, "paper (Achille et al. 2019)": paper.at[k, "claim"], "where": paper.at[k, "where"],
+             "paper's number": "not in the sources" if pd.isna(paper.at[k, "number"]) else paper.at[k, "number"],
+             "study": study[k][0], "agrees": study[k][1]} for k in paper.index]
+    return pd.DataFrame(rows)

@@ -27,6 +27,7 @@ from taskstudy.models import Encoder, TaskNetwork
 from taskstudy.parallel import map_claimed
 from taskstudy.store import Store, code_hash
 from taskstudy.train import TrainConfig, fit, predict, resolve_device
+from taskstudy.tree import PAPER_NAMES, load_paper_affinities
 
 VERSION = "1"
 
@@ -202,4 +203,25 @@ def history_table(step: StepResult) -> pd.DataFrame:
     """Training loss per epoch of every network, tidy (task, epoch, loss)."""
     rows = [{"task": t, "epoch": e + 1, "loss": v}
             for t, r in step.results.items() for e, v in enumerate(r["network"]["history"])]
+    return pd.DataFrame(rows)
+
+
+def paper_baselines(step: StepResult) -> pd.DataFrame:
+    """The paper's Fig. 6 check beside the study's, per task both have. The paper's per-task win rates against
+    `rand` and `avg` are not in the sources; the closest published numbers (reference/taskonomy) are the win rate
+    of a readout trained on a random-weight encoder against the task network (wins_vs_task, source `random`),
+    next to the study's win rate of `rand` (the untrained network) against its task network (ties count half)."""
+    paper = load_paper_affinities("wins_vs_task")
+    rows = []
+    for task, r in step.results.items():
+        name = PAPER_NAMES.get(task)
+        if name is None or name not in paper.index:
+            continue
+        s = r["scores"]
+        loss = {k: float(-np.mean(v)) for k, v in s.items()}
+        rows.append({"task": task, "paper task": name,
+                     "paper: random-encoder readout wins vs network": float(paper.at[name, "random"]),
+                     "study: rand wins vs network": float(np.mean(s["rand"] > s["network"])
+                                                          + 0.5 * np.mean(s["rand"] == s["network"])),
+                     "study: beats avg and rand": loss["network"] < min(loss["avg"], loss["rand"])})
     return pd.DataFrame(rows)

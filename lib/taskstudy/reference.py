@@ -1,0 +1,46 @@
+"""The papers' reported findings that come as claims rather than tables (reference/claims.csv), and Standley et
+al.'s best grouping of their five-task example (reference/standley2020_best_grouping.csv).
+
+Every claim is stated as its source states it (the seed reviews in the project's shared folder), with the paper's
+section or figure, the number where the source gives one, and the source itself; reference/README.md says where
+each file comes from. The tables of published numbers have their own loaders (taskstudy.tree.load_paper_affinities,
+taskstudy.novel.paper_gain_quality).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from taskstudy.paths import reference_dir
+
+CLAIM_COLUMNS = ["chapter", "finding", "paper", "where", "claim", "number", "source"]
+GROUPING_COLUMNS = ["budget", "network", "size", "cost", "task", "paper_task", "serves"]
+
+
+def read_reference(name: str) -> pd.DataFrame:
+    """One CSV of reference/ (or $TASKSTUDY_REFERENCE), with a clear error when it is missing."""
+    path = reference_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"paper reference file {path} not found; set TASKSTUDY_REFERENCE to the folder "
+                                f"holding {name}")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def claims(chapter: str | None = None) -> pd.DataFrame:
+    """The papers' claims (columns CLAIM_COLUMNS), all of them or one chapter's (e.g. "09_task2vec"), indexed by
+    finding. `number` is the number the source states, as text, or NaN where it states none."""
+    df = read_reference("claims.csv")
+    if chapter is not None:
+        df = df[df["chapter"] == chapter]
+        if df.empty:
+            raise KeyError(f"no claims for chapter {chapter!r} in claims.csv")
+    return df.set_index("finding", drop=False)
+
+
+def standley_best_grouping() -> pd.DataFrame:
+    """Standley et al.'s lowest-total-loss networks for their five tasks at 2.5 budget units (columns
+    GROUPING_COLUMNS): one row per (network, task), `task` in the study's names, `serves` False where the
+    source calls the task's decoder in that network removable (the task is served by another network)."""
+    df = read_reference("standley2020_best_grouping.csv")
+    df["serves"] = df["serves"].astype(str).str.lower().map({"true": True, "false": False})
+    return df

@@ -1,0 +1,94 @@
+"""The papers' claims and Standley et al.'s best grouping (reference/), and the tables that set them beside the
+study's numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from taskstudy import evaluate, grouping, multitask, reference, task2vec
+
+CHAPTERS = ("02_task_networks", "03_transfers", "09_task2vec", "10_task_grouping")
+PAPER_TASKS = ["segment_semantic", "depth_zbuffer", "normals", "keypoints2d", "edge2d"]
+
+
+def test_claims_load_with_their_sources():
+    df = reference.claims()
+    assert list(df.columns) == reference.CLAIM_COLUMNS
+    assert not df.duplicated(["chapter", "finding"]).any()
+    assert set(CHAPTERS) <= set(df["chapter"])
+    assert df["source"].str.startswith("seeds/00").all()
+    assert df[["claim", "where", "paper"]].notna().all().all()
+    nine = reference.claims("09_task2vec")
+    assert nine["number"].isna().all()  # the Task2Vec review states no numbers
+    assert reference.claims("10_task_grouping").at["best_grouping", "number"] == "2.5 units"
+    with pytest.raises(KeyError):
+        reference.claims("99_nothing")
+
+
+def test_reference_file_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKSTUDY_REFERENCE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="claims.csv"):
+        reference.claims()
+
+
+def test_standley_best_grouping():
+    df = reference.standley_best_grouping()
+    assert list(df.columns) == reference.GROUPING_COLUMNS
+    assert df.shape == (7, 7)
+    assert df["serves"].dtype == bool
+    served = df[df["serves"]]
+    assert sorted(served["task"]) == sorted(PAPER_TASKS)  # every task served by exactly one network
+    assert df.drop_duplicates("network")["cost"].sum() == pytest.approx(df["budget"].iloc[0]) == 2.5
+
+
+def test_first_order_win_rates():
+    rows = []
+    for src, vals in {"a": [1, 1, 1], "b": [0, 0, 0], "random": [0, -1, 0]}.items():
+        rows += [{"target": "t", "sources": src, "order": 1, "image": i, "score": v} for i, v in enumerate(vals)]
+    rows += [{"target": "t", "sources": "full", "order": 0, "image": i, "score": 0.0} for i in range(3)]
+    rows += [{"target": "t", "sources": "scratch", "order": 0, "image": i, "score": -0.5} for i in range(3)]
+    scores = pd.DataFrame(rows)
+    quality = evaluate.first_order_win_rates(scores, "full")
+    assert quality.loc["t", "a"] == 1 and quality.loc["t", "b"] == 0.5 and quality.loc["t", "random"] == 1 / 3
+    gain = evaluate.first_order_win_rates(scores, "scratch")
+    assert gain.loc["t", "full"] == 1 and gain.loc["t", "random"] == pytest.approx(2 / 3)
+
+
+def test_task2vec_paper_beside():
+    f = {"n_tasks": 4, "d_same_attribute": 0.1, "d_different_attribute": 0.3, "attribute_p": 0.01,
+         "distance_tracks_attributes": True, "norm_error_spearman": -0.2, "norm_error_p": 0.5,
+         "norm_tracks_error": False, "n_best_chosen": 3, "ratio_median": 1.0, "sym_ratio_median": 1.2}
+    sel = pd.DataFrame({"chosen expert": list("abcd"), "symmetric pick": list("abcc")})
+    df = task2vec.paper_beside(f, sel).set_index("finding")
+    assert df.loc["distance", "agrees"] and not df.loc["norm", "agrees"]
+    assert df.loc["expert", "agrees"] and df.loc["metric", "agrees"] and df.loc["dataset_size", "agrees"] is None
+    assert (df["paper's number"] == "not in the sources").all()
+
+
+def _run(losses_of) -> multitask.GroupingRun:
+    nets, costs = grouping.candidate_networks(PAPER_TASKS)
+    results = [{"losses": (ls := {t: losses_of(net, c, t) for t in net}), "early_losses": ls,
+                "size": "full" if c == 1 else "half"} for net, c in zip(nets, costs, strict=True)]
+    return multitask.GroupingRun(tasks=PAPER_TASKS, networks=nets, costs=costs, results=results,
+                                 lookahead=pd.DataFrame(), computed=[], wall_s=0.0, config=None)
+
+
+def test_multitask_paper_beside_recovers_the_papers_grouping():
+    groups = [{"segment_semantic", "depth_zbuffer"}, {"keypoints2d", "edge2d"}]
+
+    def loss(net, cost, t):  # the paper's partners help each other; normals do best alone and help the others
+        if t == "normals":
+            return 1.0 if len(net) == 1 else 1.5
+        partners = set(net) - {t}
+        helped = any(partners <= g for g in groups) and partners
+        return 0.6 if helped else (0.8 if partners == {"normals"} else 1.0) + 0.3 * (cost < 1) + 0.1 * len(partners)
+
+    run = _run(loss)
+    table = multitask.budget_table(run)
+    df = multitask.paper_beside(run, table, multitask.pairwise(run)).set_index("finding")
+    assert list(df.columns) == ["paper (Standley et al. 2020)", "where", "paper's number", "study", "agrees"]
+    assert "10 of 10 task pairs" in df.loc["best_grouping", "study"]
+    assert df.loc["normals_alone", "agrees"] and df.loc["equal_budget", "agrees"] is None
+    assert np.isin(df["agrees"].dropna(), [True, False]).all()
