@@ -431,7 +431,8 @@ def paper_beside(run: GroupingRun, table: pd.DataFrame, pairs: pd.DataFrame) -> 
     """Standley et al.'s findings (reference/claims.csv, reference/standley2020_best_grouping.csv) beside the
     study's numbers: the best grouping at the paper's budget (tasks grouped by the network that serves them),
     normals alone, the best grouping against all-in-one and all-separate, all-in-one against full-size
-    single-task networks. `table`: budget_table(run); `pairs`: pairwise(run). agrees None: not tested here."""
+    single-task networks (the claims' rows that describe the paper's setting are left out). `table`:
+    budget_table(run); `pairs`: pairwise(run). agrees None: not tested here."""
     paper, ref = claims("10_task_grouping"), standley_best_grouping()
     budget = float(ref["budget"].iloc[0])
     row = table.loc[(table["budget"] - budget).abs().idxmin()]
@@ -472,5 +473,5 @@ def paper_beside(run: GroupingRun, table: pd.DataFrame, pairs: pd.DataFrame) -> 
     study["equal_budget"] = ("not measured (only full- and half-size networks are trained)", None)
     rows = [{"finding": k, "paper (Standley et al. 2020)": paper.at[k, "claim"], "where": paper.at[k, "where"],
              "paper's number": "not in the sources" if pd.isna(paper.at[k, "number"]) else paper.at[k, "number"],
-             "study": study[k][0], "agrees": study[k][1]} for k in paper.index]
+             "study": study[k][0], "agrees": study[k][1]} for k in paper.index if k in study]
     return pd.DataFrame(rows)
