@@ -118,11 +118,11 @@ def test_vectorised_permutation_p_equals_scipy_on_the_same_pairings():
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 4, 10).astype(float), rng.integers(0, 4, 10).astype(float)  # with ties
-    perms = np.argsort(np.random.default_rng(5).random((200, 10)), axis=1)  # the pairings _perm_p draws
+    perms = np.argsort(np.random.default_rng(5).random((200, 10)), axis=1)  # the pairings permutation_p draws
     for name, f in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
         observed = abs(f(x, y)[0])
         slow = (sum(abs(f(x, y[p])[0]) >= observed - 1e-12 for p in perms) + 1) / 201
-        assert agreement._perm_p(x, y, name, 200, 5) == pytest.approx(slow)
+        assert agreement.permutation_p(x, y, name, 200, 5) == pytest.approx(slow)
 
 
 def test_symmetry_of_directed_relations():

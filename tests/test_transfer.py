@@ -53,7 +53,7 @@ def test_readouts_leave_frozen_encoders_bit_identical(params):
     store = Store.for_params(p)
     files = sorted((store.root / "task_network").glob("*.pt"))
     before = [file_sha256(f) for f in files]
-    enc = tr._encoder(p, "normals")
+    enc = tr.frozen_encoder(p, "normals")
     state = {k: v.clone() for k, v in enc.state_dict().items()}
     tr.transfers(p)
     tr.predict(enc, torch.rand(4, 3, 16, 16))

@@ -39,7 +39,7 @@ def relations(matrix: pd.DataFrame, tasks: Sequence[str], ordered: bool = False)
     return pd.Series(vals, index=pd.MultiIndex.from_tuples(pairs, names=names), dtype=float)
 
 
-def _perm_p(x: np.ndarray, y: np.ndarray, statistic: str, n_perm: int, seed: int) -> float:
+def permutation_p(x: np.ndarray, y: np.ndarray, statistic: str, n_perm: int, seed: int) -> float:
     """Two-sided permutation p-value of a rank correlation (pairings of y shuffled), with the +1 correction.
     Vectorised over the permutations: Spearman's rho as the Pearson correlation of average ranks, Kendall's
     tau-b from the signs of all pairs (shuffling y changes neither side's ties), as scipy defines both."""
@@ -73,8 +73,8 @@ def rank_agreement(rel: Mapping[str, pd.Series], n_perm: int = 2000, seed: int =
         row = {"method a": a, "method b": b, "pairs": n}
         if n >= 3 and both[a].nunique() > 1 and both[b].nunique() > 1:
             x, y = both[a].to_numpy(), both[b].to_numpy()
-            row |= {"spearman": stats.spearmanr(x, y)[0], "p spearman": _perm_p(x, y, "spearman", n_perm, seed),
-                    "kendall": stats.kendalltau(x, y)[0], "p kendall": _perm_p(x, y, "kendall", n_perm, seed)}
+            row |= {"spearman": stats.spearmanr(x, y)[0], "p spearman": permutation_p(x, y, "spearman", n_perm, seed),
+                    "kendall": stats.kendalltau(x, y)[0], "p kendall": permutation_p(x, y, "kendall", n_perm, seed)}
         else:
             row |= {"spearman": np.nan, "p spearman": np.nan, "kendall": np.nan, "p kendall": np.nan}
         rows.append(row)

@@ -92,7 +92,7 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
     cfg, store = params.section("transfers"), Store.for_params(params)
     tr, te = (data.scene_split(store, params.common, s) for s in ("transfer", "test"))
     x_tr, x_te = data.rgb(tr), data.rgb(te)
-    encoders = {s: transfer._encoder(params, s) for s in sources}
+    encoders = {s: transfer.frozen_encoder(params, s) for s in sources}
 
     def readout_scores(source: str, target: str, z_train, z_test, model_of) -> float:
         t = tasks.get_task(target)

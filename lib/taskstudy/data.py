@@ -39,8 +39,13 @@ def split_size(common: Any, split: str) -> int:
     return sizes[split]
 
 
+def split_seed(common: Any) -> int:
+    """The seed the scene splits are rendered from: `common.split_seed`, or `common.seed` when unset."""
+    return common.seed if common.split_seed is None else common.split_seed
+
+
 def split_key(common: Any, split: str) -> dict[str, Any]:
-    return {"split": split, "n": split_size(common, split), "seed": common.seed,
+    return {"split": split, "n": split_size(common, split), "seed": split_seed(common),
             "image_size": common.image_size, "code": code_version()}
 
 

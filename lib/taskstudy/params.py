@@ -39,6 +39,7 @@ class Cluster(Section):
 
 class Common(Section):
     seed: int = 0  # every random draw of the study derives from this seed
+    split_seed: int | None = None  # seed of the rendered scene splits; None = `seed` (set it to vary one alone)
     image_size: int = Field(32, ge=16, le=256)  # scene images are image_size x image_size pixels
     n_train: int = Field(2000, ge=1)  # scenes in the task-network (Step I) split
     n_transfer: int = Field(500, ge=1)  # scenes in the transfer (Step II readout) split, smaller as in the paper
@@ -168,12 +169,32 @@ class Agreement(Section):
     n_perm: int = Field(2000, ge=10)  # permutations behind each rank-correlation p-value
 
 
+class Robustness(Section):
+    tasks: list[str] = ["autoencoding", "edge2d", "depth_zbuffer", "normals", "reshading", "room_layout",
+                        "segment_semantic", "class_scene"]  # the base's dictionary (a subset, for time)
+    n_train: int = Field(1000, ge=1)  # the base's Step I split size (common.n_train of every variation)
+    epochs: int = Field(3, ge=1)  # the base's Step I epochs (task_networks.epochs of every variation)
+    seeds: list[int] = [1, 2]  # extra training seeds (common.seed, splits pinned): their spread is the yardstick
+    variations: dict[str, list[str]] = {}  # name -> dotted overrides on top of the base, e.g. ["common.n_transfer=250"]
+    budgets: list[int] = [1, 2, 3, 4]  # supervision budgets whose chosen source sets are compared (Jaccard)
+    outside_dataset: Literal["crops", "cifar100"] = "crops"  # Sec. 5.1's outside set: object crops or CIFAR-100
+    outside_label: Literal["shape", "class"] = "shape"  # crops: 8 shapes (object classes) or 96 shape x texture
+    cifar_root: str | None = None  # folder holding cifar-100-python/ (relative to the study root); for cifar100
+    outside_train: int = Field(2000, ge=16)  # outside images the linear probes are fitted on
+    outside_test: int = Field(1000, ge=16)  # outside images the probe accuracy is measured on
+    probe_grid: int = Field(2, ge=1)  # frozen features average-pooled to grid x grid cells before the probe
+    probe_wd: float = Field(1e-3, ge=0)  # L2 weight of the linear probe
+    probe_steps: int = Field(100, ge=1)  # L-BFGS iterations of the linear probe
+    outside_targets: list[str] = ["class_object", "class_scene"]  # taxonomy rows compared with the outside ranking
+    n_perm: int = Field(2000, ge=10)  # permutations behind the rank-correlation p-value
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
     "affinity": Affinity, "taxonomy": Taxonomy, "novel_tasks": NovelTasks, "task_tree": TaskTree,
     "layer_transfer": LayerTransfer, "task_grouping": TaskGrouping, "task2vec": Task2Vec,
-    "agreement": Agreement, "performance": Performance,
+    "agreement": Agreement, "performance": Performance, "robustness": Robustness,
 }
 
 
@@ -327,8 +348,10 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def validate(raw: dict[str, Any], file: Path, overrides: Iterable[str] = (), root: Path | None = None) -> StudyParams:
-    """Validate a raw profile (plus overrides) into StudyParams; ParamsError names the file and key."""
+def validate(raw: dict[str, Any], file: Path, overrides: Iterable[str] = (), root: Path | None = None,
+             nested: bool = False) -> StudyParams:
+    """Validate a raw profile (plus overrides) into StudyParams; ParamsError names the file and key. The
+    robustness section's variations are overrides too: each is validated here, before any work."""
     overrides = tuple(overrides)
     where = f"{file} (with -p {' '.join(overrides)})" if overrides else str(file)
     data = apply_overrides(raw, overrides)
@@ -356,6 +379,8 @@ def validate(raw: dict[str, Any], file: Path, overrides: Iterable[str] = (), roo
             raise ParamsError(_format_error(where, name, e, model)) from None
     _check_tasks(common, where)
     _check_orders(common, sections, where)
+    if not nested and "robustness" in sections:
+        _check_variations(raw, file, overrides, root, sections["robustness"], where)
     return StudyParams(profile, Path(file), common, sections, overrides, raw, root or _root_or_none())
 
 
@@ -385,6 +410,17 @@ def _check_tasks(common: Common, where: str) -> None:
     for t in common.tasks:
         if t not in taskdict.TASKS:
             raise ParamsError(f"{where}: 'common.tasks': unknown task '{t}'{_suggest(t, valid)}")
+
+
+def _check_variations(raw: dict[str, Any], file: Path, overrides: tuple[str, ...], root: Path | None,
+                      cfg: Any, where: str) -> None:
+    """Every robustness variation must be a valid override of this profile, and the base's tasks real tasks."""
+    _check_tasks(Common(tasks=list(cfg.tasks)), f"{where}: 'robustness.tasks'")
+    for name, extra in cfg.variations.items():
+        try:
+            validate(raw, file, [*overrides, *extra], root, nested=True)
+        except ParamsError as e:
+            raise ParamsError(f"{where}: 'robustness.variations.{name}' is not a valid override: {e}") from None
 
 
 def _check_orders(common: Common, sections: dict[str, Section], where: str) -> None:

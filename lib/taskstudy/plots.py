@@ -254,3 +254,47 @@ def agreement_figure(corr: pd.DataFrame, pair_ranks: pd.DataFrame, title: str) -
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def stability_figure(table: pd.DataFrame, spread: pd.DataFrame) -> plt.Figure:
+    """Each variation's agreement with the base (pooled Spearman's rho of the affinities, left; mean Jaccard of the
+    chosen source sets, right) against the seed-to-seed spread (grey band: lowest to highest over seed pairs)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(table) + 1.8), sharey=True)
+    y = np.arange(len(table))
+    for ax, metric, label in zip(axes, ("pooled rho", "mean jaccard"),
+                                 ("Spearman's rho with the base's affinities (pooled)",
+                                  "mean Jaccard overlap of the chosen sources"), strict=True):
+        if len(spread):
+            ax.axvspan(spread[metric].min(), spread[metric].max(), color="0.85", label="seed-to-seed spread")
+        stable = table[f"{metric} stable"].fillna(True).astype(bool).to_numpy()
+        ax.scatter(table[metric], y, c=np.where(stable, "tab:green", "tab:red"), zorder=3)
+        ax.set_xlabel(label)
+        ax.set_xlim(min(0.0, float(table[metric].min()) - 0.05), 1.02)
+        ax.axvline(0, color="k", lw=0.5)
+    axes[0].set_yticks(y, table.index)
+    axes[0].invert_yaxis()
+    axes[0].set_ylabel("variation (base + overrides)")
+    axes[0].legend(loc="lower left", fontsize=8)
+    fig.suptitle("agreement with the base run: green within the seed spread, red below it")
+    fig.tight_layout()
+    return fig
+
+
+def outside_scatter(accuracy: pd.Series, affinity: pd.DataFrame, targets: Sequence[str], title: str) -> plt.Figure:
+    """One panel per target: each source's probe accuracy on the outside set against its affinity to the target
+    in the taxonomy, both as ranks (1 = best), so a diagonal is perfect agreement."""
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4.6), squeeze=False)
+    for ax, t in zip(axes[0], targets, strict=True):
+        shared = [s for s in accuracy.index if s in affinity.columns and pd.notna(affinity.loc[t, s])]
+        ra = accuracy[shared].rank(ascending=False)
+        rt = affinity.loc[t, shared].astype(float).rank(ascending=False)
+        ax.scatter(rt, ra, color="tab:blue")
+        for s in shared:
+            ax.annotate(s, (rt[s], ra[s]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.plot([1, len(shared)], [1, len(shared)], color="0.6", lw=0.8, ls="--")
+        ax.set_xlabel(f"rank of the source's affinity to {t} (1 = best)")
+        ax.set_ylabel("rank of the source's probe accuracy (1 = best)")
+        ax.set_title(t)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -68,7 +68,8 @@ def features_key(params: Any, source: str, split: str) -> dict[str, Any]:
     return {"encoder": encoder_key(params, source), "split": data.split_key(params.common, split)}
 
 
-def _encoder(params: Any, source: str) -> Encoder:
+def frozen_encoder(params: Any, source: str) -> Encoder:
+    """The frozen encoder E_s of a source (its Step I network's, or the seeded random one), in eval mode."""
     cfg = params.section("task_networks")
     if source == RANDOM:
         torch.manual_seed(unit_seed(params.common.seed, "random_encoder"))
@@ -93,7 +94,7 @@ def cache_features(params: Any, sources: list[str]) -> int:
             if store.exists("features", key, VERSION):
                 continue
             images = data.rgb(data.scene_split(store, params.common, split))
-            z = predict(_encoder(params, s), images, device=device)
+            z = predict(frozen_encoder(params, s), images, device=device)
             store.save("features", key, {"z": z.half()}, VERSION, fmt="pt")
             computed += 1
     return computed
@@ -267,9 +268,11 @@ def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baseli
     return pd.concat(frames, ignore_index=True)
 
 
-def transfers(params: Any, targets: list[str] | None = None) -> StepResult:
+def transfers(params: Any, targets: list[str] | None = None, baselines: bool = True) -> StepResult:
     """Step II: every first-order readout, then the beam search's higher orders, for every target. Returns the
-    per-image score table under results['scores'] and the list of units computed now (the rest were cached)."""
+    per-image score table under results['scores'] and the list of units computed now (the rest were cached).
+    With `baselines=False` the from-scratch networks are not trained and the table has no `scratch`/`full` rows
+    (what a study of the affinities alone needs)."""
     start = time.perf_counter()
     store = Store.for_params(params)
     cfg = params.section("transfers")
@@ -279,15 +282,15 @@ def transfers(params: Any, targets: list[str] | None = None) -> StepResult:
     cache_features(params, [*sources, RANDOM])
 
     first = {t: first_order_sets(sources) for t in targets}
-    computed = _run_units(params, first, set(targets), "first-order")
+    computed = _run_units(params, first, set(targets) if baselines else set(), "first-order")
     first_scores = score_table(params, first, with_baselines=False)
     higher = {t: beam_sets(first_scores, t, cfg.beam, cfg.max_order) for t in targets}
     computed += _run_units(params, higher, set(), "higher-order")
     plan = {t: first[t] + higher[t] for t in targets}
-    table = score_table(params, plan)
-    store.save("transfer_scores", {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
-                                   "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]},
-               table, VERSION, fmt="parquet")
+    table = score_table(params, plan, with_baselines=baselines)
+    key = {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
+           "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]}
+    store.save("transfer_scores", key if baselines else {**key, "baselines": False}, table, VERSION, fmt="parquet")
     return StepResult({"scores": table, "plan": plan}, computed, time.perf_counter() - start)
 
 

@@ -1,0 +1,302 @@
+"""Is the taxonomy's structure real? Taskonomy (Zamir et al. 2018) Sec. 5.2 and Sec. 5.1.
+
+Sec. 5.2 ("Universality of the structure"): Steps I-IV rerun under changes of the experiment (seed, split,
+task-network and readout architecture, amount of transfer data, the task dictionary), each compared with the
+main run. Here every variation is a list of dotted params overrides (the `-p section.key=value` of
+`taskstudy run`) on top of a *base*: the study restricted to `robustness.tasks` at first order with Step I
+shortened (`robustness.n_train`, `robustness.epochs`), so that one variation costs about a minute. Every unit
+goes through the same store as the main study, so what a variation shares with the base (Step I networks when
+only the readout changes, every readout when only the dictionary shrinks) is read, not trained. Agreement of
+two runs: Spearman's rho of their affinity matrices (per target and pooled over cells) and the Jaccard overlap
+of the source sets the BIP chooses per budget; the spread between training seeds is the yardstick.
+
+Sec. 5.1 (ImageNet, MIT Places): every dictionary encoder of the main run linearly probed on an outside
+classification set (the object crops, or a real CIFAR-100 copy), the encoders ranked by probe accuracy and that
+ranking compared with the taxonomy's ranking of the same sources for a classification target (Spearman's rho,
+permutation p-value).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from taskstudy import ahp, data, params, taxonomy, transfer
+from taskstudy import task_networks as step1
+from taskstudy.agreement import permutation_p
+from taskstudy.paths import find_root
+from taskstudy.scenes import NUM_CROP_CLASSES, OBJECT_CLASSES
+from taskstudy.store import Store, code_hash
+from taskstudy.train import predict
+
+VERSION = "1"
+BASE = "base"
+
+
+# --- the variations as params overrides -------------------------------------------------------------------------
+
+def base_overrides(P: Any) -> list[str]:
+    """The overrides that turn the main study into the reduced base every variation starts from: the task
+    subset, first order only, the shorter Step I, and the scene splits pinned to the main run's seed (so a
+    `common.seed` override varies training alone)."""
+    cfg = P.section("robustness")
+    return [f"common.tasks={json.dumps(list(cfg.tasks))}", f"common.split_seed={data.split_seed(P.common)}",
+            f"common.n_train={cfg.n_train}", f"task_networks.epochs={cfg.epochs}", "transfers.max_order=1"]
+
+
+def variations(P: Any) -> dict[str, list[str]]:
+    """Name -> overrides on top of the base: the base itself, one run per extra training seed (the yardstick),
+    then the section's `variations`."""
+    cfg = P.section("robustness")
+    out: dict[str, list[str]] = {BASE: []}
+    out.update({f"seed {s}": [f"common.seed={s}"] for s in cfg.seeds})
+    out.update({name: list(ov) for name, ov in cfg.variations.items()})
+    return out
+
+
+def variation_params(P: Any, overrides: Iterable[str]) -> Any:
+    """The validated params of one variation: P's profile and overrides, then the base's, then the variation's."""
+    return params.load(P.file, [*P.overrides, *base_overrides(P), *overrides])
+
+
+# --- one run of Steps I-IV ----------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Steps I-IV of one variation: its first-order affinity matrix, the BIP's source set per budget, and how many
+    units (task networks and readouts) were trained now against read from the store."""
+
+    name: str
+    overrides: list[str]
+    affinity: pd.DataFrame
+    policies: dict[int, frozenset[str]]
+    trained: int
+    reused: int
+    wall_s: float
+    tasks: list[str] = field(default_factory=list)
+
+
+def policies(affinity: pd.DataFrame, budgets: Iterable[int]) -> dict[int, frozenset[str]]:
+    """Step IV at first order: the supervised source set the BIP chooses for each budget (budgets above the
+    number of candidate sources are skipped)."""
+    cands = taxonomy.transfers_from_affinity(affinity)
+    n = len({s for tup in cands.sources for s in tup})
+    return {b: frozenset(taxonomy.solve_taxonomy(cands, b, max_order=1).sources) for b in budgets if b <= n}
+
+
+def run_variation(P: Any, name: str, overrides: Sequence[str], budgets: Iterable[int]) -> Run:
+    """Steps I-II through the store (trained only where missing), Step III (AHP, first order), Step IV (BIP)."""
+    start = time.perf_counter()
+    Q = variation_params(P, overrides)
+    nets = step1.task_networks(Q)
+    step2 = transfer.transfers(Q, baselines=False)
+    affinity = ahp.affinity_matrix(step2.results["scores"], max_order=1)
+    total = len(nets.results) + sum(len(v) for v in step2.results["plan"].values())
+    trained = len(nets.computed) + len(step2.computed)
+    return Run(name, list(overrides), affinity, policies(affinity, budgets), trained, total - trained,
+               time.perf_counter() - start, step1.study_tasks(Q.common))
+
+
+def main_run(P: Any, budgets: Iterable[int]) -> Run:
+    """The main study (chapters 02-05, the profile without the base's overrides) as a Run: its first-order
+    affinity matrix and policies, from the store."""
+    start = time.perf_counter()
+    affinity = ahp.affinity_matrix(transfer.transfers(P).results["scores"], max_order=1)
+    return Run("main study", [], affinity, policies(affinity, budgets), 0, 0, time.perf_counter() - start,
+               step1.study_tasks(P.common))
+
+
+# --- agreement of two runs --------------------------------------------------------------------------------------
+
+def _shared(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[str], list[str]]:
+    rows = [t for t in a.index if t in b.index]
+    cols = [c for c in a.columns if c in b.columns]
+    return rows, cols
+
+
+def per_target_rho(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
+    """Spearman's rho of two affinity matrices' rows over the source sets both have, per shared target
+    (NaN where fewer than 3 sources are rated by both or a row is constant)."""
+    rows, cols = _shared(a, b)
+    out = {}
+    for t in rows:
+        x, y = a.loc[t, cols].to_numpy(float), b.loc[t, cols].to_numpy(float)
+        ok = ~(np.isnan(x) | np.isnan(y))
+        flat = ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0
+        out[t] = np.nan if flat else float(stats.spearmanr(x[ok], y[ok]).statistic)
+    return pd.Series(out, dtype=float, name="rho")
+
+
+def pooled_rho(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """Spearman's rho over every (target, source set) cell both matrices rate (rows sum to 1, so cells of
+    different targets are on one scale)."""
+    rows, cols = _shared(a, b)
+    x, y = a.loc[rows, cols].to_numpy(float).ravel(), b.loc[rows, cols].to_numpy(float).ravel()
+    ok = ~(np.isnan(x) | np.isnan(y))
+    return float(stats.spearmanr(x[ok], y[ok]).statistic) if ok.sum() >= 3 else float("nan")
+
+
+def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+    """|A & B| / |A | B|; two empty sets agree (1.0)."""
+    a, b = set(a), set(b)
+    return 1.0 if not a | b else len(a & b) / len(a | b)
+
+
+def source_overlap(a: Mapping[int, Iterable[str]], b: Mapping[int, Iterable[str]]) -> pd.Series:
+    """Jaccard overlap of the chosen source sets at every budget both runs solved."""
+    return pd.Series({k: jaccard(a[k], b[k]) for k in sorted(set(a) & set(b))}, dtype=float, name="jaccard")
+
+
+def compare(ref: Run, run: Run, budgets: Iterable[int]) -> dict[str, Any]:
+    """Agreement of `run` with `ref` on what both contain. When `run` studies fewer tasks, `ref`'s BIP is solved
+    again on its affinity restricted to them, so both choose from the same candidates."""
+    rows, cols = _shared(ref.affinity, run.affinity)
+    same = len(rows) == len(ref.affinity) and len(cols) == len(ref.affinity.columns)
+    ref_pol = ref.policies if same else policies(ref.affinity.loc[rows, cols], budgets)
+    rho = per_target_rho(ref.affinity, run.affinity)
+    jac = source_overlap(ref_pol, run.policies)
+    return {"pooled rho": pooled_rho(ref.affinity, run.affinity), "median target rho": float(rho.median()),
+            "lowest target rho": float(rho.min()), "lowest target": rho.idxmin() if rho.notna().any() else None,
+            "mean jaccard": float(jac.mean()), "targets": len(rows), "sources": len(cols),
+            **{f"jaccard@{k}": v for k, v in jac.items()}}
+
+
+def seed_spread(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataFrame:
+    """The yardstick: `compare` for every pair of training-seed runs (the base and each `seed s` run)."""
+    names = [n for n in runs if n == BASE or n.startswith("seed ")]
+    rows = [{"pair": f"{a} vs {b}", **compare(runs[a], runs[b], budgets)} for a, b in itertools.combinations(names, 2)]
+    return pd.DataFrame(rows)
+
+
+def stability_table(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataFrame:
+    """One row per variation: its agreement with the base, and whether each measure lies within the
+    seed-to-seed spread (at or above the lowest value any two seeds reach)."""
+    budgets = list(budgets)
+    spread = seed_spread(runs, budgets)
+    rows = []
+    for name, run in runs.items():
+        if name == BASE:
+            continue
+        row = {"variation": name, "overrides": " ".join(run.overrides), **compare(runs[BASE], run, budgets),
+               "trained": run.trained, "reused": run.reused, "wall_s": run.wall_s}
+        for m in ("pooled rho", "mean jaccard"):
+            row[f"{m} stable"] = bool(row[m] >= spread[m].min() - 1e-12) if len(spread) else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variation")
+
+
+# --- Sec. 5.1: an outside dataset -----------------------------------------------------------------------------
+
+def outside_key(P: Any) -> dict[str, Any]:
+    """What determines the outside classification set."""
+    cfg = P.section("robustness")
+    key: dict[str, Any] = {"dataset": cfg.outside_dataset, "n_train": cfg.outside_train, "n_test": cfg.outside_test,
+                           "image_size": P.common.image_size, "seed": P.common.seed}
+    if cfg.outside_dataset == "crops":
+        key.update(label=cfg.outside_label, code=data.code_version())
+    else:
+        key["cifar_root"] = str(_cifar_root(cfg.cifar_root))
+    return key
+
+
+def _cifar_root(root: str | None) -> Path:
+    if not root:
+        raise ValueError("robustness.outside_dataset is 'cifar100' but robustness.cifar_root is not set")
+    p = Path(root)
+    return p if p.is_absolute() else find_root() / p
+
+
+def outside_name(P: Any) -> str:
+    """A reader's name for the outside set."""
+    cfg = P.section("robustness")
+    if cfg.outside_dataset == "cifar100":
+        return "CIFAR-100 (100 fine classes)"
+    return "object crops (8 shapes)" if cfg.outside_label == "shape" else "object crops (96 shape x texture classes)"
+
+
+def outside_data(P: Any) -> dict[str, torch.Tensor | int]:
+    """The outside set as tensors: x_train, y_train, x_test, y_test (images in [0, 1] at common.image_size) and
+    n_classes. Crops: `outside_label` is 'shape' (8 classes, the object-classification analogue) or
+    'class' (96 shape x texture classes). CIFAR-100: the first n images of each official split, fine labels."""
+    cfg, size = P.section("robustness"), P.common.image_size
+    if cfg.outside_dataset == "crops":
+        store = Store.for_params(P)
+        tr = data.crop_split(store, "train", cfg.outside_train, P.common.seed, size)
+        te = data.crop_split(store, "test", cfg.outside_test, P.common.seed, size)
+        col = "shape" if cfg.outside_label == "shape" else "label"
+        n_classes = len(OBJECT_CLASSES) if col == "shape" else NUM_CROP_CLASSES
+        return {"x_train": torch.from_numpy(tr["rgb"]), "y_train": torch.from_numpy(tr[col]),
+                "x_test": torch.from_numpy(te["rgb"]), "y_test": torch.from_numpy(te[col]), "n_classes": n_classes}
+    from taskstudy.realdata import cifar100
+
+    out: dict[str, Any] = {"n_classes": 100}
+    for split, n in (("train", cfg.outside_train), ("test", cfg.outside_test)):
+        ds = cifar100(_cifar_root(cfg.cifar_root), train=split == "train")
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        x = torch.stack([it["rgb"] for it in items])
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[f"x_{split}"], out[f"y_{split}"] = x, torch.tensor([int(it["label"]) for it in items])
+    return out
+
+
+def pooled_features(encoder: torch.nn.Module, x: torch.Tensor, grid: int) -> torch.Tensor:
+    """The frozen representation E_s(I) average-pooled to grid x grid cells and flattened: the probe's input."""
+    z = predict(encoder, x)
+    return F.adaptive_avg_pool2d(z.float(), grid).flatten(1)
+
+
+def probe_accuracy(encoder: torch.nn.Module, d: Mapping[str, Any], grid: int, weight_decay: float,
+                   steps: int) -> float:
+    """Linear probe (multinomial logistic regression, task2vec.fit_head) on the pooled frozen features; test
+    accuracy."""
+    from taskstudy.task2vec import fit_head
+
+    f_train = pooled_features(encoder, d["x_train"], grid)
+    head = fit_head(f_train, d["y_train"], int(d["n_classes"]), weight_decay, steps)
+    with torch.no_grad():
+        pred = head(pooled_features(encoder, d["x_test"], grid)).argmax(1)
+    return float((pred == d["y_test"]).float().mean())
+
+
+def outside_ranking(P: Any, sources: Sequence[str]) -> pd.DataFrame:
+    """Sec. 5.1: probe accuracy on the outside set of every source's frozen Step I encoder (and the random
+    encoder), one store entry per encoder. Columns: source, accuracy, rank (1 = best), computed (now or read)."""
+    cfg, store = P.section("robustness"), Store.for_params(P)
+    okey = outside_key(P)
+    d: dict[str, Any] | None = None
+    rows = []
+    for s in [*sources, transfer.RANDOM]:
+        key = {"encoder": transfer.encoder_key(P, s), "outside": okey, "grid": cfg.probe_grid,
+               "weight_decay": cfg.probe_wd, "steps": cfg.probe_steps, "code": code_hash(transfer)}
+        r = store.load("outside_probe", key, VERSION)
+        computed = r is None
+        if computed:
+            d = d or outside_data(P)
+            acc = probe_accuracy(transfer.frozen_encoder(P, s), d, cfg.probe_grid, cfg.probe_wd, cfg.probe_steps)
+            r = {"accuracy": acc}
+            store.save("outside_probe", key, r, VERSION, fmt="json")
+        rows.append({"source": s, "accuracy": float(r["accuracy"]), "computed": computed})
+    out = pd.DataFrame(rows)
+    out["rank"] = out["accuracy"].rank(ascending=False, method="average")
+    return out
+
+
+def ranking_agreement(accuracy: pd.Series, affinity_row: pd.Series, n_perm: int, seed: int) -> dict[str, float]:
+    """Spearman's rho between the outside ranking (probe accuracy per source) and the taxonomy's ranking of the
+    same sources for one target (its affinity row), with a two-sided permutation p-value."""
+    shared = [s for s in accuracy.index if s in affinity_row.index and pd.notna(affinity_row[s])]
+    x, y = accuracy[shared].to_numpy(float), affinity_row[shared].to_numpy(float)
+    rho = float(stats.spearmanr(x, y).statistic)
+    return {"rho": rho, "p": permutation_p(x, y, "spearman", n_perm, seed), "n": len(shared)}

@@ -1,0 +1,145 @@
+"""Robustness of the taxonomy (Taskonomy Sec. 5.1-5.2): agreement helpers on hand-made inputs with known answers,
+variations as params overrides only, and the outside-ranking comparison."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+from taskstudy import params
+from taskstudy import robustness as rb
+from taskstudy.params import ParamsError
+
+
+def matrix(rows: dict[str, list[float]], cols: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, index=cols).T
+
+
+def run(name: str, affinity: pd.DataFrame, pol: dict[int, set[str]]) -> rb.Run:
+    return rb.Run(name, [], affinity, {k: frozenset(v) for k, v in pol.items()}, 0, 0, 0.0)
+
+
+def test_rank_correlations_of_affinity_matrices_on_known_inputs():
+    cols = ["a", "b", "c", "d"]
+    ref = matrix({"t1": [0.4, 0.3, 0.2, 0.1], "t2": [0.1, 0.2, 0.3, 0.4]}, cols)
+    same_order = matrix({"t1": [0.9, 0.05, 0.03, 0.02], "t2": [0.0, 0.1, 0.2, 0.7]}, cols)
+    reversed_t2 = matrix({"t1": [0.4, 0.3, 0.2, 0.1], "t2": [0.4, 0.3, 0.2, 0.1]}, cols)
+    assert rb.per_target_rho(ref, same_order).tolist() == pytest.approx([1.0, 1.0])
+    assert rb.per_target_rho(ref, reversed_t2).tolist() == pytest.approx([1.0, -1.0])
+    # pooled over the 8 cells: ranks 8 7 6 5 | 5 6 7 8 (ties averaged) against 8 7 6 5 | 8 7 6 5
+    x = [0.4, 0.3, 0.2, 0.1, 0.1, 0.2, 0.3, 0.4]
+    y = [0.4, 0.3, 0.2, 0.1, 0.4, 0.3, 0.2, 0.1]
+    from scipy.stats import spearmanr
+
+    assert rb.pooled_rho(ref, reversed_t2) == pytest.approx(spearmanr(x, y).statistic)
+    assert rb.pooled_rho(ref, ref) == pytest.approx(1.0)
+
+
+def test_correlations_use_only_shared_targets_and_sources():
+    ref = matrix({"t1": [0.4, 0.3, 0.2, 0.1], "t2": [0.1, 0.2, 0.3, 0.4]}, ["a", "b", "c", "d"])
+    sub = matrix({"t1": [0.5, 0.3, 0.2], "t9": [0.2, 0.3, 0.5]}, ["a", "b", "d"])  # no c, no t2, extra t9
+    rho = rb.per_target_rho(ref, sub)
+    assert list(rho.index) == ["t1"] and rho["t1"] == pytest.approx(1.0)
+    flat = matrix({"t1": [0.25, 0.25, 0.25, 0.25], "t2": [0.1, 0.2, 0.3, 0.4]}, ["a", "b", "c", "d"])
+    assert np.isnan(rb.per_target_rho(ref, flat)["t1"])  # a constant row has no ranking
+
+
+def test_jaccard_and_source_overlap():
+    assert rb.jaccard({"a", "b"}, {"b", "c"}) == pytest.approx(1 / 3)
+    assert rb.jaccard({"a"}, {"a"}) == 1.0
+    assert rb.jaccard(set(), set()) == 1.0
+    assert rb.jaccard({"a"}, {"b"}) == 0.0
+    ov = rb.source_overlap({1: {"a"}, 2: {"a", "b"}, 3: {"a", "b", "c"}}, {1: {"b"}, 2: {"a", "b"}})
+    assert ov.to_dict() == {1: 0.0, 2: 1.0}  # budget 3 solved by one run only
+
+
+def test_compare_resolves_the_reference_on_a_smaller_dictionary():
+    # reference: at budget 1 the BIP supervises c (0.7 + 0.2 > 0.2 + 0.5); without c, it takes a.
+    ref_aff = matrix({"t1": [0.2, 0.1, 0.7], "t2": [0.5, 0.3, 0.2]}, ["a", "b", "c"])
+    ref = run("base", ref_aff, rb.policies(ref_aff, [1, 2]))
+    small_aff = matrix({"t1": [0.8, 0.2], "t2": [0.9, 0.1]}, ["a", "b"])
+    small = run("small", small_aff, rb.policies(small_aff, [1, 2]))
+    out = rb.compare(ref, small, [1, 2])
+    assert out["targets"] == 2 and out["sources"] == 2
+    assert out["jaccard@1"] == 1.0  # both choose {a} once c is not a candidate
+    assert out["jaccard@2"] == 1.0
+    # pooled over the 4 shared cells: ranks (2, 1, 4, 3) against (3, 2, 4, 1): 1 - 6 * 6 / (4 * 15)
+    assert out["pooled rho"] == pytest.approx(0.4)
+    assert np.isnan(out["median target rho"])  # two shared sources per target: too few to rank
+    assert ref.policies[1] == frozenset({"c"})  # compared as it stands, budget 1 would have overlapped 0
+
+
+def test_stability_verdicts_against_the_seed_spread():
+    cols = ["a", "b", "c", "d"]
+    base = matrix({"t1": [0.4, 0.3, 0.2, 0.1], "t2": [0.1, 0.2, 0.3, 0.4]}, cols)
+    seed = matrix({"t1": [0.4, 0.2, 0.3, 0.1], "t2": [0.1, 0.2, 0.4, 0.3]}, cols)  # two swaps
+    good = matrix({"t1": [0.5, 0.3, 0.15, 0.05], "t2": [0.05, 0.15, 0.3, 0.5]}, cols)  # same order as base
+    bad = matrix({"t1": [0.1, 0.2, 0.3, 0.4], "t2": [0.4, 0.3, 0.2, 0.1]}, cols)  # everything reversed
+    runs = {"base": run("base", base, {1: {"a"}}), "seed 1": run("seed 1", seed, {1: {"a"}}),
+            "good": run("good", good, {1: {"a"}}), "bad": run("bad", bad, {1: {"d"}})}
+    spread = rb.seed_spread(runs, [1])
+    assert list(spread.pair) == ["base vs seed 1"]
+    table = rb.stability_table(runs, [1])
+    assert table.loc["good", "pooled rho"] == pytest.approx(1.0)
+    assert bool(table.loc["good", "pooled rho stable"]) and bool(table.loc["good", "mean jaccard stable"])
+    assert not table.loc["bad", "pooled rho stable"] and not table.loc["bad", "mean jaccard stable"]
+    assert table.loc["bad", "mean jaccard"] == 0.0
+
+
+def test_ranking_agreement_on_known_rankings():
+    acc = pd.Series({"a": 0.9, "b": 0.7, "c": 0.5, "d": 0.3, "e": 0.1, "f": 0.05})
+    same = pd.Series({"a": 0.5, "b": 0.2, "c": 0.1, "d": 0.08, "e": 0.06, "f": 0.06 - 1e-3, "random": 0.9})
+    out = rb.ranking_agreement(acc, same, n_perm=400, seed=0)
+    assert out["rho"] == pytest.approx(1.0) and out["n"] == 6
+    assert out["p"] == pytest.approx(2 / 720, abs=0.02)  # exact two-sided p of a perfect 6-ranking: 2/720
+    rev = rb.ranking_agreement(acc, -same, n_perm=400, seed=0)
+    assert rev["rho"] == pytest.approx(-1.0)
+
+
+def test_every_variation_is_a_params_override_of_the_profile():
+    P = params.load(ROOT / "params/default.yaml")
+    plan = rb.variations(P)
+    cfg = P.section("robustness")
+    assert list(plan)[: 1 + len(cfg.seeds)] == ["base", *[f"seed {s}" for s in cfg.seeds]]
+    base = rb.variation_params(P, [])
+    assert base.common.tasks == cfg.tasks and base.common.n_train == cfg.n_train
+    assert base.section("task_networks").epochs == cfg.epochs and base.section("transfers").max_order == 1
+    assert base.common.split_seed == P.common.seed  # the splits stay the main run's when the seed changes
+    for name, ov in plan.items():
+        Q = rb.variation_params(P, ov)
+        changed = {k for k, v in params.flatten(Q.as_dict()).items() if params.flatten(base.as_dict()).get(k) != v}
+        touched = {o.split("=", 1)[0] for o in ov}
+        assert changed <= touched, (name, changed - touched)  # nothing but the override differs from the base
+    # one notebook serves every variation: none is a copied chapter
+    assert len(list((ROOT / "notebooks").glob("*robustness*.ipynb"))) == 1
+
+
+def test_seed_override_keeps_the_splits_and_split_seed_changes_them():
+    from taskstudy import data
+
+    P = params.load(ROOT / "params/smoke.yaml")
+    seed = rb.variation_params(P, ["common.seed=1"])
+    split = rb.variation_params(P, ["common.split_seed=1"])
+    base = rb.variation_params(P, [])
+    assert data.split_key(seed.common, "test") == data.split_key(base.common, "test")
+    assert data.split_key(split.common, "test") != data.split_key(base.common, "test")
+    # the main profile's split keys did not change with the new field (every cached split stays valid)
+    assert data.split_key(P.common, "test")["seed"] == P.common.seed
+
+
+def test_a_bad_variation_fails_at_load_naming_it(tmp_path):
+    raw = params.read_yaml(ROOT / "params/smoke.yaml")
+    raw["robustness"]["variations"] = {"typo": ["transfers.readout_widht=8"]}
+    f = tmp_path / "bad.yaml"
+    f.write_text(json.dumps(raw))
+    with pytest.raises(ParamsError, match=r"robustness.variations.typo.*readout_widht"):
+        params.load(f)
+    raw["robustness"]["variations"] = {}
+    raw["robustness"]["tasks"] = ["normals", "normalz"]
+    f.write_text(json.dumps(raw))
+    with pytest.raises(ParamsError, match="normalz"):
+        params.load(f)
