@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from taskstudy import faults
 from taskstudy.params import StudyParams, _suggest, notebook_defaults
 from taskstudy.paths import build_dir, chapters_dir, find_root, notebooks_dir
 
@@ -221,15 +222,16 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     started = time.time()
     os.environ["TQDM_DISABLE"] = "1"  # progress bars belong to the terminal, not to the book's pages
     try:
-        pm.execute_notebook(
-            str(chapter.path),
-            str(partial),
-            parameters=chapter_parameters(chapter, params),
-            kernel_name=ensure_kernel(),
-            cwd=str(root),
-            progress_bar=progress,
-            log_output=True,
-        )
+        with faults.papermill_writes(chapter.name, partial):  # a no-op unless the reliability tests kill here
+            pm.execute_notebook(
+                str(chapter.path),
+                str(partial),
+                parameters=chapter_parameters(chapter, params),
+                kernel_name=ensure_kernel(),
+                cwd=str(root),
+                progress_bar=progress,
+                log_output=True,
+            )
     except pm.PapermillExecutionError as e:
         os.replace(partial, failed)
         raise ChapterError(
@@ -240,6 +242,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
         partial.unlink(missing_ok=True)  # interrupted: no half-written notebook left behind
         raise
     target.parent.mkdir(parents=True, exist_ok=True)
+    faults.point("notebook.move", chapter.name)
     os.replace(partial, target)
     failed.unlink(missing_ok=True)  # an earlier failure's notebook is stale now
     record = {

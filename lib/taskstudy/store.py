@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from taskstudy import faults
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("pt", "npz", "parquet", "json")
@@ -107,9 +109,10 @@ def _decode(path: Path, fmt: str) -> Any:
     raise ValueError(f"unknown store format '{fmt}'")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, fault: str | None = None) -> None:
     """Write bytes to `path` through a temporary file in the same folder and a rename; on any error
-    (disk full included) the temporary file is removed and `path` is left as it was."""
+    (disk full included) the temporary file is removed and `path` is left as it was. `fault` names the
+    `store.tmp` fault point between the fsync and the rename (taskstudy.faults; for the reliability tests)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -117,6 +120,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if fault is not None:
+            faults.point("store.tmp", fault)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -178,7 +183,8 @@ class Store:
         key = self.key(name, params, version)
         data = _encode(obj, fmt)
         data_path = self._data_path(name, key, fmt)
-        atomic_write(data_path, data)
+        atomic_write(data_path, data, fault=name)
+        faults.point("store.sidecar", name)  # a no-op unless the reliability tests kill the run here
         meta = {
             "name": name,
             "key": key,
