@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 
 MARKERS = ("_config.yml", "notebooks", "params")
@@ -46,3 +48,36 @@ def reference_dir(root: Path | None = None) -> Path:
     $TASKSTUDY_REFERENCE overrides it."""
     env = os.environ.get("TASKSTUDY_REFERENCE")
     return Path(env) if env else (root or find_root()) / "reference"
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_OWNER = re.compile(r"\.(?P<host>[A-Za-z0-9_-]+)~(?P<pid>\d+)\.")
+
+
+def owner_tag() -> str:
+    """`<host>~<pid>` of this process, put in the names of its temporary files (store writes, executed notebooks
+    in progress) so that a later run can tell what a killed process left behind from a live writer's file."""
+    return f"{_HOST}~{os.getpid()}"
+
+
+def is_orphan(path: Path) -> bool:
+    """A temporary file whose writer, a process of this host, no longer runs (it was killed mid-write). Files of
+    live processes and of other hosts (a results folder shared over the network) are never orphans."""
+    m = _OWNER.search(path.name)
+    if not m or m["host"] != _HOST:
+        return False
+    import psutil
+
+    return not psutil.pid_exists(int(m["pid"]))
+
+
+def sweep_orphans(folder: Path, patterns: tuple[str, ...] = (".*.tmp",)) -> list[Path]:
+    """Remove the orphaned temporary files under `folder` (recursively); returns them. Nothing ever reads them,
+    this only gives back their space."""
+    removed = []
+    for pattern in patterns:
+        for p in folder.rglob(pattern):
+            if is_orphan(p):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

@@ -28,7 +28,7 @@ from typing import Any
 
 from taskstudy import faults
 from taskstudy.params import StudyParams, _suggest, notebook_defaults
-from taskstudy.paths import build_dir, chapters_dir, find_root, notebooks_dir
+from taskstudy.paths import build_dir, chapters_dir, find_root, notebooks_dir, owner_tag, sweep_orphans
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
 
     runs = runs_dir(root)
     runs.mkdir(parents=True, exist_ok=True)
-    partial = runs / f".{chapter.name}.{os.getpid()}.ipynb"  # per process: two runs of one chapter may overlap
+    partial = runs / f".{chapter.name}.{owner_tag()}.ipynb"  # per process: two runs of one chapter may overlap
     failed = runs / f"{chapter.name}.ipynb"
     target = chapters_dir(root) / f"{chapter.name}.ipynb"
     started = time.time()
@@ -260,6 +260,19 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
 
     atomic_write(_record_path(chapter, root), json.dumps(record, indent=1).encode())
     return record
+
+
+def sweep(root: Path | None = None, results: Path | None = None) -> list[Path]:
+    """Remove what killed runs left behind: half-written executed notebooks (book/_runs/.NN_name.<host>~<pid>.ipynb)
+    and temporary files in book/_runs and the results store, of processes of this host that no longer run (a
+    concurrent run's files are kept). Nothing reads them; `taskstudy run` calls this first to give back space."""
+    root = root or find_root()
+    removed = sweep_orphans(runs_dir(root), (".*.ipynb", ".*.tmp")) if runs_dir(root).is_dir() else []
+    if results is not None and results.is_dir():
+        removed += sweep_orphans(results)
+    for p in removed:
+        log.info("removed %s, left behind by a killed run", p)
+    return removed
 
 
 def plan(params: StudyParams, wanted: Sequence[str] = (), with_downstream: bool = False,

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from taskstudy import faults
+from taskstudy.paths import owner_tag
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def atomic_write(path: Path, data: bytes, fault: str | None = None) -> None:
     (disk full included) the temporary file is removed and `path` is left as it was. `fault` names the
     `store.tmp` fault point between the fsync and the rename (taskstudy.faults; for the reliability tests)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
