@@ -1,5 +1,6 @@
-"""Reliability on the smoke profile with real processes and files: interruption, Ctrl-C, concurrent runs,
-determinism, a Dask worker dying mid-unit."""
+"""Reliability on the smoke profile with real processes and files: interruption (SIGKILL during training, at
+exact points of a store write and of papermill's notebook writing, during the book build), Ctrl-C, concurrent
+runs, determinism, a Dask worker dying mid-unit."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ RUN = ["run", "02", "03", "--params", "params/smoke.yaml", "--quiet", "-p", FOUR
        "-p", "common.n_train=400", "-p", "task_networks.epochs=3", "-p", "transfers.beam=2"]
 
 
-def start(study: Path, args=RUN) -> subprocess.Popen:
+def start(study: Path, args=RUN, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([str(BIN / "taskstudy"), *args], cwd=study, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **env} if env else None)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
@@ -65,12 +67,18 @@ def tables(study: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, bytes]:
-    """The per-image score tables of one uninterrupted, in-process run (the yardstick of the tests below)."""
+def reference_study(tmp_path_factory) -> Path:
+    """A study after one uninterrupted, in-process run (read-only)."""
     s = copy_study(tmp_path_factory.mktemp("reference"))
     code, _, err = finish(start(s))
     assert code == 0, err
-    return tables(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def reference(reference_study) -> dict[str, bytes]:
+    """The per-image score tables of the uninterrupted run (the yardstick of the tests below)."""
+    return tables(reference_study)
 
 
 @pytest.mark.slow
@@ -188,3 +196,110 @@ def test_dask_worker_killed_mid_unit_is_retried(tmp_path):
     finally:
         close_clients()
     assert out == [42] and (tmp_path / "marker").exists()
+
+
+# SIGKILL at exact points (taskstudy.faults, armed by TASKSTUDY_FAULT): the fault kills `taskstudy run` and its
+# kernel at that point; the same command is run again and must recompute exactly the units left unfinished.
+
+RUN_03 = ["run", "03", *RUN[3:]]
+
+
+def test_sweep_removes_only_what_dead_processes_left(tmp_path):
+    from taskstudy.paths import owner_tag, sweep_orphans
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = owner_tag().split("~")[0]
+    names = {"orphan": f".k.pt.{host}~{dead.pid}.abcd1234.tmp", "live": f".k.pt.{owner_tag()}.abcd1234.tmp",
+             "other host": f".k.pt.elsewhere~{dead.pid}.abcd1234.tmp", "entry": "k.pt"}
+    for n in names.values():
+        (tmp_path / "readout").mkdir(exist_ok=True)
+        (tmp_path / "readout" / n).write_bytes(b"x")
+    assert sweep_orphans(tmp_path) == [tmp_path / "readout" / names["orphan"]]
+    assert sorted(p.name for p in (tmp_path / "readout").iterdir()) == sorted(set(names.values()) - {names["orphan"]})
+
+
+@pytest.fixture(scope="module")
+def after_02(tmp_path_factory) -> Path:
+    """A study whose chapter 02 ran (task networks in the store): where the chapter-03 faults start (read-only)."""
+    s = copy_study(tmp_path_factory.mktemp("after02"))
+    code, _, err = finish(start(s, ["run", "02", *RUN[3:]]))
+    assert code == 0, err
+    return s
+
+
+def units(study: Path) -> dict[str, tuple[int, bytes]]:
+    """Every complete store entry but the assembled score tables, '<name>/<key>' -> (sidecar mtime, sidecar)."""
+    out = {}
+    for p in (study / "results/smoke").glob("*/*.meta.json"):
+        if p.parent.name != "transfer_scores":  # assembled from the readouts by every run of chapter 03
+            out[f"{p.parent.name}/{p.name}"] = (p.stat().st_mtime_ns, p.read_bytes())
+    return out
+
+
+def leftovers(study: Path) -> list[Path]:
+    """Temporary files, half-written notebooks and store data files without their sidecar."""
+    res = study / "results/smoke"
+    data = [p for p in res.glob("*/*.*") if p.suffix in (".pt", ".npz", ".parquet", ".json")
+            and not p.name.endswith(".meta.json") and not p.with_name(p.name.split(".")[0] + ".meta.json").exists()]
+    return [*res.rglob(".*.tmp"), *(study / "book/_runs").glob(".*"), *data]
+
+
+def trained(study: Path, chapter: str) -> int:
+    """The chapter's own count of units it computed in its last run ('K trained in this run')."""
+    text = (study / f"book/chapters/{chapter}.ipynb").read_text()
+    return int(re.search(r"(\d+) (?:units )?trained in this run", text).group(1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", [
+    "store.tmp:scratch:2",  # the 2nd from-scratch network's data fsynced in its temporary file, not renamed
+    "store.sidecar:readout:7",  # a readout's data file in place, its checksum sidecar not written
+    "notebook.write:03_transfers:12",  # papermill half-way through a write of the executed notebook
+    "notebook.move:03_transfers:1",  # the executed notebook complete in book/_runs, not moved to book/chapters
+])
+def test_sigkill_at_exact_point_then_rerun_recomputes_only_unfinished(tmp_path, reference_study, reference,
+                                                                       after_02, fault):
+    import shutil
+
+    import nbformat
+
+    where, name, n = fault.split(":")
+    chapter, s, args = "03_transfers", tmp_path / "s", RUN_03
+    shutil.copytree(after_02, s, symlinks=True)
+    code, _, err = finish(start(s, args, env={"TASKSTUDY_FAULT": fault}))
+    assert code == -signal.SIGKILL, f"the fault point was not reached ({code}): {err[-2000:]}"
+
+    # what the kill left: the interrupted write on disk, the chapter not in the book
+    assert not (s / f"book/chapters/{chapter}.ipynb").exists()
+    partial = list((s / "book/_runs").glob(f".{chapter}.*.ipynb"))
+    if where == "store.tmp":
+        assert [p.stat().st_size > 0 for p in (s / "results/smoke" / name).glob(".*.tmp")] == [True]
+    elif where == "store.sidecar":
+        assert len([p for p in leftovers(s) if p.parent.name == name]) == 1  # data file without sidecar
+    elif where == "notebook.write":
+        with pytest.raises(ValueError):  # truncated JSON
+            nbformat.reads(partial[0].read_text(), as_version=4)
+    elif where == "notebook.move":
+        nbformat.reads(partial[0].read_text(), as_version=4)  # complete
+    assert len(partial) == 1
+    before = units(s)
+    if where.startswith("store."):  # killed exactly at the n-th entry of that name
+        assert len([k for k in before if k.startswith(name + "/")]) == int(n) - 1
+
+    t0 = time.time()
+    code, out, err = finish(start(s, args))
+    assert code == 0, err[-2000:]
+    rerun_s = time.time() - t0
+    after, ref = units(s), units(reference_study)
+    assert after.keys() == ref.keys()  # the store is complete ...
+    assert {k: after[k] for k in before} == before  # ... and no finished unit was recomputed or rewritten
+    new = after.keys() - before.keys()
+    assert len(new) == len(ref) - len(before)
+    by_name = lambda n: len([k for k in new if k.startswith(n + "/")])  # noqa: E731
+    assert trained(s, chapter) == by_name("readout") + by_name("scratch") == len(new)  # the chapter's own count
+    assert not leftovers(s), leftovers(s)  # no temporary or half-written file survives the rerun
+    for nb in (s / "book/chapters").glob("*.ipynb"):
+        nbformat.read(nb, as_version=4)
+    assert tables(s) and tables(s) == reference  # byte-identical per-image score tables
+    print(f"{fault}: {len(before)} units done before the kill, {len(new)} recomputed; rerun {rerun_s:.0f} s")
