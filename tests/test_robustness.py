@@ -143,3 +143,13 @@ def test_a_bad_variation_fails_at_load_naming_it(tmp_path):
     f.write_text(json.dumps(raw))
     with pytest.raises(ParamsError, match="normalz"):
         params.load(f)
+
+
+def test_critical_rho_matches_the_t_test_threshold():
+    from scipy import stats
+
+    for n in (8, 21, 40):
+        r = rb.critical_rho(n)
+        t = r * np.sqrt((n - 2) / (1 - r * r))
+        assert 2 * stats.t.sf(t, n - 2) == pytest.approx(0.05)
+    assert rb.critical_rho(10) > rb.critical_rho(40)  # more pairs, a smaller rho suffices

@@ -300,3 +300,10 @@ def ranking_agreement(accuracy: pd.Series, affinity_row: pd.Series, n_perm: int,
     x, y = accuracy[shared].to_numpy(float), affinity_row[shared].to_numpy(float)
     rho = float(stats.spearmanr(x, y).statistic)
     return {"rho": rho, "p": permutation_p(x, y, "spearman", n_perm, seed), "n": len(shared)}
+
+
+def critical_rho(n: int, alpha: float = 0.05) -> float:
+    """The smallest |Spearman's rho| over n pairs that is significant at `alpha` (two-sided), by the usual t
+    approximation t = rho sqrt((n - 2) / (1 - rho^2))."""
+    t = stats.t.ppf(1 - alpha / 2, n - 2)
+    return float(t / np.sqrt(n - 2 + t * t))
