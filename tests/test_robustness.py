@@ -153,3 +153,17 @@ def test_critical_rho_matches_the_t_test_threshold():
         t = r * np.sqrt((n - 2) / (1 - r * r))
         assert 2 * stats.t.sf(t, n - 2) == pytest.approx(0.05)
     assert rb.critical_rho(10) > rb.critical_rho(40)  # more pairs, a smaller rho suffices
+
+
+def test_linear_probe_reads_what_the_representation_holds():
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=gen)
+    x = 0.2 * torch.rand(300, 3, 8, 8, generator=gen)
+    x[torch.arange(300), y] += 0.5  # the class is which channel is bright
+    d = {"x_train": x[:200], "y_train": y[:200], "x_test": x[200:], "y_test": y[200:], "n_classes": 3}
+    identity = torch.nn.Identity()
+    assert rb.probe_accuracy(identity, d, grid=2, weight_decay=1e-3, steps=50) > 0.95
+    shuffled = {**d, "y_train": d["y_train"][torch.randperm(200, generator=gen)]}
+    assert rb.probe_accuracy(identity, shuffled, grid=2, weight_decay=1e-3, steps=50) < 0.6  # chance is 1/3

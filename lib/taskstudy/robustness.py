@@ -270,6 +270,15 @@ def probe_accuracy(encoder: torch.nn.Module, d: Mapping[str, Any], grid: int, we
     return float((pred == d["y_test"]).float().mean())
 
 
+def _probe_code() -> str:
+    """Hash of the code a probe's accuracy depends on (this module's probe and task2vec.fit_head)."""
+    import sys
+
+    from taskstudy import task2vec
+
+    return code_hash(sys.modules[__name__], task2vec)
+
+
 def outside_ranking(P: Any, sources: Sequence[str]) -> pd.DataFrame:
     """Sec. 5.1: probe accuracy on the outside set of every source's frozen Step I encoder (and the random
     encoder), one store entry per encoder. Columns: source, accuracy, rank (1 = best), computed (now or read)."""
@@ -279,7 +288,7 @@ def outside_ranking(P: Any, sources: Sequence[str]) -> pd.DataFrame:
     rows = []
     for s in [*sources, transfer.RANDOM]:
         key = {"encoder": transfer.encoder_key(P, s), "outside": okey, "grid": cfg.probe_grid,
-               "weight_decay": cfg.probe_wd, "steps": cfg.probe_steps, "code": code_hash(transfer)}
+               "weight_decay": cfg.probe_wd, "steps": cfg.probe_steps, "code": _probe_code()}
         r = store.load("outside_probe", key, VERSION)
         computed = r is None
         if computed:
