@@ -298,3 +298,16 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
     store.save("benchmarks", {"profile": P.profile, "quick": quick}, table, fmt="parquet")
     table.to_csv(store.root / "benchmarks.csv", index=False)
     return table
+
+
+#: Wall-time targets of single chapters on the default profile (issues 7 and 12), in seconds.
+CHAPTER_TARGETS_S = {"08_layer_transfer": 240.0, "09_task2vec": 240.0, "12_robustness": 480.0}
+
+
+def chapter_targets(runs: pd.DataFrame, targets: dict[str, float] | None = None) -> pd.DataFrame:
+    """The chapters that have a wall-time target: their last recorded run ("chapter", "wall s" columns, as
+    manifest.run_records) against it. Columns: chapter, wall_s, target_s, pass."""
+    targets = CHAPTER_TARGETS_S if targets is None else targets
+    rows = [{"chapter": c, "wall_s": float(w), "target_s": targets[c], "pass": bool(w <= targets[c])}
+            for c, w in zip(runs["chapter"], runs["wall s"], strict=True) if c in targets]
+    return pd.DataFrame(rows, columns=["chapter", "wall_s", "target_s", "pass"])
