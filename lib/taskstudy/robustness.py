@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from taskstudy import ahp, data, params, taxonomy, transfer
+from taskstudy import ahp, data, params, taxonomy, transfer, tree
 from taskstudy import task_networks as step1
 from taskstudy.agreement import permutation_p
 from taskstudy.paths import find_root
@@ -125,26 +126,28 @@ def _shared(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[str], list[str]]:
     return rows, cols
 
 
+def _rank_agreement(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """tree.rank_agreement on two matrices of the study's own names (every source kept, the random encoder's
+    too): per-target rows, then "pooled". A constant row has no ranking: NaN, without scipy's warning."""
+    names = {n: n for n in [*a.index, *a.columns, *b.index, *b.columns]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=stats.ConstantInputWarning)
+        return tree.rank_agreement(a, b, name_map=names, exclude=())
+
+
 def per_target_rho(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
     """Spearman's rho of two affinity matrices' rows over the source sets both have, per shared target
     (NaN where fewer than 3 sources are rated by both or a row is constant)."""
-    rows, cols = _shared(a, b)
-    out = {}
-    for t in rows:
-        x, y = a.loc[t, cols].to_numpy(float), b.loc[t, cols].to_numpy(float)
-        ok = ~(np.isnan(x) | np.isnan(y))
-        flat = ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0
-        out[t] = np.nan if flat else float(stats.spearmanr(x[ok], y[ok]).statistic)
-    return pd.Series(out, dtype=float, name="rho")
+    out = _rank_agreement(a, b)
+    out = out[out["target"] != "pooled"]
+    return pd.Series(out["rho"].to_numpy(float), index=out["target"].to_list(), dtype=float, name="rho")
 
 
 def pooled_rho(a: pd.DataFrame, b: pd.DataFrame) -> float:
     """Spearman's rho over every (target, source set) cell both matrices rate (rows sum to 1, so cells of
     different targets are on one scale)."""
-    rows, cols = _shared(a, b)
-    x, y = a.loc[rows, cols].to_numpy(float).ravel(), b.loc[rows, cols].to_numpy(float).ravel()
-    ok = ~(np.isnan(x) | np.isnan(y))
-    return float(stats.spearmanr(x[ok], y[ok]).statistic) if ok.sum() >= 3 else float("nan")
+    out = _rank_agreement(a, b)
+    return float(out.loc[out["target"] == "pooled", "rho"].iloc[0])
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
