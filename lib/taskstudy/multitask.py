@@ -36,7 +36,7 @@ from taskstudy import tasks as taskdict
 from taskstudy.lookahead import LookaheadAccumulator
 from taskstudy.models import Encoder, make_decoder
 from taskstudy.parallel import map_units
-from taskstudy.reference import claims, standley_best_grouping
+from taskstudy.reference import beside, standley_best_grouping
 from taskstudy.store import Store
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import resolve_device
@@ -433,7 +433,7 @@ def paper_beside(run: GroupingRun, table: pd.DataFrame, pairs: pd.DataFrame) -> 
     normals alone, the best grouping against all-in-one and all-separate, all-in-one against full-size
     single-task networks (the claims' rows that describe the paper's setting are left out). `table`:
     budget_table(run); `pairs`: pairwise(run). agrees None: not tested here."""
-    paper, ref = claims("10_task_grouping"), standley_best_grouping()
+    ref = standley_best_grouping()
     budget = float(ref["budget"].iloc[0])
     row = table.loc[(table["budget"] - budget).abs().idxmin()]
     chosen = grouping.best_grouping(run.losses(), run.costs, float(row["budget"]), run.tasks)
@@ -471,7 +471,4 @@ def paper_beside(run: GroupingRun, table: pd.DataFrame, pairs: pd.DataFrame) -> 
     study["mtl_vs_single"] = (f"all-in-one total loss {aio:.4f} against {sep:.4f} for {len(single)} full-size "
                               f"single-task networks; worse for {worse} of {len(run.tasks)} tasks", bool(aio > sep))
     study["equal_budget"] = ("not measured (only full- and half-size networks are trained)", None)
-    rows = [{"finding": k, "paper (Standley et al. 2020)": paper.at[k, "claim"], "where": paper.at[k, "where"],
-             "paper's number": "not in the sources" if pd.isna(paper.at[k, "number"]) else paper.at[k, "number"],
-             "study": study[k][0], "agrees": study[k][1]} for k in paper.index if k in study]
-    return pd.DataFrame(rows)
+    return beside("10_task_grouping", "paper (Standley et al. 2020)", study)

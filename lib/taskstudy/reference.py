@@ -9,6 +9,8 @@ taskstudy.novel.paper_gain_quality).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
 
 from taskstudy.paths import reference_dir
@@ -44,3 +46,15 @@ def standley_best_grouping() -> pd.DataFrame:
     df = read_reference("standley2020_best_grouping.csv")
     df["serves"] = df["serves"].astype(str).str.lower().map({"true": True, "false": False})
     return df
+
+
+def beside(chapter: str, paper_label: str, study: Mapping[str, tuple[str, bool | None]]) -> pd.DataFrame:
+    """A chapter's claims beside the study's findings: one row per claim the study addresses (`study`: finding ->
+    (what the study found, as text; whether it agrees, None where not tested)). Columns: finding, `paper_label`
+    (the claim), where, paper's number ("not in the sources" where the source states none), study, agrees."""
+    paper = claims(chapter)
+    return pd.DataFrame([
+        {"finding": k, paper_label: paper.at[k, "claim"], "where": paper.at[k, "where"],
+         "paper's number": "not in the sources" if pd.isna(paper.at[k, "number"]) else paper.at[k, "number"],
+         "study": study[k][0], "agrees": study[k][1]}
+        for k in paper.index if k in study])

@@ -41,7 +41,7 @@ from torch import nn
 from taskstudy import data, scenes
 from taskstudy.models import Encoder
 from taskstudy.parallel import map_units
-from taskstudy.reference import claims
+from taskstudy.reference import beside
 from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit, seed_everything
@@ -705,7 +705,6 @@ def discussion(f: dict[str, Any], image_size: int, n_images: int) -> str:
 def paper_beside(f: dict[str, Any], selection: pd.DataFrame) -> pd.DataFrame:
     """The paper's claims (reference/claims.csv; the sources state no numbers for them) beside the study's
     numbers from `findings` and `expert_selection`, with whether the study agrees (None: not tested here)."""
-    paper = claims("09_task2vec")
     n = f["n_tasks"]
     chance = n / (n - 1)  # expected number of best picks of a uniformly random expert (n - 1 candidates per task)
     differ = int((selection["chosen expert"] != selection["symmetric pick"]).sum())
@@ -723,7 +722,4 @@ def paper_beside(f: dict[str, Any], selection: pd.DataFrame) -> pd.DataFrame:
                    differ > 0 and not np.isclose(f["ratio_median"], f["sym_ratio_median"])),
         "dataset_size": ("not measured (one training-set size)", None),
     }
-    rows = [{"finding": k, "paper (Achille et al. 2019)": paper.at[k, "claim"], "where": paper.at[k, "where"],
-             "paper's number": "not in the sources" if pd.isna(paper.at[k, "number"]) else paper.at[k, "number"],
-             "study": study[k][0], "agrees": study[k][1]} for k in paper.index]
-    return pd.DataFrame(rows)
+    return beside("09_task2vec", "paper (Achille et al. 2019)", study)
