@@ -167,3 +167,21 @@ def test_linear_probe_reads_what_the_representation_holds():
     assert rb.probe_accuracy(identity, d, grid=2, weight_decay=1e-3, steps=50) > 0.95
     shuffled = {**d, "y_train": d["y_train"][torch.randperm(200, generator=gen)]}
     assert rb.probe_accuracy(identity, shuffled, grid=2, weight_decay=1e-3, steps=50) < 0.6  # chance is 1/3
+
+
+def test_outside_set_from_a_cifar100_copy(tmp_path):
+    from test_realdata import _write_cifar
+
+    root = tmp_path / "cifar"
+    _write_cifar(root, per_class=2)
+    over = ["robustness.outside_dataset=cifar100", f"robustness.cifar_root={root}", "robustness.outside_train=50",
+            "robustness.outside_test=30", f"common.results_dir={tmp_path / 'results'}"]
+    P = params.load(ROOT / "params/smoke.yaml", over)
+    d = rb.outside_data(P)
+    size = P.common.image_size
+    assert d["x_train"].shape == (50, 3, size, size) and d["x_test"].shape == (30, 3, size, size)
+    assert d["n_classes"] == 100 and 0 <= int(d["y_train"].min()) and int(d["y_train"].max()) < 100
+    assert 0.0 <= float(d["x_train"].min()) and float(d["x_train"].max()) <= 1.0
+    assert rb.outside_name(P).startswith("CIFAR-100")
+    with pytest.raises(ValueError, match="cifar_root"):
+        rb.outside_key(params.load(ROOT / "params/smoke.yaml", ["robustness.outside_dataset=cifar100"]))

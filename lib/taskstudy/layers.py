@@ -171,8 +171,9 @@ def _cifar_root(root: str | None) -> Path:
     return p.resolve()
 
 
-def _raw_images(key: Mapping[str, Any], store_root: str) -> tuple[np.ndarray, ...]:
-    """(xtr, ytr, xte, yte, n_classes) of the whole data set, uint8/float images as float32 (N,3,H,W)."""
+def raw_images(key: Mapping[str, Any], store_root: str) -> tuple[np.ndarray, ...]:
+    """(xtr, ytr, xte, yte, n_classes) of the whole data set (key: data_key's fields), images as float32
+    (N, 3, H, W) in [0, 1]."""
     if key["dataset"] == "crops":
         from taskstudy import data, scenes
 
@@ -212,7 +213,7 @@ def class_splits(key: Mapping[str, Any], store_root: str) -> dict[str, dict[str,
 @lru_cache(maxsize=2)
 def _halves(key_items: tuple, store_root: str) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     key = dict(key_items)
-    xtr, ytr, xte, yte, n_classes = _raw_images(key, store_root)
+    xtr, ytr, xte, yte, n_classes = raw_images(key, store_root)
     mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
     std = xtr.std(axis=(0, 2, 3), keepdims=True) + 1e-6
     out: dict[str, dict[str, dict[str, torch.Tensor]]] = {}

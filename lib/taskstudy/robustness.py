@@ -231,7 +231,8 @@ def outside_name(P: Any) -> str:
 def outside_data(P: Any) -> dict[str, torch.Tensor | int]:
     """The outside set as tensors: x_train, y_train, x_test, y_test (images in [0, 1] at common.image_size) and
     n_classes. Crops: `outside_label` is 'shape' (8 classes, the object-classification analogue) or
-    'class' (96 shape x texture classes). CIFAR-100: the first n images of each official split, fine labels."""
+    'class' (96 shape x texture classes). CIFAR-100: a seeded subset of each official split, fine labels
+    (layers.raw_images, the layer-transfer chapter's loader)."""
     cfg, size = P.section("robustness"), P.common.image_size
     if cfg.outside_dataset == "crops":
         store = Store.for_params(P)
@@ -241,17 +242,13 @@ def outside_data(P: Any) -> dict[str, torch.Tensor | int]:
         n_classes = len(OBJECT_CLASSES) if col == "shape" else NUM_CROP_CLASSES
         return {"x_train": torch.from_numpy(tr["rgb"]), "y_train": torch.from_numpy(tr[col]),
                 "x_test": torch.from_numpy(te["rgb"]), "y_test": torch.from_numpy(te[col]), "n_classes": n_classes}
-    from taskstudy.realdata import cifar100
+    from taskstudy.layers import raw_images
 
-    out: dict[str, Any] = {"n_classes": 100}
-    for split, n in (("train", cfg.outside_train), ("test", cfg.outside_test)):
-        ds = cifar100(_cifar_root(cfg.cifar_root), train=split == "train")
-        items = [ds[i] for i in range(min(n, len(ds)))]
-        x = torch.stack([it["rgb"] for it in items])
-        if x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out[f"x_{split}"], out[f"y_{split}"] = x, torch.tensor([int(it["label"]) for it in items])
-    return out
+    key = {"dataset": "cifar100", "cifar_root": str(_cifar_root(cfg.cifar_root)), "n_images": cfg.outside_train,
+           "n_test": cfg.outside_test, "seed": P.common.seed, "image_size": size}
+    xtr, ytr, xte, yte, n_classes = raw_images(key, str(Store.for_params(P).root))
+    return {"x_train": torch.from_numpy(xtr), "y_train": torch.from_numpy(ytr), "x_test": torch.from_numpy(xte),
+            "y_test": torch.from_numpy(yte), "n_classes": n_classes}
 
 
 def pooled_features(encoder: torch.nn.Module, x: torch.Tensor, grid: int) -> torch.Tensor:
