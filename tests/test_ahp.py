@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy.ahp import affinity_matrix, ahp_matrix, ahp_weights, raw_quality, sources_key, win_matrix
+from taskstudy.ahp import BASELINES, affinity_matrix, ahp_matrix, ahp_weights, raw_quality, sources_key, win_matrix
 
 
 def make_scores(skill: dict[str, dict[str, float]], n_images: int = 200, noise: float = 1.0, seed: int = 0
@@ -91,14 +91,18 @@ def test_affinity_matrix_rows_orders_baselines_and_missing():
     }
     scores = make_scores(skill)
     P1 = affinity_matrix(scores, max_order=1)
-    assert list(P1.columns) == ["t1", "t2", "t3"] and list(P1.index) == ["novel", "t1", "t2"]
+    # the target's own network `full` is a candidate (the paper's self column), first; scratch and random are not
+    assert list(P1.columns) == ["full", "t1", "t2", "t3"] and list(P1.index) == ["novel", "t1", "t2"]
     np.testing.assert_allclose(P1.sum(axis=1), 1.0)
-    assert np.isnan(P1.at["t2", "t3"])
+    assert np.isnan(P1.at["t2", "t3"]) and np.isnan(P1.at["novel", "full"])
+    assert P1.loc["t1"].idxmax() == "full" and P1.loc["t2"].idxmax() == "full"
     P2 = affinity_matrix(scores, max_order=2)
-    assert list(P2.columns) == ["t1", "t2", "t3", "t1+t2"]
+    assert list(P2.columns) == ["full", "t1", "t2", "t3", "t1+t2"]
     np.testing.assert_allclose(P2.sum(axis=1), 1.0)  # first- and higher-order sources share one vector
-    assert P2.loc["t1"].idxmax() == "t1+t2"
-    assert not {"scratch", "full", "random"} & set(P2.columns)
+    assert P2.loc["novel"].idxmax() == "t2"
+    assert not {"scratch", "random"} & set(P2.columns)
+    P0 = affinity_matrix(scores, max_order=2, exclude=BASELINES)  # the source sets alone
+    assert P0.loc["t1"].idxmax() == "t1+t2" and "full" not in P0.columns
 
 
 def test_raw_quality_and_sources_key():

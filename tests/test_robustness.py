@@ -106,8 +106,14 @@ def test_every_variation_is_a_params_override_of_the_profile():
     cfg = P.section("robustness")
     assert list(plan)[: 1 + len(cfg.seeds)] == ["base", *[f"seed {s}" for s in cfg.seeds]]
     base = rb.variation_params(P, [])
-    assert base.common.tasks == cfg.tasks and base.common.n_train == cfg.n_train
-    assert base.section("task_networks").epochs == cfg.epochs and base.section("transfers").max_order == 1
+    # the default base trains exactly like the main study (issue 17): fewer tasks, never a smaller budget
+    assert cfg.n_train is None and cfg.epochs is None
+    assert base.common.tasks == cfg.tasks and base.common.n_train == P.common.n_train
+    assert base.section("task_networks") == P.section("task_networks")
+    assert base.section("transfers").max_order == 1
+    assert base.section("transfers").model_copy(update={"max_order": 1}) == base.section("transfers")
+    smoke = params.load(ROOT / "params/smoke.yaml")  # a profile may still shorten its base, and it shows
+    assert rb.variation_params(smoke, []).common.n_train == smoke.section("robustness").n_train
     assert base.common.split_seed == P.common.seed  # the splits stay the main run's when the seed changes
     for name, ov in plan.items():
         Q = rb.variation_params(P, ov)

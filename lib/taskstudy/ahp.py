@@ -4,6 +4,9 @@ For a target t, the win matrix W_t holds w_ij = the fraction of test images on w
 s_i scores better than the readout from s_j (ties count half). W_t is clipped to [0.001, 0.999], turned into the
 pairwise-comparison matrix W'_t = W_t / W_t^T (elementwise), and the principal eigenvector of W'_t, normalised to sum
 to 1, gives the target's affinities. Stacking them over targets gives the affinity matrix P (targets x source sets).
+Candidates are the target's source sets and, as in the paper's published affinities (its `self` column), the
+target's own fully supervised network `full`; `scratch` and `random` are references, not candidates. The win
+rates come from the split given (the val split in the study: Step III selects).
 
 Input throughout: the per-image `scores` table (columns target, sources, order, image, score; higher is better;
 `sources` = source task names sorted and joined by "+").
@@ -17,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 CLIP = (0.001, 0.999)
-BASELINES = ("scratch", "full", "random")
+BASELINES = ("scratch", "full", "random")  # score-table names that are not source sets of dictionary tasks
+SELF = "full"  # the target's own fully supervised network: the paper's `self` column, a candidate of Steps III-IV
+NOT_CANDIDATES = ("scratch", "random")  # references only: never candidates of the affinity matrix
 
 
 def sources_key(sources: str | Iterable[str]) -> str:
@@ -27,7 +32,7 @@ def sources_key(sources: str | Iterable[str]) -> str:
 
 
 def _order(key: str) -> int:
-    return key.count("+") + 1
+    return 0 if key == SELF else key.count("+") + 1
 
 
 def _per_image(scores: pd.DataFrame, target: str, candidates: Sequence[str] | None) -> pd.DataFrame:
@@ -99,9 +104,9 @@ def ahp_weights(W: np.ndarray) -> np.ndarray:
 
 
 def candidate_sets(scores: pd.DataFrame, target: str, max_order: int = 1,
-                   exclude: Iterable[str] = BASELINES) -> list[str]:
-    """The target's source sets of order <= max_order that contain no excluded (baseline) name, sorted by order
-    then name."""
+                   exclude: Iterable[str] = NOT_CANDIDATES) -> list[str]:
+    """The target's candidates: source sets of order <= max_order that contain no excluded name (and `full`
+    unless excluded), sorted by order then name (`full` first, as order 0)."""
     excl = set(exclude)
     sets = scores.loc[scores["target"] == target, "sources"].unique()
     keep = [s for s in sets if _order(s) <= max_order and not excl.intersection(s.split("+"))]
@@ -109,11 +114,12 @@ def candidate_sets(scores: pd.DataFrame, target: str, max_order: int = 1,
 
 
 def affinity_matrix(scores: pd.DataFrame, max_order: int = 1,
-                    exclude: Iterable[str] = BASELINES) -> pd.DataFrame:
+                    exclude: Iterable[str] = NOT_CANDIDATES) -> pd.DataFrame:
     """The affinity matrix P (Sec. 3.3, Fig. 7): rows = targets, columns = source sets (order <= max_order, sorted
     by order then name). Per target, the AHP weights over all its candidate source sets of every order up to
-    max_order, so each row sums to 1 (as the paper: first- and higher-order sources share one vector). NaN where a
-    target has no readout from a source set."""
+    max_order, so each row sums to 1 (as the paper: first- and higher-order sources share one vector), `full` (the
+    paper's self) among them unless excluded. NaN where a target has no readout from a source set. attrs["split"]
+    is the scores' split."""
     exclude = tuple(exclude)
     rows: dict[str, pd.Series] = {}
     for target in sorted(scores["target"].unique()):
@@ -126,6 +132,7 @@ def affinity_matrix(scores: pd.DataFrame, max_order: int = 1,
     cols = sorted(P.columns, key=lambda s: (_order(s), s))
     P = P[cols]
     P.index.name, P.columns.name = "target", "sources"
+    P.attrs["split"] = scores.attrs.get("split")
     return P
 
 

@@ -151,7 +151,7 @@ def bench_training(params, task: str = "normals", n_images: int = 512, repeats: 
     torch.set_num_threads(threads)
     cfg, t = params.section("task_networks"), tasks.get_task(task)
     split = data.scene_split(Store.for_params(params), params.common, "train")
-    x, y = data.task_input(split, task, params.common.seed)[:n_images], data.target(split, task)[:n_images]
+    x, y = data.network_input(params.common, split, task)[:n_images], data.target(split, task)[:n_images]
     net = task_networks.build_network(task, cfg)
     with FlopCounterMode(display=False) as counter:
         t.loss(net(x[: cfg.batch_size]), y[: cfg.batch_size]).backward()

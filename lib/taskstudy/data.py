@@ -1,8 +1,10 @@
 """Scene splits for the experiments: rendered once, cached in the results store, loaded as torch tensors.
 
 Splits follow the paper's protocol (Zamir et al. 2018, Sec. 4): `train` for the task-specific networks (Step I),
-a smaller `transfer` split for the readouts (Step II; the paper's 16k vs 120k images), `test` for per-image
-scores and win rates. A split's store key holds every generator parameter (split, size, seed, image size) and a
+a smaller `transfer` split for the readouts (Step II; the paper's 16k vs 120k images), `val` for every selection
+(early stopping, the beam search, the AHP affinities and with them the BIP's choice) and `test` for evaluation
+only (Gain, Quality, significance, the novel-task tables): what chose a policy never also judges it. A split's
+store key holds every generator parameter (split, size, seed, image size) and a
 hash of the renderer and task-dictionary code, so a change to either re-renders. Real data (Taskonomy folders,
 CIFAR-100) is in `taskstudy.realdata`.
 """
@@ -23,7 +25,7 @@ from taskstudy.store import Store, code_hash
 if TYPE_CHECKING:
     import pandas as pd
 
-SPLITS = ("train", "transfer", "test")
+SPLITS = ("train", "transfer", "val", "test")
 _SMALL_INTS = ("instance", "semantic", "label_segment_semantic", "label_shadow")
 
 
@@ -33,7 +35,7 @@ def code_version() -> str:
 
 
 def split_size(common: Any, split: str) -> int:
-    sizes = {"train": common.n_train, "transfer": common.n_transfer, "test": common.n_test}
+    sizes = {"train": common.n_train, "transfer": common.n_transfer, "val": common.n_val, "test": common.n_test}
     if split not in sizes:
         raise ValueError(f"unknown split '{split}' (one of {SPLITS})")
     return sizes[split]
@@ -95,8 +97,16 @@ def target(split_data: dict[str, np.ndarray], task: str) -> torch.Tensor:
 
 
 def task_input(split_data: dict[str, np.ndarray], task: str, seed: int) -> torch.Tensor:
-    """The task's network input (its input transform applied to the clean images, seeded per sample)."""
+    """The task's network input (its input transform applied to the clean images, seeded per sample). `seed`
+    must be the seed the split was rendered from (`split_seed`): jigsaw's label is drawn from it, and the
+    shuffled input has to show that label's permutation."""
     return taskdict.make_input(task, split_data["rgb"], index=split_data["index"], seed=seed)
+
+
+def network_input(common: Any, split_data: dict[str, np.ndarray], task: str) -> torch.Tensor:
+    """`task_input` seeded with the split's own render seed (the input and the label always agree, whatever
+    `common.seed` is)."""
+    return task_input(split_data, task, split_seed(common))
 
 
 def rgb(split_data: dict[str, np.ndarray]) -> torch.Tensor:
@@ -108,7 +118,8 @@ def split_table(store: Store, common: Any) -> pd.DataFrame:
     """One row per split: its role, scenes, image size and stored size."""
     import pandas as pd
 
-    roles = {"train": "Step I task networks", "transfer": "Step II readouts", "test": "per-image scores"}
+    roles = {"train": "Step I task networks", "transfer": "Step II readouts and scratch networks",
+             "val": "selection: early stopping, beam, AHP, BIP", "test": "evaluation: Gain, Quality, significance"}
     rows = []
     for split in SPLITS:
         d = scene_split(store, common, split)

@@ -3,7 +3,11 @@
 Gain = win rate of the policy's transfer against a network trained from scratch on the transfer split (source
 "scratch"); Quality = win rate against the target's task network trained on the full split (source "full"). Win
 rate = share of test images where the transfer scores better, ties counting half. Significance: the BIP's policy
-against random feasible policies under the same budget (Fig. 11).
+against random feasible policies under the same budget (Fig. 11). A target served by its own network (`full`,
+the paper's self) has Quality 0.5 by definition.
+
+Selection and evaluation use different splits: the affinities (and with them every policy) come from the val
+split, the scores judged here from the test split. Every function that takes both checks it (`check_splits`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ from taskstudy.taxonomy import (
 from taskstudy.tree import PAPER_NAMES, load_paper_affinities, rank_agreement
 
 GAIN_REF, QUALITY_REF = "scratch", "full"
+
+
+class SplitError(ValueError):
+    """Selection and evaluation on the same split."""
+
+
+def check_splits(scores: pd.DataFrame, affinity: pd.DataFrame) -> None:
+    """Raise SplitError when the scores to evaluate on come from the split the affinities were computed on (as
+    recorded in attrs["split"] by transfer.score_table and ahp.affinity_matrix)."""
+    a, b = scores.attrs.get("split"), affinity.attrs.get("split")
+    if a is not None and a == b:
+        raise SplitError(f"the policy was chosen on the {b} split and would be judged on it too: evaluate on the "
+                         "test split's scores, select on the val split's")
 
 
 class _Scores:
@@ -60,8 +77,8 @@ def win_rate(scores: pd.DataFrame, target: str, sources: str | Iterable[str], re
 
 def _policy_rates(idx: _Scores, tax: Taxonomy) -> pd.DataFrame:
     rows = []
-    for t, srcs in tax.policy.items():
-        key = sources_key(srcs)
+    for t in tax.policy:
+        key = tax.candidate(t)
         rows.append({"target": t, "sources": key,
                      "gain": idx.win_rate(t, key, GAIN_REF) if idx.has(t, GAIN_REF) else np.nan,
                      "quality": idx.win_rate(t, key, QUALITY_REF) if idx.has(t, QUALITY_REF) else np.nan})
@@ -89,6 +106,7 @@ def gain_quality_table(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Se
     """Fig. 9 / the Gain-Quality table: for each budget (default 1..number of source tasks) and max order, the BIP
     solved on the affinity matrix and the mean Gain and Quality of its policy over targets. Budgets below the
     cheapest feasible one give NaN rows."""
+    check_splits(scores, affinity)
     idx = _Scores(scores)
     tr = _transfers(affinity)
     rows = []
@@ -142,6 +160,7 @@ def significance(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Sequence
     """Fig. 11: per budget, the taxonomy's mean Quality and Gain against those of n_random random feasible
     policies. percentile = share of random policies the taxonomy beats (ties half); p = (1 + #random >= taxonomy)
     / (1 + n_random). The random policies' means are kept in the list columns random_quality / random_gain."""
+    check_splits(scores, affinity)
     idx = _Scores(scores)
     tr = _transfers(affinity, max_order)
     rows = []

@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from taskstudy import ahp, data, evaluate
 from taskstudy import tasks as taskdict
 from taskstudy import taxonomy as taxmod
-from taskstudy.models import TaskNetwork, make_readout
+from taskstudy.models import TaskNetwork
 from taskstudy.scenes import NUM_CROP_CLASSES
 from taskstudy.store import Store
 from taskstudy.task_networks import StepResult, study_tasks, task_networks, unit_seed
 from taskstudy.train import TrainConfig, fit, predict, resolve_device
-from taskstudy.transfer import FULL, SCRATCH, transfers
+from taskstudy.transfer import FULL, SCRATCH, SPLITS, fit_readout, query_images, query_kind, transfers
 
-VERSION = "1"
+VERSION = "2"  # 2: readouts early-stopped on val, queries in the target's form
 IMAGENET = "imagenet"  # the supervised-classification encoder from another domain
 SELF_SUPERVISED = ("autoencoding", "colorization", "jigsaw", "inpainting")
 TAXONOMY = "taxonomy"
@@ -149,42 +149,31 @@ def _load_imagenet(params: Any) -> torch.nn.Module:
 
 
 def readout_key(params: Any, target: str) -> dict[str, Any]:
-    """Everything that determines the imagenet -> target readout (same protocol as transfer.readout_key)."""
+    """Everything that determines the imagenet -> target readout (the protocol of transfer.readout_key)."""
     cfg = params.section("transfers")
-    return {"target": target, "sources": IMAGENET, "encoder": imagenet_key(params),
-            "transfer": data.split_key(params.common, "transfer"), "test": data.split_key(params.common, "test"),
-            "readout_width": cfg.readout_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "seed": params.common.seed}
-
-
-def _readout_scores(params: Any, target: str, z_train: torch.Tensor, z_test: torch.Tensor) -> np.ndarray:
-    """Step II's readout protocol (transfer.train_readout) on given frozen features."""
-    cfg, t = params.section("transfers"), taskdict.get_task(target)
-    store = Store.for_params(params)
-    y_train = data.target(data.scene_split(store, params.common, "transfer"), target)
-    y_test = data.target(data.scene_split(store, params.common, "test"), target)
-    seed = unit_seed(params.common.seed, "readout", target, IMAGENET)
-    torch.manual_seed(seed)
-    readout = make_readout(t.kind, z_train.shape[1], t.channels, cfg.readout_width)
-    fit(readout, z_train, y_train, t.loss, TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed),
-        device=resolve_device(params.common.device))
-    return t.score(predict(readout, z_test), y_test).numpy()
+    return {"target": target, "sources": IMAGENET, "encoder": imagenet_key(params), "query": query_kind(target),
+            **{split: data.split_key(params.common, split) for split in SPLITS},
+            "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed}
 
 
 def imagenet_scores(params: Any, targets: Sequence[str]) -> pd.DataFrame:
-    """Per-image test scores of the imagenet -> target readouts (the score table's columns), store-cached."""
+    """Per-image test scores of the imagenet -> target readouts (the score table's columns), store-cached. The
+    imagenet encoder is a reference, never a candidate: only the test split's scores are tabled."""
     store = Store.for_params(params)
-    feats: dict[str, torch.Tensor] = {}
+    feats: dict[tuple[str, str], torch.Tensor] = {}
     frames = []
     for target in targets:
         key = readout_key(params, target)
         r = store.load("novel_readout", key, VERSION)
         if r is None:
-            if not feats:
-                enc = _load_imagenet(params)
-                for split in ("transfer", "test"):
-                    feats[split] = predict(enc, data.rgb(data.scene_split(store, params.common, split)))
-            r = {"scores": _readout_scores(params, target, feats["transfer"], feats["test"])}
+            enc = _load_imagenet(params)
+            for split in SPLITS:
+                if (split, query_kind(target)) not in feats:
+                    feats[(split, query_kind(target))] = predict(enc, query_images(params, split, query_kind(target)))
+            z = {split: feats[(split, query_kind(target))] for split in SPLITS}
+            scores, info = fit_readout(params, target, z, IMAGENET)
+            r = {"scores": scores, **info}
             store.save("novel_readout", key, r, VERSION, fmt="pt")
         s = np.asarray(r["scores"], dtype=np.float64)
         frames.append(pd.DataFrame({"target": target, "sources": IMAGENET, "order": 1, "image": np.arange(len(s)),
@@ -210,8 +199,8 @@ def comparison(scores: pd.DataFrame, tax: taxmod.Taxonomy,
     """The novel-task table: per target, the taxonomy's source set and its win rate against each baseline
     (Gain = vs scratch, Quality = vs full); a last row "mean" over targets."""
     rows = []
-    for target, srcs in tax.policy.items():
-        key = ahp.sources_key(srcs)
+    for target in tax.policy:
+        key = tax.candidate(target)
         row: dict[str, Any] = {"target": target, "taxonomy's sources": key}
         for b in baselines:
             have = scores[(scores.target == target) & (scores.sources == b)]
@@ -228,8 +217,8 @@ def loss_table(scores: pd.DataFrame, tax: taxmod.Taxonomy,
     """Mean test loss (negative mean score; lower is better) per novel target of each baseline and of the
     taxonomy's choice (the paper's second row per task)."""
     mean = scores.groupby(["target", "sources"])["score"].mean()
-    rows = {t: {**{b: -mean.get((t, b), np.nan) for b in baselines}, TAXONOMY: -mean[(t, ahp.sources_key(s))]}
-            for t, s in tax.policy.items()}
+    rows = {t: {**{b: -mean.get((t, b), np.nan) for b in baselines}, TAXONOMY: -mean[(t, tax.candidate(t))]}
+            for t in tax.policy}
     return pd.DataFrame(rows).T.rename_axis("target")
 
 
@@ -256,8 +245,9 @@ def novel_tasks(params: Any, targets: Sequence[str] | None = None) -> StepResult
     step2 = transfers(params, targets=targets)
     net = imagenet_encoder(params)
     scores = pd.concat([step2.results["scores"], imagenet_scores(params, targets)], ignore_index=True)
+    scores.attrs["split"] = "test"
     order = min(cfg.max_order, params.section("transfers").max_order)
-    affinity = novel_affinity(scores, order)
+    affinity = novel_affinity(step2.results["val_scores"], order)  # selection on val, the tables on test
     tax = novel_taxonomy(affinity, cfg.budget, order)
     results = {"scores": scores, "affinity": affinity, "taxonomy": tax, "table": comparison(scores, tax),
                "losses": loss_table(scores, tax), "gain_quality": evaluate.policy_gain_quality(scores, tax),

@@ -43,7 +43,8 @@ class Common(Section):
     image_size: int = Field(32, ge=16, le=256)  # scene images are image_size x image_size pixels
     n_train: int = Field(2000, ge=1)  # scenes in the task-network (Step I) split
     n_transfer: int = Field(500, ge=1)  # scenes in the transfer (Step II readout) split, smaller as in the paper
-    n_test: int = Field(500, ge=1)  # scenes in the test split: per-image scores, win rates
+    n_val: int = Field(500, ge=1)  # scenes in the val split: early stopping, beam search, AHP, BIP (selection)
+    n_test: int = Field(500, ge=1)  # scenes in the test split: Gain, Quality, significance (evaluation only)
     tasks: list[str] | None = None  # dictionary tasks to study; None = every task of taskstudy.tasks
     workers: int = Field(0, ge=0)  # 0 = run units in-process; n > 0 = a Dask LocalCluster of n workers
     cluster: Cluster = Cluster()  # scale-out to an existing Dask scheduler
@@ -67,7 +68,8 @@ class TaskNetworks(Section):
     width: int = Field(16, ge=1)  # encoder width w: stages of w, 2w, 4w channels; representation (4w, H/4, W/4)
     depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage
     decoder_width: int = Field(32, ge=1)  # channels of the task decoders
-    epochs: int = Field(4, ge=1)  # passes over the train split
+    epochs: int = Field(24, ge=1)  # at most this many passes over the train split (the cosine's length)
+    patience: int = Field(3, ge=1)  # early stopping: epochs without a better val loss before training stops
     batch_size: int = Field(64, ge=1)  # images per step
     lr: float = Field(2e-3, gt=0)  # Adam learning rate
     n_show: int = Field(3, ge=1)  # test scenes whose predictions the chapter shows
@@ -75,12 +77,15 @@ class TaskNetworks(Section):
 
 class Transfers(Section):
     readout_width: int = Field(16, ge=1)  # channels of each readout D_{s->t}
-    epochs: int = Field(8, ge=1)  # passes over the transfer split per readout
+    epochs: int = Field(64, ge=1)  # at most this many passes over the transfer split per readout
+    patience: int = Field(4, ge=1)  # early stopping of readouts and scratch networks on the val split
     batch_size: int = Field(64, ge=1)  # images per step
     lr: float = Field(3e-3, gt=0)  # Adam learning rate
-    max_order: int = Field(2, ge=1, le=4)  # highest transfer order k (sources per readout)
-    beam: int = Field(3, ge=1)  # top-b first-order sources per target whose k-combinations are tried
-    scratch_epochs: int = Field(8, ge=1)  # epochs of the from-scratch network on the transfer split (Gain)
+    max_order: int = Field(3, ge=1, le=4)  # highest transfer order k (sources per readout)
+    beam: int = Field(3, ge=1)  # top-b first-order sources per target (by val score) whose k-combinations are tried
+    scratch_epochs: int = Field(64, ge=1)  # at most this many epochs of the from-scratch network (Gain's reference)
+    corrupted_view: Literal["plain", "corrupted"] = "plain"
+    # ^ what the encoders of inpainting and denoising read: the query as it is, or corrupted as in their training
 
 
 class Performance(Section):
@@ -172,8 +177,8 @@ class Agreement(Section):
 class Robustness(Section):
     tasks: list[str] = ["autoencoding", "edge2d", "depth_zbuffer", "normals", "reshading", "room_layout",
                         "segment_semantic", "class_scene"]  # the base's dictionary (a subset, for time)
-    n_train: int = Field(1000, ge=1)  # the base's Step I split size (common.n_train of every variation)
-    epochs: int = Field(3, ge=1)  # the base's Step I epochs (task_networks.epochs of every variation)
+    n_train: int | None = Field(None, ge=1)  # a smaller Step I split for the base; None = the main study's
+    epochs: int | None = Field(None, ge=1)  # fewer Step I epochs for the base; None = the main study's
     seeds: list[int] = [1, 2]  # extra training seeds (common.seed, splits pinned): their spread is the yardstick
     variations: dict[str, list[str]] = {}  # name -> dotted overrides on top of the base, e.g. ["common.n_transfer=250"]
     budgets: list[int] = [1, 2, 3, 4]  # supervision budgets whose chosen source sets are compared (Jaccard)

@@ -3,8 +3,10 @@
 Sec. 5.2 ("Universality of the structure"): Steps I-IV rerun under changes of the experiment (seed, split,
 task-network and readout architecture, amount of transfer data, the task dictionary), each compared with the
 main run. Here every variation is a list of dotted params overrides (the `-p section.key=value` of
-`taskstudy run`) on top of a *base*: the study restricted to `robustness.tasks` at first order with Step I
-shortened (`robustness.n_train`, `robustness.epochs`), so that one variation costs about a minute. Every unit
+`taskstudy run`) on top of a *base*: the study restricted to `robustness.tasks` at first order, trained exactly
+like the main study (same splits, same calibrated training; `robustness.n_train` / `robustness.epochs` shorten
+Step I only when set, and the chapter then says so). Affinities come from the val split, as in the main study.
+Every unit
 goes through the same store as the main study, so what a variation shares with the base (Step I networks when
 only the readout changes, every readout when only the dictionary shrinks) is read, not trained. Agreement of
 two runs: Spearman's rho of their affinity matrices (per target and pooled over cells) and the Jaccard overlap
@@ -52,8 +54,13 @@ def base_overrides(P: Any) -> list[str]:
     subset, first order only, the shorter Step I, and the scene splits pinned to the main run's seed (so a
     `common.seed` override varies training alone)."""
     cfg = P.section("robustness")
-    return [f"common.tasks={json.dumps(list(cfg.tasks))}", f"common.split_seed={data.split_seed(P.common)}",
-            f"common.n_train={cfg.n_train}", f"task_networks.epochs={cfg.epochs}", "transfers.max_order=1"]
+    out = [f"common.tasks={json.dumps(list(cfg.tasks))}", f"common.split_seed={data.split_seed(P.common)}",
+           "transfers.max_order=1"]
+    if cfg.n_train is not None:
+        out.append(f"common.n_train={cfg.n_train}")
+    if cfg.epochs is not None:
+        out.append(f"task_networks.epochs={cfg.epochs}")
+    return out
 
 
 def variations(P: Any) -> dict[str, list[str]]:
@@ -102,7 +109,7 @@ def run_variation(P: Any, name: str, overrides: Sequence[str], budgets: Iterable
     Q = variation_params(P, overrides)
     nets = step1.task_networks(Q)
     step2 = transfer.transfers(Q, baselines=False)
-    affinity = ahp.affinity_matrix(step2.results["scores"], max_order=1)
+    affinity = ahp.affinity_matrix(step2.results["val_scores"], max_order=1, exclude=ahp.BASELINES)
     total = len(nets.results) + sum(len(v) for v in step2.results["plan"].values())
     trained = len(nets.computed) + len(step2.computed)
     return Run(name, list(overrides), affinity, policies(affinity, budgets), trained, total - trained,
@@ -113,7 +120,7 @@ def main_run(P: Any, budgets: Iterable[int]) -> Run:
     """The main study (chapters 02-05, the profile without the base's overrides) as a Run: its first-order
     affinity matrix and policies, from the store."""
     start = time.perf_counter()
-    affinity = ahp.affinity_matrix(transfer.transfers(P).results["scores"], max_order=1)
+    affinity = ahp.affinity_matrix(transfer.transfers(P).results["val_scores"], max_order=1, exclude=ahp.BASELINES)
     return Run("main study", [], affinity, policies(affinity, budgets), 0, 0, time.perf_counter() - start,
                step1.study_tasks(P.common))
 

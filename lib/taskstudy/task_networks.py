@@ -1,11 +1,12 @@
 """Taskonomy Step I (Zamir et al. 2018, Sec. 3.1): one task-specific encoder-decoder per task.
 
 Every task, source-only ones included, gets the same encoder architecture (taskstudy.models.Encoder) and a
-decoder for its kind, trained on the `train` split with the task's loss. Each network is one unit of
-`parallel.map_units`; its weights are a store entry keyed by the task, the train split and the training
-parameters, its per-image test scores another entry (adding test images re-scores, never retrains). The
+decoder for its kind, trained on the `train` split with the task's loss until its loss on the `val` split stops
+improving (early stopping; the best epoch's weights are kept). Each network is one unit of
+`parallel.map_units`; its weights are a store entry keyed by the task, the train and val splits and the training
+parameters, its per-image val and test scores another entry (adding test images re-scores, never retrains). The
 sanity baselines of the paper's Fig. 6 come with every network: `avg` (the mean training label as the
-prediction) and `rand` (the same network with random weights).
+prediction) and `rand` (the same network with random weights); the check is a per-image win rate against each.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from taskstudy import tasks as taskdict
 from taskstudy.models import Encoder, TaskNetwork
 from taskstudy.parallel import map_claimed
 from taskstudy.store import Store, code_hash
-from taskstudy.train import TrainConfig, fit, predict, resolve_device
+from taskstudy.train import TrainConfig, fit_validated, predict, resolve_device
 from taskstudy.tree import PAPER_NAMES, load_paper_affinities
 
-VERSION = "1"
+VERSION = "2"  # 2: early stopping on val, val scores, inputs seeded by the split's render seed
 
 
 def unit_seed(seed: int, *names: str) -> int:
@@ -50,9 +51,9 @@ class NetworkUnit:
 def network_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
     """Every parameter that determines a task network's weights."""
     return {
-        "task": task, "train": data.split_key(common, "train"), "width": cfg.width, "depth": cfg.depth,
-        "decoder_width": cfg.decoder_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "seed": common.seed, "code": _code(),
+        "task": task, "train": data.split_key(common, "train"), "val": data.split_key(common, "val"),
+        "width": cfg.width, "depth": cfg.depth, "decoder_width": cfg.decoder_width, "epochs": cfg.epochs,
+        "patience": cfg.patience, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": common.seed, "code": _code(),
     }
 
 
@@ -63,7 +64,8 @@ def _code() -> str:
 
 
 def scores_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
-    return {"network": network_key(common, cfg, task), "test": data.split_key(common, "test")}
+    return {"network": network_key(common, cfg, task), "test": data.split_key(common, "test"),
+            "val": data.split_key(common, "val")}
 
 
 def build_network(task: str, cfg: Any) -> TaskNetwork:
@@ -92,8 +94,9 @@ def train_network_unit(u: NetworkUnit) -> dict[str, Any]:
     t = taskdict.get_task(u.task)
     seed = unit_seed(u.common.seed, "task_network", u.task)
     device = resolve_device(u.common.device)
-    test = data.scene_split(store, u.common, "test")
-    x_test, y_test = data.task_input(test, u.task, u.common.seed), data.target(test, u.task)
+    test, val = data.scene_split(store, u.common, "test"), data.scene_split(store, u.common, "val")
+    x_test, y_test = data.network_input(u.common, test, u.task), data.target(test, u.task)
+    x_val, y_val = data.network_input(u.common, val, u.task), data.target(val, u.task)
     train = data.scene_split(store, u.common, "train")
     y_train = data.target(train, u.task)
 
@@ -104,14 +107,16 @@ def train_network_unit(u: NetworkUnit) -> dict[str, Any]:
     rand_scores = t.score(predict(net, x_test, device=device), y_test).numpy()
     out: dict[str, Any] = {"task": u.task}
     if saved is None:
-        x_train = data.task_input(train, u.task, u.common.seed)
+        x_train = data.network_input(u.common, train, u.task)
         cfg = TrainConfig(u.cfg.epochs, u.cfg.batch_size, u.cfg.lr, seed=seed)
         ckpt = Path(u.root) / "checkpoints" / f"{store.key('task_network', key, VERSION)}.pt"
         start = time.perf_counter()
-        history = fit(net, x_train, y_train, t.loss, cfg, device=device, checkpoint=ckpt)
+        log = fit_validated(net, x_train, y_train, t.loss, cfg, (x_val, y_val), patience=u.cfg.patience,
+                            device=device, checkpoint=ckpt)
         wall = time.perf_counter() - start
-        saved = {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "history": history, "wall_s": wall,
-                 "images_per_s": len(x_train) * cfg.epochs / wall, "n_params": sum(p.numel() for p in net.parameters())}
+        saved = {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "history": log.train_loss,
+                 "log": log.as_dict(), "wall_s": wall, "images_per_s": len(x_train) * log.epochs_run / wall,
+                 "n_params": sum(p.numel() for p in net.parameters())}
         out["network"] = saved
         out["checkpoint"] = str(ckpt)
     else:
@@ -122,6 +127,7 @@ def train_network_unit(u: NetworkUnit) -> dict[str, Any]:
         "avg": t.score(average_prediction(u.task, y_train, len(y_test)), y_test).numpy(),
         "rand": rand_scores,
     }
+    out["val_scores"] = {"network": t.score(predict(net, x_val, device=device), y_val).numpy()}
     out["predictions"] = pred[: 8].numpy()
     return out
 
@@ -141,7 +147,7 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
     common, cfg = params.common, params.section("task_networks")
     store = Store.for_params(params)
     names = tasks or study_tasks(common)
-    for split in ("train", "test"):  # rendered once here, read by every worker
+    for split in ("train", "val", "test"):  # rendered once here, read by every worker
         data.scene_split(store, common, split)
     units = [NetworkUnit(n, common, cfg, str(store.root)) for n in names]
 
@@ -155,7 +161,8 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
             store.save("task_network", network_key(common, cfg, u.task), r["network"], VERSION, fmt="pt")
             Path(r["checkpoint"]).unlink(missing_ok=True)
         store.save("network_scores", scores_key(common, cfg, u.task),
-                   {"scores": r["scores"], "predictions": r["predictions"]}, VERSION, fmt="pt")
+                   {"scores": r["scores"], "val_scores": r["val_scores"], "predictions": r["predictions"]}, VERSION,
+                   fmt="pt")
 
     start = time.perf_counter()
     computed = map_claimed(train_network_unit, [u for u in units if is_missing(u)],
@@ -186,16 +193,40 @@ def load_encoder(params: Any, task: str) -> Encoder:
     return net.encoder.eval()
 
 
+def win_rate(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of images on which score a beats score b, ties counting half (the paper's win rate)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.mean(a > b) + 0.5 * np.mean(a == b))
+
+
 def baseline_table(step: StepResult) -> pd.DataFrame:
-    """The paper's Fig. 6 check: test loss of each task network against `avg` and `rand` (lower is better)."""
+    """The paper's Fig. 6 check: per task, the network's per-image win rate on the test split against `avg` and
+    against `rand` (a network passes when it beats both on more than half of the images), beside the mean test
+    losses (lower is better)."""
     rows = []
     for task, r in step.results.items():
         s = r["scores"]
         loss = {k: float(-np.mean(v)) for k, v in s.items()}
-        wins = float(np.mean(s["network"] > s["avg"]) + 0.5 * np.mean(s["network"] == s["avg"]))
+        wins = {b: win_rate(s["network"], s[b]) for b in ("avg", "rand")}
         rows.append({"task": task, "group": taskdict.get_task(task).group, "loss": taskdict.get_task(task).loss_name,
-                     "network": loss["network"], "avg": loss["avg"], "rand": loss["rand"], "win rate vs avg": wins,
-                     "beats avg and rand": loss["network"] < min(loss["avg"], loss["rand"])})
+                     "network": loss["network"], "avg": loss["avg"], "rand": loss["rand"],
+                     "win rate vs avg": wins["avg"], "win rate vs rand": wins["rand"],
+                     "beats avg and rand": min(wins.values()) > 0.5})
+    return pd.DataFrame(rows)
+
+
+def curve_table(step: StepResult) -> pd.DataFrame:
+    """Training and validation loss against steps of every network (tidy: task, epoch, step, split, loss), and
+    the kept epoch in column `best`."""
+    rows = []
+    for t, r in step.results.items():
+        log = r["network"].get("log")
+        if log is None:
+            continue
+        for e, (tr, va) in enumerate(zip(log["train_loss"], log["val_loss"], strict=True), start=1):
+            for split, v in (("train", tr), ("val", va)):
+                rows.append({"task": t, "epoch": e, "step": e * log["steps_per_epoch"], "split": split, "loss": v,
+                             "best": e == log["best_epoch"]})
     return pd.DataFrame(rows)
 
 
@@ -221,7 +252,6 @@ def paper_baselines(step: StepResult) -> pd.DataFrame:
         s = r["scores"]
         rows.append({"task": task, "paper task": name,
                      "paper: random-encoder readout wins vs network": float(paper.at[name, "random"]),
-                     "study: rand wins vs network": float(np.mean(s["rand"] > s["network"])
-                                                          + 0.5 * np.mean(s["rand"] == s["network"])),
+                     "study: rand wins vs network": win_rate(s["rand"], s["network"]),
                      "study: beats avg and rand": bool(beats[task])})
     return pd.DataFrame(rows)

@@ -10,8 +10,11 @@ The paper's BIP (Eq. 1-2 of Sec. 3.4):
 
 The linking constraints are written aggregated per target, sum_{e -> t, s in e} x_e <= y_s: with exactly one
 incoming transfer per target this admits the same integer solutions and a tighter LP relaxation, with T*S rows
-instead of one per (transfer, source). A task in the supervised set is served by its own network through an
-ordinary candidate row (sources = (t,), target = t).
+instead of one per (transfer, source). A supervised target is served by its own fully supervised network, the
+paper's `self` transfer: the affinity column `full` becomes the candidate with sources (t,) for target t (it
+needs t itself supervised). The readout on t's own frozen encoder, also sources (t,), is then not a candidate:
+with t supervised its full network is at hand, and the readout only approximates it (it stays in the affinity
+matrix as a column). Without a `full` column the readout is the (t,) candidate, as before.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class Taxonomy:
     budget: float
     max_order: int | None
     solver: str
+    served: dict[str, str] = field(default_factory=dict, hash=False)  # target -> the score-table name serving it
+
+    def candidate(self, target: str) -> str:
+        """The score-table name of what serves `target`: `full` for its own network, else the source set."""
+        return self.served.get(target, "+".join(self.policy[target]))
 
 
 def as_tuple(sources: str | Iterable[str]) -> tuple[str, ...]:
@@ -47,13 +55,22 @@ def as_tuple(sources: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+SELF = "full"  # the affinity column of a target's own network (taskstudy.ahp.SELF)
+
+
 def transfers_from_affinity(affinity: pd.DataFrame) -> pd.DataFrame:
-    """Long table (target, sources tuple, quality) from an affinity matrix (targets x "+"-joined source sets),
-    NaN entries dropped."""
+    """Long table (target, sources tuple, quality, candidate) from an affinity matrix (targets x "+"-joined
+    source sets, and `full`), NaN entries dropped. `candidate` is the score-table name of the transfer; the
+    column `full` of target t becomes sources (t,), replacing t's own-encoder readout (see the module doc)."""
     long = affinity.stack().dropna().reset_index()
-    long.columns = ["target", "sources", "quality"]
-    long["sources"] = long["sources"].map(as_tuple)
-    return long
+    long.columns = ["target", "candidate", "quality"]
+    long["candidate"] = long["candidate"].astype(str)
+    has_self = set(long.loc[long["candidate"] == SELF, "target"])
+    own_readout = (long["candidate"] == long["target"]) & long["target"].isin(has_self)
+    long = long[~own_readout].reset_index(drop=True)
+    long["sources"] = [(t,) if c == SELF else as_tuple(c) for t, c in zip(long["target"], long["candidate"],
+                                                                          strict=True)]
+    return long[["target", "sources", "quality", "candidate"]]
 
 
 @dataclass
@@ -63,6 +80,7 @@ class _Problem:
     edges: list[tuple[str, tuple[str, ...]]]  # (target, sources)
     weight: np.ndarray  # r_t * p_e per edge
     cost: np.ndarray  # per source task
+    names: list[str] = field(default_factory=list)  # the score-table name of each edge
 
 
 def _prepare(transfers: pd.DataFrame, costs: Mapping[str, float] | None, importance: Mapping[str, float] | None,
@@ -73,6 +91,10 @@ def _prepare(transfers: pd.DataFrame, costs: Mapping[str, float] | None, importa
     want = sorted(set(transfers["target"]) if targets is None else set(targets))
     df = transfers[["target", "sources", "quality"]].dropna()
     df = df.assign(sources=df["sources"].map(as_tuple))
+    if "candidate" in transfers.columns:
+        df = df.assign(candidate=transfers.loc[df.index, "candidate"].astype(str))
+    else:
+        df = df.assign(candidate=df["sources"].map("+".join))
     if max_order is not None:
         df = df[df["sources"].map(len) <= max_order]
     dup = df.duplicated(["target", "sources"])
@@ -100,7 +122,7 @@ def _prepare(transfers: pd.DataFrame, costs: Mapping[str, float] | None, importa
     r = {t: 1.0 for t in want} if importance is None else {t: float(importance.get(t, 1.0)) for t in want}
     edges = list(zip(df["target"], df["sources"], strict=True))
     weight = np.array([r[t] * q for t, q in zip(df["target"], df["quality"].astype(float), strict=True)])
-    return _Problem(want, sources, edges, weight, cost)
+    return _Problem(want, sources, edges, weight, cost, list(df["candidate"]))
 
 
 def _solve_pulp(pb: _Problem, budget: float, objective: str = "quality") -> tuple[str, np.ndarray]:
@@ -190,7 +212,9 @@ def _result(pb: _Problem, chosen: Iterable[int], budget: float, max_order: int |
     chosen = list(chosen)
     policy = {pb.edges[i][0]: pb.edges[i][1] for i in chosen}
     used = frozenset(s for i in chosen for s in pb.edges[i][1])
-    return Taxonomy(used, dict(sorted(policy.items())), float(pb.weight[chosen].sum()), budget, max_order, solver)
+    served = {pb.edges[i][0]: pb.names[i] for i in chosen if pb.names}
+    return Taxonomy(used, dict(sorted(policy.items())), float(pb.weight[chosen].sum()), budget, max_order, solver,
+                    dict(sorted(served.items())))
 
 
 def solve_taxonomy(transfers: pd.DataFrame, budget: float, costs: Mapping[str, float] | None = None,

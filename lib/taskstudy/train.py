@@ -6,6 +6,11 @@ epochs settle instead of hovering at the constant-rate noise floor. The shufflin
 generator seeded with (seed, e), and the rate is a function of the step, so a run resumed from a checkpoint after
 epoch e continues exactly as an uninterrupted run. A checkpoint (model, optimiser, epoch, loss history) is
 written atomically after every epoch when a path is given.
+
+Calibration (`fit_validated`): the loss on a held-out `val` split is measured after every epoch, the weights of
+the best epoch are kept, and training stops once `patience` epochs pass without improvement (early stopping,
+Prechelt 1998). The epoch budget `cfg.epochs` is then a ceiling that sets the cosine's length; the log of
+training and validation loss against steps is what the calibration figures plot.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +65,46 @@ def cosine_lr(lr: float, step: int, total: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
 
 
+@dataclass
+class TrainLog:
+    """What one validated training run did: per-epoch training and validation loss, the epoch whose weights were
+    kept (1-based) and the steps of one epoch (so curves can be drawn against steps)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    steps_per_epoch: int = 0
+    max_epochs: int = 0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.train_loss)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.epochs_run < self.max_epochs
+
+    @property
+    def best_val(self) -> float:
+        return self.val_loss[self.best_epoch - 1] if self.best_epoch else float("nan")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+              batch_size: int = 256, device: torch.device | str = "cpu") -> float:
+    """The loss over a whole split in eval mode: batch losses weighted by batch size (for the study's losses,
+    which are batch means of per-image losses, this is the mean per-image loss)."""
+    model.eval()
+    total, n = 0.0, inputs.shape[0]
+    for i in range(0, n, batch_size):
+        x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
+        total += float(loss_fn(model(x), y)) * len(x)
+    return total / max(n, 1)
+
+
 def fit(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -72,26 +117,59 @@ def fit(
     desc: str | None = None,
     params: list[nn.Parameter] | None = None,
 ) -> list[float]:
-    """Train `model` on (inputs, targets); return the mean training loss of every epoch.
+    """Train `model` on (inputs, targets) for cfg.epochs; return the mean training loss of every epoch.
 
     `params` restricts the optimised parameters (readouts on a frozen encoder); `checkpoint` makes the run
     resumable: if the file exists, training continues after its last finished epoch.
     """
+    return _fit(model, inputs, targets, loss_fn, cfg, None, None, device, checkpoint, desc, params).train_loss
+
+
+def fit_validated(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    val: tuple[torch.Tensor, torch.Tensor],
+    *,
+    patience: int = 3,
+    device: torch.device | str = "cpu",
+    checkpoint: Path | None = None,
+    desc: str | None = None,
+    params: list[nn.Parameter] | None = None,
+) -> TrainLog:
+    """`fit` with early stopping on a validation split: after every epoch the loss on `val` = (inputs, targets)
+    is measured; training stops when `patience` epochs have not improved on the best, and the model is left with
+    the weights of its best epoch. Returns the TrainLog (curves, best epoch)."""
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    return _fit(model, inputs, targets, loss_fn, cfg, val, patience, device, checkpoint, desc, params)
+
+
+def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, cfg: TrainConfig,
+         val: tuple[torch.Tensor, torch.Tensor] | None, patience: int | None, device: torch.device | str,
+         checkpoint: Path | None, desc: str | None, params: list[nn.Parameter] | None) -> TrainLog:
     device = torch.device(device)
     model.to(device)
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[float] = []
+    n = inputs.shape[0]
+    steps = -(-n // cfg.batch_size)
+    log = TrainLog(steps_per_epoch=steps, max_epochs=cfg.epochs)
+    best_state: dict | None = None
     start = 0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
-        if state.get("config") == asdict(cfg):
+        if state.get("config") == asdict(cfg) and state.get("patience") == patience:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            history, start = state["history"], state["epoch"]
-    n = inputs.shape[0]
-    steps = -(-n // cfg.batch_size)
+            start = state["epoch"]
+            log = TrainLog(**state["log"])
+            best_state = state.get("best")
     for epoch in range(start, cfg.epochs):
+        if val is not None and log.best_epoch and epoch - log.best_epoch >= patience:
+            break
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         total, count = 0.0, 0
@@ -106,13 +184,21 @@ def fit(
             opt.step()
             total += loss.item() * len(idx)
             count += len(idx)
-        history.append(total / count)
+        log.train_loss.append(total / count)
+        if val is not None:
+            v = mean_loss(model, val[0], val[1], loss_fn, device=device)
+            log.val_loss.append(v)
+            if not log.best_epoch or v < log.best_val:
+                log.best_epoch = epoch + 1
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
-                "epoch": epoch + 1, "config": asdict(cfg),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "log": log.as_dict(),
+                "epoch": epoch + 1, "config": asdict(cfg), "patience": patience, "best": best_state,
             })
-    return history
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return log
 
 
 @torch.no_grad()

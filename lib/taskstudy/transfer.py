@@ -2,14 +2,22 @@
 
 For every target t and source set S (one source: first order; k sources: order k), a small readout D_{S->t}
 (taskstudy.models.make_readout) is trained with t's loss on the frozen representations E_s(I), s in S,
-concatenated on channels, on the `transfer` split, and scored per image on the `test` split. The
-representation of each frozen encoder on each split is computed once and cached in the store, never per epoch.
-Higher orders follow the paper's beam search: for each target the top-b first-order sources (by mean test score)
-and all their k-combinations, k = 2..max_order.
+concatenated on channels, on the `transfer` split, early-stopped on the `val` split, and scored per image on
+`val` (what Steps III-IV select on) and on `test` (what Gain and Quality evaluate on). The representation of
+each frozen encoder on each split is computed once and cached in the store, never per epoch. Higher orders follow
+the paper's beam search: for each target the top-b first-order sources (by mean *val* score) and all their
+k-combinations, k = 2..max_order.
 
-Baselines from the same readout protocol: `random` (a readout on a random-weight encoder) and `scratch` (the
-whole task network trained from scratch on the transfer split: the reference of Gain); `full` (the task
-network of Step I, trained on the full split: the reference of Quality) comes from Step I's scores.
+Queries: a transfer's query I is the target's own input (denoising: the noisy image; every other target: the
+clean image), and each source encoder reads it in the form it was trained on (`encoder_view`): colorization's
+encoder the grey image; jigsaw's the image as it is (the identity tile order is one of its training inputs);
+inpainting's and denoising's either the plain query or the query corrupted as in their training
+(`transfers.corrupted_view`).
+
+Baselines from the same protocol: `random` (a readout on a random-weight encoder) and `scratch` (the whole task
+network trained from scratch on the transfer split: the reference of Gain); `full` (the task network of Step I,
+trained on the full split: the reference of Quality, and the paper's `self` candidate of Steps III-IV) comes from
+Step I's scores.
 
 Units: the missing readouts of one target (one order at a time) run through parallel.map_units; every readout
 is its own store entry keyed by (target, sources, the sources' network keys, readout parameters), so adding a
@@ -43,12 +51,14 @@ from taskstudy.task_networks import (
     task_networks,
     unit_seed,
 )
-from taskstudy.train import TrainConfig, fit, predict, resolve_device
+from taskstudy.train import TrainConfig, fit_validated, predict, resolve_device
 
-VERSION = "1"
+VERSION = "2"  # 2: val split (early stopping, selection), queries in the target's and the encoder's form
 RANDOM = "random"  # a random-weight encoder, the paper's `random` source
 SCRATCH = "scratch"  # a task network trained from scratch on the transfer split (Gain's reference)
-FULL = "full"  # the Step I task network (Quality's reference)
+FULL = "full"  # the Step I task network (Quality's reference; the paper's `self` candidate)
+SPLITS = ("transfer", "val", "test")  # readouts train on transfer, stop and are selected on val, judged on test
+CORRUPTING = ("inpainting", "denoising")  # sources whose training input corrupts the image (see encoder_view)
 
 
 def sources_key(sources: tuple[str, ...] | list[str]) -> str:
@@ -64,8 +74,52 @@ def encoder_key(params: Any, source: str) -> dict[str, Any]:
     return network_key(params.common, params.section("task_networks"), source)
 
 
-def features_key(params: Any, source: str, split: str) -> dict[str, Any]:
-    return {"encoder": encoder_key(params, source), "split": data.split_key(params.common, split)}
+def query_kind(target: str) -> str:
+    """The form of a transfer's query image: the target's own input ("noisy" for denoising, else "rgb")."""
+    return taskdict.get_task(target).input
+
+
+def view_name(params: Any, source: str) -> str:
+    """How source `source`'s encoder reads a query (see encoder_view): "grey", "corrupted" or "plain"."""
+    if source == RANDOM:
+        return "plain"
+    t = taskdict.get_task(source)
+    if t.input == "grey":
+        return "grey"
+    if source in CORRUPTING and params.section("transfers").corrupted_view == "corrupted":
+        return "corrupted"
+    return "plain"
+
+
+def query_images(params: Any, split: str, query: str) -> torch.Tensor:
+    """The query images I of a split in form `query` ("rgb": clean; "noisy": denoising's noisy input)."""
+    d = data.scene_split(Store.for_params(params), params.common, split)
+    if query == "rgb":
+        return data.rgb(d)
+    task = next(t for t in taskdict.TASKS.values() if t.input == query)
+    return data.network_input(params.common, d, task.name)
+
+
+def encoder_view(params: Any, source: str, split: str, query: str) -> torch.Tensor:
+    """What E_s reads for queries of form `query`: the query in the form s was trained on. colorization: its
+    grey image; inpainting (corrupted view): the centre masked; denoising (corrupted view): the clean query with
+    the training noise added (a noisy query is left as it is); everything else: the query itself."""
+    x = query_images(params, split, query)
+    view = view_name(params, source)
+    if view == "grey":
+        return taskdict.make_input(source, x)
+    if view == "corrupted":
+        if source == "inpainting":
+            return taskdict.make_input(source, x)
+        if query == "rgb":
+            d = data.scene_split(Store.for_params(params), params.common, split)
+            return taskdict.make_input(source, x, index=d["index"], seed=data.split_seed(params.common))
+    return x
+
+
+def features_key(params: Any, source: str, split: str, query: str = "rgb") -> dict[str, Any]:
+    return {"encoder": encoder_key(params, source), "split": data.split_key(params.common, split), "query": query,
+            "view": view_name(params, source)}
 
 
 def frozen_encoder(params: Any, source: str) -> Encoder:
@@ -82,33 +136,34 @@ def frozen_encoder(params: Any, source: str) -> Encoder:
     return net.encoder.eval()
 
 
-def cache_features(params: Any, sources: list[str]) -> int:
-    """E_s(I) of every source on the transfer and test splits, computed once into the store (float16).
-    Returns how many were computed now."""
+def cache_features(params: Any, sources: list[str], queries: tuple[str, ...] = ("rgb",)) -> int:
+    """E_s(I) of every source on the transfer, val and test splits, for every query form, computed once into the
+    store (float16). Returns how many were computed now."""
     store = Store.for_params(params)
     computed = 0
     device = resolve_device(params.common.device)
     for s in sources:
-        for split in ("transfer", "test"):
-            key = features_key(params, s, split)
-            if store.exists("features", key, VERSION):
-                continue
-            images = data.rgb(data.scene_split(store, params.common, split))
-            z = predict(frozen_encoder(params, s), images, device=device)
-            store.save("features", key, {"z": z.half()}, VERSION, fmt="pt")
-            computed += 1
+        for query in queries:
+            for split in SPLITS:
+                key = features_key(params, s, split, query)
+                if store.exists("features", key, VERSION):
+                    continue
+                z = predict(frozen_encoder(params, s), encoder_view(params, s, split, query), device=device)
+                store.save("features", key, {"z": z.half()}, VERSION, fmt="pt")
+                computed += 1
     return computed
 
 
 def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str, Any]:
-    """Every parameter that determines one readout's per-image test scores."""
+    """Every parameter that determines one readout's per-image val and test scores."""
     cfg = params.section("transfers")
     return {
         "target": target, "sources": sources_key(sources),
         "encoders": {s: encoder_key(params, s) for s in sorted(sources)},
-        "transfer": data.split_key(params.common, "transfer"), "test": data.split_key(params.common, "test"),
-        "readout_width": cfg.readout_width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "seed": params.common.seed, "code": _readout_code(),
+        "views": {s: view_name(params, s) for s in sorted(sources)}, "query": query_kind(target),
+        **{split: data.split_key(params.common, split) for split in SPLITS},
+        "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed, "code": _readout_code(),
     }
 
 
@@ -120,9 +175,9 @@ def _readout_code() -> str:
 
 def scratch_key(params: Any, target: str) -> dict[str, Any]:
     cfg, net = params.section("transfers"), params.section("task_networks")
-    return {"target": target, "transfer": data.split_key(params.common, "transfer"),
-            "test": data.split_key(params.common, "test"), "epochs": cfg.scratch_epochs, "width": net.width,
-            "depth": net.depth, "decoder_width": net.decoder_width, "batch_size": net.batch_size, "lr": net.lr,
+    return {"target": target, **{split: data.split_key(params.common, split) for split in SPLITS},
+            "epochs": cfg.scratch_epochs, "patience": cfg.patience, "width": net.width, "depth": net.depth,
+            "decoder_width": net.decoder_width, "batch_size": net.batch_size, "lr": net.lr,
             "seed": params.common.seed, "code": _readout_code()}
 
 
@@ -136,7 +191,7 @@ class TargetUnit:
     scratch: bool  # also train the from-scratch network (Gain's reference)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=96)
 def _features(root: str, key_items: str, split: str) -> torch.Tensor:
     import json
 
@@ -146,50 +201,69 @@ def _features(root: str, key_items: str, split: str) -> torch.Tensor:
     return z["z"].float()
 
 
-def load_features(params: Any, sources: tuple[str, ...], split: str) -> torch.Tensor:
-    """Concatenated cached representations of `sources` on a split: (N, k * 4w, H/4, W/4)."""
+def load_features(params: Any, sources: tuple[str, ...], split: str, query: str = "rgb") -> torch.Tensor:
+    """Concatenated cached representations of `sources` on a split for queries of form `query`:
+    (N, k * 4w, H/4, W/4)."""
     import json
 
     root = str(Store.for_params(params).root)
-    parts = [_features(root, json.dumps(features_key(params, s, split), sort_keys=True), split)
+    parts = [_features(root, json.dumps(features_key(params, s, split, query), sort_keys=True), split)
              for s in sorted(sources)]
     return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
-def train_readout(params: Any, target: str, sources: tuple[str, ...]) -> tuple[np.ndarray, dict[str, Any]]:
-    """One readout D_{S->t} on frozen features; returns its per-image test scores and training facts."""
-    cfg, t = params.section("transfers"), taskdict.get_task(target)
+def _labels(params: Any, target: str) -> dict[str, torch.Tensor]:
     store = Store.for_params(params)
-    z_train, z_test = load_features(params, sources, "transfer"), load_features(params, sources, "test")
-    y_train = data.target(data.scene_split(store, params.common, "transfer"), target)
-    y_test = data.target(data.scene_split(store, params.common, "test"), target)
-    seed = unit_seed(params.common.seed, "readout", target, sources_key(sources))
+    return {split: data.target(data.scene_split(store, params.common, split), target) for split in SPLITS}
+
+
+def fit_readout(params: Any, target: str, z: dict[str, torch.Tensor], name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Step II's readout protocol on given frozen features z[split] (transfer, val, test): D_{S->t} trained on
+    transfer, early-stopped on val; returns its per-image test scores and training facts (val scores, TrainLog).
+    `name` (the source set's) seeds the readout."""
+    cfg, t = params.section("transfers"), taskdict.get_task(target)
+    y = _labels(params, target)
+    seed = unit_seed(params.common.seed, "readout", target, name)
     torch.manual_seed(seed)
-    readout = make_readout(t.kind, z_train.shape[1], t.channels, cfg.readout_width)
+    readout = make_readout(t.kind, z["transfer"].shape[1], t.channels, cfg.readout_width)
+    device = resolve_device(params.common.device)
     start = time.perf_counter()
-    history = fit(readout, z_train, y_train, t.loss, TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed),
-                  device=resolve_device(params.common.device))
+    log = fit_validated(readout, z["transfer"], y["transfer"], t.loss,
+                        TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed), (z["val"], y["val"]),
+                        patience=cfg.patience, device=device)
     wall = time.perf_counter() - start
-    scores = t.score(predict(readout, z_test), y_test).numpy()
-    return scores, {"history": history, "wall_s": wall, "images_per_s": len(z_train) * cfg.epochs / wall}
+    scores = t.score(predict(readout, z["test"], device=device), y["test"]).numpy()
+    val_scores = t.score(predict(readout, z["val"], device=device), y["val"]).numpy()
+    return scores, {"val_scores": val_scores, "history": log.train_loss, "log": log.as_dict(), "wall_s": wall,
+                    "images_per_s": len(z["transfer"]) * log.epochs_run / wall}
+
+
+def train_readout(params: Any, target: str, sources: tuple[str, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    """One readout D_{S->t} on the cached frozen features of `sources` (fit_readout)."""
+    z = {split: load_features(params, sources, split, query_kind(target)) for split in SPLITS}
+    return fit_readout(params, target, z, sources_key(sources))
 
 
 def train_scratch(params: Any, target: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """The target's whole network trained from scratch on the transfer split (the reference of Gain)."""
+    """The target's whole network trained from scratch on the transfer split, early-stopped on val (the
+    reference of Gain)."""
     store, t = Store.for_params(params), taskdict.get_task(target)
     net_cfg, cfg = params.section("task_networks"), params.section("transfers")
-    tr = data.scene_split(store, params.common, "transfer")
-    te = data.scene_split(store, params.common, "test")
+    d = {split: data.scene_split(store, params.common, split) for split in SPLITS}
+    x = {split: data.network_input(params.common, d[split], target) for split in SPLITS}
+    y = {split: data.target(d[split], target) for split in SPLITS}
     seed = unit_seed(params.common.seed, "scratch", target)
     torch.manual_seed(seed)
     net = build_network(target, net_cfg)
+    device = resolve_device(params.common.device)
     start = time.perf_counter()
-    fit(net, data.task_input(tr, target, params.common.seed), data.target(tr, target), t.loss,
-        TrainConfig(cfg.scratch_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
-        device=resolve_device(params.common.device))
+    log = fit_validated(net, x["transfer"], y["transfer"], t.loss,
+                        TrainConfig(cfg.scratch_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
+                        (x["val"], y["val"]), patience=cfg.patience, device=device)
     wall = time.perf_counter() - start
-    scores = t.score(predict(net, data.task_input(te, target, params.common.seed)), data.target(te, target))
-    return scores.numpy(), {"wall_s": wall}
+    scores = t.score(predict(net, x["test"], device=device), y["test"]).numpy()
+    val_scores = t.score(predict(net, x["val"], device=device), y["val"]).numpy()
+    return scores, {"val_scores": val_scores, "log": log.as_dict(), "wall_s": wall}
 
 
 def target_unit(u: TargetUnit) -> dict[str, Any]:
@@ -208,7 +282,10 @@ def first_order_sets(sources: list[str]) -> list[tuple[str, ...]]:
 
 def beam_sets(first_order: pd.DataFrame, target: str, beam: int, max_order: int) -> list[tuple[str, ...]]:
     """The paper's beam search: all k-combinations (2 <= k <= max_order) of the target's top-b first-order
-    sources, ranked by mean per-image test score (the `random` baseline excluded)."""
+    sources, ranked by mean per-image score of the table given (the val split's: selection), the `random`
+    baseline excluded."""
+    if first_order.attrs.get("split") == "test":
+        raise ValueError("the beam search selects sources: give it the val split's scores, not the test split's")
     rows = first_order[(first_order.target == target) & (first_order.order == 1)
                        & ~first_order.sources.isin([RANDOM, SCRATCH, FULL])]
     ranked = rows.groupby("sources")["score"].mean().sort_values(ascending=False, kind="stable")
@@ -246,9 +323,14 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
            [f"{u.target}<-{SCRATCH}" for u in done if u.scratch]
 
 
-def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True) -> pd.DataFrame:
-    """Per-image test scores (target, sources, order, image, score) of every readout in `plan`, plus the
-    `scratch` and `full` baselines of each target."""
+def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True,
+                split: str = "test") -> pd.DataFrame:
+    """Per-image scores (target, sources, order, image, score) on `split` ("val": selection, "test":
+    evaluation) of every readout in `plan`, plus the `scratch` and `full` baselines of each target. The split is
+    recorded in the table's attrs["split"]."""
+    if split not in ("val", "test"):
+        raise ValueError(f"scores exist for the val and test splits, not {split!r}")
+    field_ = "scores" if split == "test" else "val_scores"
     store = Store.for_params(params)
     frames = []
 
@@ -259,19 +341,46 @@ def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baseli
     for target, sets in plan.items():
         for s in sets:
             r = store.load("readout", readout_key(params, target, s), VERSION)
-            add(target, sources_key(s), len(s), r["scores"])
+            add(target, sources_key(s), len(s), r[field_])
         if with_baselines:
-            add(target, SCRATCH, 0, store.load("scratch", scratch_key(params, target), VERSION)["scores"])
+            add(target, SCRATCH, 0, store.load("scratch", scratch_key(params, target), VERSION)[field_])
             full = store.load("network_scores",
                               scores_key(params.common, params.section("task_networks"), target), NET_VERSION)
-            add(target, FULL, 0, full["scores"]["network"])
-    return pd.concat(frames, ignore_index=True)
+            add(target, FULL, 0, full[field_]["network"])
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs["split"] = split
+    return table
+
+
+def training_logs(params: Any, plan: dict[str, list[tuple[str, ...]]], with_scratch: bool = True) -> pd.DataFrame:
+    """Training and validation loss against steps of every readout in `plan` (and scratch network): tidy
+    (target, sources, kind, epoch, step, split, loss, best)."""
+    store = Store.for_params(params)
+    rows = []
+
+    def add(target: str, name: str, kind: str, log: dict[str, Any]) -> None:
+        for e, (tr, va) in enumerate(zip(log["train_loss"], log["val_loss"], strict=True), start=1):
+            for split, v in (("train", tr), ("val", va)):
+                rows.append({"target": target, "sources": name, "kind": kind, "epoch": e,
+                             "step": e * log["steps_per_epoch"], "split": split, "loss": v,
+                             "best": e == log["best_epoch"]})
+
+    for target, sets in plan.items():
+        for s in sets:
+            r = store.load("readout", readout_key(params, target, s), VERSION)
+            add(target, sources_key(s), "readout", r["log"])
+        if with_scratch:
+            r = store.load("scratch", scratch_key(params, target), VERSION)
+            if r is not None:
+                add(target, SCRATCH, "scratch", r["log"])
+    return pd.DataFrame(rows)
 
 
 def transfers(params: Any, targets: list[str] | None = None, baselines: bool = True) -> StepResult:
-    """Step II: every first-order readout, then the beam search's higher orders, for every target. Returns the
-    per-image score table under results['scores'] and the list of units computed now (the rest were cached).
-    With `baselines=False` the from-scratch networks are not trained and the table has no `scratch`/`full` rows
+    """Step II: every first-order readout, then the beam search's higher orders (chosen on val), for every target.
+    Returns the per-image score tables, results['scores'] on test (evaluation) and results['val_scores'] on val
+    (selection: AHP, BIP), the plan, and the list of units computed now (the rest were cached). With
+    `baselines=False` the from-scratch networks are not trained and the tables have no `scratch`/`full` rows
     (what a study of the affinities alone needs)."""
     start = time.perf_counter()
     store = Store.for_params(params)
@@ -279,19 +388,21 @@ def transfers(params: Any, targets: list[str] | None = None, baselines: bool = T
     sources = study_tasks(params.common)
     targets = targets or [t for t in sources if not taskdict.get_task(t).source_only]
     task_networks(params, sources)  # Step I first (read from the store when there), so this chapter runs alone
-    cache_features(params, [*sources, RANDOM])
+    cache_features(params, [*sources, RANDOM], tuple(sorted({query_kind(t) for t in targets})))
 
     first = {t: first_order_sets(sources) for t in targets}
     computed = _run_units(params, first, set(targets) if baselines else set(), "first-order")
-    first_scores = score_table(params, first, with_baselines=False)
-    higher = {t: beam_sets(first_scores, t, cfg.beam, cfg.max_order) for t in targets}
+    first_val = score_table(params, first, with_baselines=False, split="val")
+    higher = {t: beam_sets(first_val, t, cfg.beam, cfg.max_order) for t in targets}
     computed += _run_units(params, higher, set(), "higher-order")
     plan = {t: first[t] + higher[t] for t in targets}
-    table = score_table(params, plan, with_baselines=baselines)
+    tables = {split: score_table(params, plan, with_baselines=baselines, split=split) for split in ("val", "test")}
     key = {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
            "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]}
-    store.save("transfer_scores", key if baselines else {**key, "baselines": False}, table, VERSION, fmt="parquet")
-    return StepResult({"scores": table, "plan": plan}, computed, time.perf_counter() - start)
+    store.save("transfer_scores", key if baselines else {**key, "baselines": False}, tables["test"], VERSION,
+               fmt="parquet")
+    return StepResult({"scores": tables["test"], "val_scores": tables["val"], "plan": plan}, computed,
+                      time.perf_counter() - start)
 
 
 def loss_matrix(scores: pd.DataFrame, order: int = 1) -> pd.DataFrame:

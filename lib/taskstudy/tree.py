@@ -86,7 +86,10 @@ def task_tree(affinity: pd.DataFrame, method: str = "average", metric: str = "co
     """Agglomerative clustering of tasks (Sec. 5.3). `affinity`: targets x source sets (affinity_matrix's layout).
     on="columns" (the paper): each source task is the vector of its first-order affinities over the targets;
     on="rows": each target is the vector of its affinities from the source tasks. Targets (or sources) with a
-    missing entry are dropped from the vectors. `metric`/`method` go to scipy's pdist/linkage."""
+    missing entry are dropped from the vectors. `metric`/`method` go to scipy's pdist/linkage.
+
+    Own entries are left out: a task's affinity to itself (its own-encoder readout) is a spike that a source-only
+    task's vector lacks, so two tasks are compared on the entries that are neither's own (masked_pdist)."""
     P = _first_order(affinity, exclude)
     if on == "columns":
         vec = P.T.dropna(axis=1, how="any")
@@ -96,8 +99,24 @@ def task_tree(affinity: pd.DataFrame, method: str = "average", metric: str = "co
         raise ValueError(f"on must be 'columns' or 'rows', got {on!r}")
     if len(vec) < 2 or vec.shape[1] == 0:
         raise ValueError(f"need >= 2 tasks with complete affinity vectors, got {vec.shape}")
-    Z = linkage(pdist(vec.to_numpy(dtype=float), metric=metric), method=method)
+    Z = linkage(masked_pdist(vec, metric), method=method)
     return TaskTree(Z, [str(i) for i in vec.index], metric, method, vec)
+
+
+def masked_pdist(vectors: pd.DataFrame, metric: str = "correlation") -> np.ndarray:
+    """Condensed pairwise distances (scipy's pdist layout) between the rows of `vectors` (tasks x entries
+    named by task), each pair compared without the entries named by either of the two tasks (their own)."""
+    names = [str(i) for i in vectors.index]
+    cols = [str(c) for c in vectors.columns]
+    X = vectors.to_numpy(dtype=float)
+    out = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            keep = [k for k, c in enumerate(cols) if c not in (names[i], names[j])]
+            if len(keep) < 2:
+                raise ValueError(f"tasks {names[i]!r} and {names[j]!r} share fewer than 2 entries besides their own")
+            out.append(float(pdist(X[[i, j]][:, keep], metric=metric)[0]))
+    return np.array(out)
 
 
 def cut_groups(tree: TaskTree, k: int) -> dict[str, int]:

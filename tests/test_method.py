@@ -1,0 +1,229 @@
+"""Taskonomy's method as the paper states it (issue 17): queries in the target's and the encoder's form, the
+target's own network as a candidate, selection and evaluation on different splits, per-image sanity checks,
+jigsaw's input and label from one seed, the tree without own-entry spikes, and training stopped on val."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from taskstudy import ahp, data, evaluate, taxonomy, tree
+from taskstudy import task_networks as tn
+from taskstudy import tasks as taskdict
+from taskstudy import transfer as tr
+from taskstudy.params import load
+from taskstudy.train import TrainConfig, fit_validated, mean_loss, predict
+
+TASKS = ["autoencoding", "denoising", "colorization", "inpainting", "normals"]
+
+
+@pytest.fixture
+def tiny(tmp_path, repo_root):
+    def make(*extra):
+        return load(repo_root / "params/smoke.yaml",
+                    [f"common.results_dir={tmp_path}", f"common.tasks=[{', '.join(TASKS)}]", "common.n_train=16",
+                     "common.n_transfer=16", "common.n_val=8", "common.n_test=8", *extra])
+    return make
+
+
+# --- queries (fixes 2 and 3) ---------------------------------------------------------------------------------------
+
+def test_denoising_readouts_read_the_noisy_query(tiny):
+    p = tiny()
+    tn.task_networks(p)
+    tr.cache_features(p, ["autoencoding", tr.RANDOM], ("rgb", "noisy"))
+    test = data.scene_split(tr.Store.for_params(p), p.common, "test")
+    noisy = data.network_input(p.common, test, "denoising")
+    assert not torch.equal(noisy, data.rgb(test))
+    assert tr.query_kind("denoising") == "noisy" and tr.query_kind("normals") == "rgb"
+    enc = tr.frozen_encoder(p, "autoencoding")
+    z = tr.load_features(p, ("autoencoding",), "test", tr.query_kind("denoising"))
+    torch.testing.assert_close(z, predict(enc, noisy).half().float())
+    assert not torch.allclose(z, predict(enc, data.rgb(test)).half().float())
+
+
+def test_each_encoder_reads_the_query_in_the_form_it_was_trained_on(tiny):
+    p = tiny()
+    d = data.scene_split(tr.Store.for_params(p), p.common, "val")
+    rgb = data.rgb(d)
+    grey = tr.encoder_view(p, "colorization", "val", "rgb")
+    torch.testing.assert_close(grey, taskdict.make_input("colorization", rgb))
+    assert torch.equal(grey[:, 0], grey[:, 1])  # one grey channel, replicated
+    assert torch.equal(tr.encoder_view(p, "normals", "val", "rgb"), rgb)
+    assert torch.equal(tr.encoder_view(p, "inpainting", "val", "rgb"), rgb)  # the default: the plain query
+    q = tiny("transfers.corrupted_view=corrupted")
+    masked = tr.encoder_view(q, "inpainting", "val", "rgb")
+    torch.testing.assert_close(masked, taskdict.make_input("inpainting", rgb))
+    noisy = tr.encoder_view(q, "denoising", "val", "rgb")
+    torch.testing.assert_close(noisy, data.network_input(q.common, d, "denoising"))
+    # a noisy query is not corrupted twice
+    torch.testing.assert_close(tr.encoder_view(q, "denoising", "val", "noisy"), noisy)
+    assert tr.features_key(p, "inpainting", "val") != tr.features_key(q, "inpainting", "val")
+
+
+# --- the target's own network as a candidate (fix 4) --------------------------------------------------------------
+
+def _scores(skill: dict[str, dict[str, float]], n: int = 60, seed: int = 0, split: str = "val") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = [{"target": t, "sources": s, "order": 0 if s in ahp.BASELINES else s.count("+") + 1, "image": i,
+             "score": m + 0.3 * rng.standard_normal()}
+            for t, row in skill.items() for s, m in row.items() for i in range(n)]
+    table = pd.DataFrame(rows)
+    table.attrs["split"] = split
+    return table
+
+
+SKILL = {t: {"a": 0.0, "b": 0.5, "c": 0.2, t: 1.0, "full": 2.0, "scratch": -0.5, "random": -1.0}
+         for t in ("a", "b", "c")}
+
+
+def test_at_a_budget_covering_every_task_each_target_is_served_by_its_own_network():
+    val, test = _scores(SKILL, seed=0, split="val"), _scores(SKILL, seed=1, split="test")
+    P = ahp.affinity_matrix(val, max_order=1)
+    assert "full" in P.columns and (P.idxmax(axis=1) == "full").all()
+    cands = taxonomy.transfers_from_affinity(P)
+    own = cands[cands.candidate == "full"]
+    assert set(own.target) == {"a", "b", "c"} and all(s == (t,) for t, s in zip(own.target, own.sources,
+                                                                                strict=True))
+    assert not (cands.candidate == cands.target).any()  # the own-encoder readout yields to `full`
+    tax = taxonomy.solve_taxonomy(cands, budget=3, max_order=1)
+    assert tax.policy == {"a": ("a",), "b": ("b",), "c": ("c",)}
+    assert all(tax.candidate(t) == "full" for t in tax.policy)
+    rates = evaluate.policy_gain_quality(test, tax)
+    np.testing.assert_allclose(rates["quality"], 0.5)  # the paper's Quality of self
+    assert (rates["gain"] > 0.9).all()
+    gq = evaluate.gain_quality_table(test, P, budgets=[3], orders=[1])
+    assert gq.loc[0, "quality"] == pytest.approx(0.5)
+
+
+def test_without_a_full_column_the_own_readout_remains_the_candidate():
+    val = _scores({t: {k: v for k, v in row.items() if k != "full"} for t, row in SKILL.items()})
+    cands = taxonomy.transfers_from_affinity(ahp.affinity_matrix(val, max_order=1))
+    tax = taxonomy.solve_taxonomy(cands, budget=3, max_order=1)
+    assert all(tax.candidate(t) == t for t in tax.policy)
+
+
+# --- selection and evaluation on different splits (fix 5) ---------------------------------------------------------
+
+def test_no_gain_quality_or_significance_on_the_split_that_chose_the_policy():
+    val = _scores(SKILL, split="val")
+    P = ahp.affinity_matrix(val, max_order=1)
+    assert P.attrs["split"] == "val"
+    with pytest.raises(evaluate.SplitError):
+        evaluate.gain_quality_table(val, P, budgets=[1], orders=[1])
+    with pytest.raises(evaluate.SplitError):
+        evaluate.significance(val, P, budgets=[1], n_random=5)
+    test = _scores(SKILL, seed=1, split="test")
+    with pytest.raises(ValueError, match="val split"):
+        tr.beam_sets(test, "a", beam=2, max_order=2)
+    assert len(evaluate.significance(test, P, budgets=[1], n_random=5)) == 1
+
+
+def test_step_ii_selects_on_val_and_reports_test(tiny):
+    p = tiny("transfers.max_order=2", "transfers.beam=2")
+    step = tr.transfers(p, targets=["normals", "denoising"])
+    val, test = step.results["val_scores"], step.results["scores"]
+    assert val.attrs["split"] == "val" and test.attrs["split"] == "test"
+    assert len(val[val.target == "normals"].image.unique()) == p.common.n_val
+    first = val[(val.order == 1)]
+    for t in ("normals", "denoising"):  # the beam's sets are the top-2 first-order sources on val
+        assert step.results["plan"][t][-1:] == tr.beam_sets(first, t, beam=2, max_order=2)
+    key = tr.readout_key(p, "normals", ("autoencoding",))
+    r = tr.Store.for_params(p).load("readout", key, tr.VERSION)
+    assert len(r["val_scores"]) == p.common.n_val and len(r["scores"]) == p.common.n_test
+    assert 1 <= r["log"]["best_epoch"] <= r["log"]["max_epochs"]
+
+
+# --- Step I's sanity check per image (fix 6) ----------------------------------------------------------------------
+
+def test_sanity_check_is_a_per_image_win_rate_against_avg_and_rand():
+    # lower mean loss than avg, thanks to a few images, but worse than avg on most images: not "well trained"
+    net = np.r_[np.full(8, -0.10), np.full(2, -0.01)]
+    avg = np.r_[np.full(8, -0.05), np.full(2, -1.00)]
+    rand = np.full(10, -2.0)
+    assert -net.mean() < -avg.mean()
+    step = tn.StepResult({"normals": {"scores": {"network": net, "avg": avg, "rand": rand}}}, [], 0.0)
+    row = tn.baseline_table(step).iloc[0]
+    assert row["win rate vs avg"] == pytest.approx(0.2) and row["win rate vs rand"] == pytest.approx(1.0)
+    assert not row["beats avg and rand"]
+
+
+# --- jigsaw: input and label from one seed (fix 7) ----------------------------------------------------------------
+
+def test_jigsaw_input_shows_the_permutation_of_its_label_whatever_the_training_seed(repo_root, tmp_path):
+    p = load(repo_root / "params/smoke.yaml", [f"common.results_dir={tmp_path}", "common.seed=5",
+                                               "common.split_seed=0", "common.n_train=8"])
+    d = data.scene_split(tr.Store.for_params(p), p.common, "train")
+    x = data.network_input(p.common, d, "jigsaw")
+    label = data.target(d, "jigsaw").numpy()
+    expected = taskdict.shuffle_tiles(data.rgb(d), label)
+    assert torch.equal(x, expected)
+
+
+# --- the tree without own-entry spikes (fix 8) --------------------------------------------------------------------
+
+def test_the_tree_compares_tasks_without_their_own_entries():
+    targets = ["t1", "t2", "t3", "t4", "t5"]
+    pattern = pd.Series([0.1, 0.3, 0.2, 0.4, 0.05], index=targets)
+    cols = {}
+    for s in ("t1", "t2", "only"):  # same transfer-out pattern; t1 and t2 also have a spike at their own row
+        v = pattern.copy()
+        if s in targets:
+            v[s] = 5.0
+        cols[s] = v
+    cols["other"] = 1 - pattern  # the opposite pattern
+    P = pd.DataFrame(cols)
+    t = tree.task_tree(P, exclude=())
+    d = pd.DataFrame(np.zeros((4, 4)), index=t.labels, columns=t.labels)
+    from scipy.spatial.distance import squareform
+    d[:] = squareform(tree.masked_pdist(t.vectors))
+    assert d.at["t1", "only"] == pytest.approx(0.0, abs=1e-12)
+    assert d.at["t1", "t2"] == pytest.approx(0.0, abs=1e-12)
+    assert d.at["t1", "other"] > 0.5
+    assert tree.cut_groups(t, 2)["only"] == tree.cut_groups(t, 2)["t1"]
+
+
+# --- training stopped on val --------------------------------------------------------------------------------------
+
+def _overfit_problem():
+    g = torch.Generator().manual_seed(0)
+    x, xv = torch.randn(32, 20, generator=g), torch.randn(64, 20, generator=g)
+    w = torch.randn(20, 1, generator=g)
+    y = x @ w + 2.0 * torch.randn(32, 1, generator=g)  # noisy labels: a wide net overfits them
+    yv = xv @ w
+    return x, y, xv, yv
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, 1))
+
+
+def test_early_stopping_keeps_the_best_val_epoch_and_stops_after_patience(tmp_path):
+    x, y, xv, yv = _overfit_problem()
+    loss = nn.functional.mse_loss
+    cfg = TrainConfig(epochs=200, batch_size=8, lr=1e-2, seed=0)
+    net = _net()
+    log = fit_validated(net, x, y, loss, cfg, (xv, yv), patience=3)
+    assert log.stopped_early and log.epochs_run == log.best_epoch + 3
+    assert log.best_val == min(log.val_loss)
+    assert mean_loss(net, xv, yv, loss) == pytest.approx(log.best_val)  # the best epoch's weights are kept
+    # interrupted mid-run and resumed from its checkpoint: the same curve and the same weights
+    ckpt = tmp_path / "c.pt"
+    calls = {"n": 0}
+
+    def dying(pred, target):
+        calls["n"] += 1
+        if calls["n"] > 4 * 3:  # after 3 epochs of 4 steps
+            raise KeyboardInterrupt
+        return loss(pred, target)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_validated(_net(), x, y, dying, cfg, (xv, yv), patience=3, checkpoint=ckpt)
+    b = _net()
+    log_b = fit_validated(b, x, y, loss, cfg, (xv, yv), patience=3, checkpoint=ckpt)
+    assert log_b.val_loss == log.val_loss and log_b.best_epoch == log.best_epoch
+    assert all(torch.equal(u, v) for u, v in zip(net.state_dict().values(), b.state_dict().values(), strict=True))
