@@ -227,3 +227,33 @@ def test_early_stopping_keeps_the_best_val_epoch_and_stops_after_patience(tmp_pa
     log_b = fit_validated(b, x, y, loss, cfg, (xv, yv), patience=3, checkpoint=ckpt)
     assert log_b.val_loss == log.val_loss and log_b.best_epoch == log.best_epoch
     assert all(torch.equal(u, v) for u, v in zip(net.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+# --- uncertainty of the headline numbers --------------------------------------------------------------------------
+
+def test_bootstrap_intervals_cover_the_rate_and_shrink_with_more_images():
+    from taskstudy import uncertainty
+
+    rng = np.random.default_rng(0)
+    small, large = rng.random(50) < 0.7, rng.random(2000) < 0.7
+    lo_s, hi_s = uncertainty.mean_interval(small.astype(float), n_boot=500, seed=1)
+    lo_l, hi_l = uncertainty.mean_interval(large.astype(float), n_boot=500, seed=1)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3  # ~ 1 / sqrt(n)
+    assert hi_l - lo_l == pytest.approx(2 * 1.96 * np.sqrt(0.7 * 0.3 / 2000), rel=0.25)
+    assert uncertainty.verdict(lo_l, hi_l, 0.7) == "within noise"
+    assert uncertainty.verdict(lo_l, hi_l, 0.5) == "study higher"
+    assert uncertainty.verdict(lo_l, hi_l, 0.9) == "study lower"
+
+
+def test_policy_intervals_contain_the_policy_means():
+    val, test = _scores(SKILL, seed=0, split="val"), _scores(SKILL, seed=1, split="test")
+    P = ahp.affinity_matrix(val, max_order=1, exclude=ahp.BASELINES)  # readouts only: rates below 1
+    tax = taxonomy.solve_taxonomy(taxonomy.transfers_from_affinity(P), budget=1, max_order=1)
+    per = evaluate.policy_gain_quality(test, tax, n_boot=300, seed=0)
+    assert ((per.gain_lo <= per.gain) & (per.gain <= per.gain_hi)).all()
+    ci = evaluate.policy_interval(test, tax, n_boot=300, seed=0)
+    assert ci["quality"][0] <= per.quality.mean() <= ci["quality"][1]
+    assert ci["quality"][1] - ci["quality"][0] > 0
+    gq = evaluate.gain_quality_table(test, P, budgets=[1], orders=[1], n_boot=300, seed=0)
+    assert gq.loc[0, "quality_lo"] == pytest.approx(ci["quality"][0])

@@ -191,3 +191,22 @@ def test_outside_set_from_a_cifar100_copy(tmp_path):
     assert rb.outside_name(P).startswith("CIFAR-100")
     with pytest.raises(ValueError, match="cifar_root"):
         rb.outside_key(params.load(ROOT / "params/smoke.yaml", ["robustness.outside_dataset=cifar100"]))
+
+
+def test_stability_targets_and_per_target_seed_rho():
+    idx, cols = ["t1", "t2", "t3", "t4"], ["a", "b", "c", "d", "e"]
+    rng = np.random.default_rng(0)
+    base = pd.DataFrame(rng.random((4, 5)), index=idx, columns=cols)
+    same = base.copy()
+    flipped = base.copy()
+    flipped.loc["t4"] = -base.loc["t4"]  # one target's ranking reversed by the seed
+    runs = {name: rb.Run(name, [], aff, {}, 0, 0, 0.0) for name, aff in
+            (("base", base), ("seed 1", same), ("seed 2", flipped))}
+    table = rb.seed_rho_per_target(runs)
+    assert list(table.columns) == ["base vs seed 1", "base vs seed 2", "seed 1 vs seed 2"]
+    assert table.loc["t4", "base vs seed 1"] == pytest.approx(1.0)
+    assert table.loc["t4", "base vs seed 2"] == pytest.approx(-1.0)
+    spread = rb.seed_spread(runs, [])
+    met = rb.stability_targets(spread)
+    assert met.loc["lowest target rho", "worst seed pair"] == pytest.approx(-1.0)
+    assert not met.loc["lowest target rho", "met"] and met.loc["median target rho", "met"]

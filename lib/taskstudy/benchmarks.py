@@ -139,14 +139,19 @@ def matmul_gflops(n: int = 1024, repeats: int = 5, threads: int = 2) -> float:
     return best
 
 
+KERNELS = {"fp32 NCHW": ("fp32", False), "fp32 channels_last": ("fp32", True), "bf16 NCHW": ("bf16", False),
+           "bf16 channels_last": ("bf16", True)}
+
+
 def bench_training(params, task: str = "normals", n_images: int = 512, repeats: int = 3, threads: int = 2) -> dict:
-    """Training throughput of one Step I task network (images/s, min/median/max) and its FLOP rate as a
-    fraction of the machine's matmul rate (FLOPs of a forward+backward pass counted by torch)."""
+    """Training throughput of one Step I task network (images/s, min/median/max) with the profile's kernels
+    (common.precision, common.channels_last) and with each of KERNELS, and its FLOP rate as a fraction of the
+    machine's matmul rate (FLOPs of a forward+backward pass counted by torch)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from taskstudy import data, task_networks
     from taskstudy.store import Store
-    from taskstudy.train import TrainConfig, fit
+    from taskstudy.train import TrainConfig, fit, kernels
 
     torch.set_num_threads(threads)
     cfg, t = params.section("task_networks"), tasks.get_task(task)
@@ -156,14 +161,25 @@ def bench_training(params, task: str = "normals", n_images: int = 512, repeats: 
     with FlopCounterMode(display=False) as counter:
         t.loss(net(x[: cfg.batch_size]), y[: cfg.batch_size]).backward()
     flops_per_image = counter.get_total_flops() / cfg.batch_size
-    rates = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        fit(net, x, y, t.loss, TrainConfig(1, cfg.batch_size, cfg.lr, seed=r))
-        rates.append(len(x) / (time.perf_counter() - t0))
+
+    def rates(precision: str, channels_last: bool) -> list[float]:
+        out = []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            fit(net, x, y, t.loss, TrainConfig(1, cfg.batch_size, cfg.lr, seed=r, precision=precision,
+                                               channels_last=channels_last))
+            out.append(len(x) / (time.perf_counter() - t0))
+        return out
+
+    chosen = kernels(params.common)
+    by_kernel = {name: float(np.median(rates(*k))) for name, k in KERNELS.items()}
+    mine = rates(chosen["precision"], chosen["channels_last"])
     peak = matmul_gflops(threads=threads)
-    med = float(np.median(rates))
-    return {"task": task, "min": float(np.min(rates)), "median": med, "max": float(np.max(rates)),
+    med = float(np.median(mine))
+    return {"task": task, "min": float(np.min(mine)), "median": med, "max": float(np.max(mine)),
+            "kernels": by_kernel, "chosen": f"{chosen['precision']} " + (
+                "channels_last" if chosen["channels_last"] else "NCHW"),
+            "speedup_vs_fp32": med / by_kernel["fp32 NCHW"],
             "gflop_per_image": flops_per_image / 1e9, "achieved_gflops": med * flops_per_image / 1e9,
             "matmul_gflops": peak, "fraction_of_matmul": med * flops_per_image / 1e9 / peak}
 
@@ -282,8 +298,12 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
     rows.append(row("Step II", "readouts per minute, as built", tr["readouts_per_min_built"]))
     rows.append(row("Step II", "largest |mean score| difference, built vs naive", tr["max_score_diff"]))
     tn = bench_training(P, repeats=1 if quick else 3)
-    rows.append(row("training", f"task network images/s (median; min {tn['min']:.0f}, max {tn['max']:.0f})",
-                    tn["median"]))
+    rows.append(row("training", f"task network images/s, {tn['chosen']} (median; min {tn['min']:.0f}, max "
+                    f"{tn['max']:.0f})", tn["median"]))
+    for name, rate in tn["kernels"].items():
+        rows.append(row("training", f"task network images/s, {name} (median)", rate))
+    rows.append(row("training", f"speed-up of {tn['chosen']} over fp32 NCHW", tn["speedup_vs_fp32"], ">= 1.5x",
+                    tn["speedup_vs_fp32"] >= 1.5))
     rows.append(row("training", "matmul GFLOP/s of this machine", tn["matmul_gflops"]))
     rows.append(row("training", "fraction of matmul FLOP/s reached", tn["fraction_of_matmul"]))
     for r in bench_taxonomy((5, 10) if quick else (5, 10, 15, 20, 25), (1, 2, 3),

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ConstantInputWarning
 
+from taskstudy import uncertainty
 from taskstudy.ahp import sources_key
 from taskstudy.taxonomy import (
     Taxonomy,
@@ -56,18 +57,37 @@ class _Scores:
     def has(self, target: str, key: str) -> bool:
         return (target, key) in self.series
 
+    def wins(self, target: str, key: str, ref: str) -> pd.Series:
+        """Per-image wins of `key` over `ref` on the images both were scored on (ties half), indexed by image."""
+        for name in (key, ref):
+            if (target, name) not in self.series:
+                raise KeyError(f"no scores for {name!r} -> {target!r}")
+        a, b = self.series[(target, key)].align(self.series[(target, ref)], join="inner")
+        if len(a) == 0:
+            raise ValueError(f"{key!r} and {ref!r} share no test image for target {target!r}")
+        return pd.Series(uncertainty.wins(a.to_numpy(), b.to_numpy()), index=a.index)
+
     def win_rate(self, target: str, key: str, ref: str) -> float:
         k = (target, key, ref)
         if k not in self.cache:
-            for name in (key, ref):
-                if (target, name) not in self.series:
-                    raise KeyError(f"no scores for {name!r} -> {target!r}")
-            a, b = self.series[(target, key)].align(self.series[(target, ref)], join="inner")
-            if len(a) == 0:
-                raise ValueError(f"{key!r} and {ref!r} share no test image for target {target!r}")
-            x, y = a.to_numpy(), b.to_numpy()
-            self.cache[k] = float(((x > y) + 0.5 * (x == y)).mean())
+            self.cache[k] = float(self.wins(target, key, ref).mean())
         return self.cache[k]
+
+    def images(self) -> np.ndarray:
+        return np.unique(np.concatenate([s.index.to_numpy() for s in self.series.values()]))
+
+
+def _boot_rates(idx: _Scores, pairs: list[tuple[str, str, str]], n_boot: int, seed: int) -> np.ndarray:
+    """(len(pairs), n_boot) bootstrap win rates of (target, key, ref) pairs, all on one paired resample of the
+    test images (NaN rows where a pair has no scores)."""
+    images = idx.images()
+    boot = uncertainty.bootstrap_indices(len(images), n_boot, seed)
+    out = np.full((len(pairs), n_boot), np.nan)
+    for r, (t, key, ref) in enumerate(pairs):
+        if idx.has(t, key) and idx.has(t, ref):
+            w = idx.wins(t, key, ref).reindex(images).to_numpy()
+            out[r] = np.nanmean(w[boot], axis=1)
+    return out
 
 
 def win_rate(scores: pd.DataFrame, target: str, sources: str | Iterable[str], reference: str | Iterable[str]) -> float:
@@ -85,10 +105,33 @@ def _policy_rates(idx: _Scores, tax: Taxonomy) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["target", "sources", "gain", "quality"]).set_index("target")
 
 
-def policy_gain_quality(scores: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
+def policy_gain_quality(scores: pd.DataFrame, taxonomy: Taxonomy, n_boot: int = 0, seed: int = 0) -> pd.DataFrame:
     """Per target of the policy: its source set, Gain (win rate vs "scratch") and Quality (win rate vs "full");
-    NaN where the target has no such baseline."""
-    return _policy_rates(_Scores(scores), taxonomy)
+    NaN where the target has no such baseline. With n_boot > 0, 95% bootstrap intervals over test images in
+    gain_lo/gain_hi/quality_lo/quality_hi."""
+    idx = _Scores(scores)
+    rates = _policy_rates(idx, taxonomy)
+    if n_boot:
+        for metric, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF)):
+            b = _boot_rates(idx, [(t, taxonomy.candidate(t), ref) for t in rates.index], n_boot, seed)
+            ci = [uncertainty.interval(row) for row in b]
+            rates[f"{metric}_lo"], rates[f"{metric}_hi"] = [c[0] for c in ci], [c[1] for c in ci]
+    return rates
+
+
+def policy_interval(scores: pd.DataFrame, taxonomy: Taxonomy, n_boot: int = 1000, seed: int = 0,
+                    targets: Iterable[str] | None = None) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals (paired resamples of the test images) of the policy's mean Gain and mean Quality
+    over its targets (or over `targets` only)."""
+    idx = _Scores(scores)
+    chosen = list(taxonomy.policy) if targets is None else [t for t in targets if t in taxonomy.policy]
+    out = {}
+    for metric, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF)):
+        b = _boot_rates(idx, [(t, taxonomy.candidate(t), ref) for t in chosen], n_boot, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[metric] = uncertainty.interval(np.nanmean(b, axis=0))
+    return out
 
 
 def _transfers(affinity: pd.DataFrame, max_order: int | None = None) -> pd.DataFrame:
@@ -102,10 +145,12 @@ def _default_budgets(tr: pd.DataFrame) -> list[int]:
 
 def gain_quality_table(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Sequence[float] | None = None,
                        orders: Sequence[int] = (1, 2, 3, 4), costs: Mapping[str, float] | None = None,
-                       importance: Mapping[str, float] | None = None, solver: str = "cbc") -> pd.DataFrame:
+                       importance: Mapping[str, float] | None = None, solver: str = "cbc", n_boot: int = 0,
+                       seed: int = 0) -> pd.DataFrame:
     """Fig. 9 / the Gain-Quality table: for each budget (default 1..number of source tasks) and max order, the BIP
     solved on the affinity matrix and the mean Gain and Quality of its policy over targets. Budgets below the
-    cheapest feasible one give NaN rows."""
+    cheapest feasible one give NaN rows. With n_boot > 0, 95% bootstrap intervals over the test images
+    (gain_lo, gain_hi, quality_lo, quality_hi)."""
     check_splits(scores, affinity)
     idx = _Scores(scores)
     tr = _transfers(affinity)
@@ -120,9 +165,13 @@ def gain_quality_table(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Se
                                    "sources": None})
                 continue
             rates = _policy_rates(idx, tax)
-            rows.append(row | {"gain": rates["gain"].mean(), "quality": rates["quality"].mean(),
-                               "objective": tax.objective, "n_sources": len(tax.sources),
-                               "sources": "+".join(sorted(tax.sources))})
+            row |= {"gain": rates["gain"].mean(), "quality": rates["quality"].mean(), "objective": tax.objective,
+                    "n_sources": len(tax.sources), "sources": "+".join(sorted(tax.sources))}
+            if n_boot:
+                ci = policy_interval(scores, tax, n_boot, seed)
+                row |= {"gain_lo": ci["gain"][0], "gain_hi": ci["gain"][1], "quality_lo": ci["quality"][0],
+                        "quality_hi": ci["quality"][1]}
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -183,7 +232,22 @@ def significance(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Sequence
     return pd.DataFrame(rows)
 
 
-__all__ = ["win_rate", "policy_gain_quality", "gain_quality_table", "random_policies", "significance"]
+__all__ = ["win_rate", "policy_gain_quality", "policy_interval", "gain_quality_table", "random_policies",
+           "significance", "first_order_win_rates", "win_rate_intervals", "paper_transfer_beside", "check_splits"]
+
+
+def win_rate_intervals(scores: pd.DataFrame, pairs: Sequence[tuple[str, str, str]], n_boot: int = 1000,
+                       seed: int = 0) -> pd.DataFrame:
+    """Win rate and 95% bootstrap interval (paired resamples of the test images) of each (target, sources,
+    reference) triple: columns target, sources, reference, rate, lo, hi."""
+    idx = _Scores(scores)
+    b = _boot_rates(idx, list(pairs), n_boot, seed)
+    rows = []
+    for (t, key, ref), row in zip(pairs, b, strict=True):
+        lo, hi = uncertainty.interval(row)
+        rate = idx.win_rate(t, key, ref) if idx.has(t, key) and idx.has(t, ref) else np.nan
+        rows.append({"target": t, "sources": key, "reference": ref, "rate": rate, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
 
 
 def first_order_win_rates(scores: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -201,18 +265,23 @@ def first_order_win_rates(scores: pd.DataFrame, reference: str) -> pd.DataFrame:
     return out
 
 
-def paper_transfer_beside(scores: pd.DataFrame) -> pd.DataFrame:
+def paper_transfer_beside(scores: pd.DataFrame, val_scores: pd.DataFrame | None = None, n_boot: int = 0,
+                          seed: int = 0) -> pd.DataFrame:
     """First-order Gain and Quality of the study beside the paper's published ones (reference/taskonomy,
     wins_vs_pixels and wins_vs_task), per target both have. Columns (measure, "paper" / "study"): the best
-    transfer from another task (over the sources both have; its name under "best source"), its Gain and Quality,
-    the random encoder's Gain and Quality, the task network's win rate against scratch (the paper's `self` row of
-    its Gain table), and Spearman rho between the two orders of the shared sources by Quality."""
+    transfer from another task (over the sources both have, chosen on `val_scores` when given, so the test split
+    only judges it; its name under "best source"), its Gain and Quality, the random encoder's Gain and Quality, the
+    task network's win rate against scratch (the paper's `self` row of its Gain table), and Spearman rho between
+    the two orders of the shared sources by Quality. With n_boot > 0 every study win rate gets its 95% bootstrap
+    interval over the test images (measure, "study lo" / "study hi") and a verdict against the paper's number
+    (measure, "verdict": within noise, study higher, study lower)."""
     study = {"gain": first_order_win_rates(scores, GAIN_REF), "quality": first_order_win_rates(scores, QUALITY_REF)}
+    chooser = study["quality"] if val_scores is None else first_order_win_rates(val_scores, QUALITY_REF)
     paper = {"gain": load_paper_affinities("wins_vs_pixels"), "quality": load_paper_affinities("wins_vs_task")}
     with warnings.catch_warnings():  # a constant win-rate row (tiny profiles) has no rank correlation: NaN
         warnings.simplefilter("ignore", category=ConstantInputWarning)
         rho = rank_agreement(study["quality"], paper["quality"]).set_index("target")["rho"]
-    rows = {}
+    rows, pairs = {}, {}
     for t in study["quality"].index:
         pt = PAPER_NAMES.get(t)
         if pt is None or pt not in paper["quality"].index:
@@ -221,18 +290,26 @@ def paper_transfer_beside(scores: pd.DataFrame) -> pd.DataFrame:
                   if s != t and PAPER_NAMES.get(s) is not None and PAPER_NAMES[s] in paper["quality"].columns}
         if not shared:
             continue
-        best_s = max(shared, key=lambda s: study["quality"].at[t, s])
+        best_s = max(shared, key=lambda s: chooser.at[t, s])
         best_p = max(shared, key=lambda s: paper["quality"].at[pt, shared[s]])
         row = {("best source", "paper"): best_p, ("best source", "study"): best_s}
-        for m in ("gain", "quality"):
+        for m, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF)):
             row[(f"best {m}", "paper")] = paper[m].at[pt, shared[best_p]]
             row[(f"best {m}", "study")] = study[m].at[t, best_s]
             row[(f"random {m}", "paper")] = paper[m].at[pt, "random"]
             row[(f"random {m}", "study")] = study[m].at[t, "random"]
+            pairs[(t, f"best {m}")] = (t, best_s, ref)
+            pairs[(t, f"random {m}")] = (t, "random", ref)
         row[("network vs scratch", "paper")] = paper["gain"].at[pt, "self"]
         row[("network vs scratch", "study")] = study["gain"].at[t, QUALITY_REF]
+        pairs[(t, "network vs scratch")] = (t, QUALITY_REF, GAIN_REF)
         row[("rank rho (quality)", "study vs paper")] = rho.get(t, np.nan)
         rows[t] = row
+    if n_boot and rows:
+        ci = win_rate_intervals(scores, list(pairs.values()), n_boot, seed)
+        for (t, measure), (_, r) in zip(pairs, ci.iterrows(), strict=True):
+            rows[t][(measure, "study lo")], rows[t][(measure, "study hi")] = r["lo"], r["hi"]
+            rows[t][(measure, "verdict")] = uncertainty.verdict(r["lo"], r["hi"], rows[t][(measure, "paper")])
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     out.index.name = "target"

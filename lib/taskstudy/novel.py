@@ -154,7 +154,8 @@ def readout_key(params: Any, target: str) -> dict[str, Any]:
     return {"target": target, "sources": IMAGENET, "encoder": imagenet_key(params), "query": query_kind(target),
             **{split: data.split_key(params.common, split) for split in SPLITS},
             "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed}
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed,
+            "precision": params.common.precision, "channels_last": params.common.channels_last}
 
 
 def imagenet_scores(params: Any, targets: Sequence[str]) -> pd.DataFrame:

@@ -49,6 +49,8 @@ class Common(Section):
     workers: int = Field(0, ge=0)  # 0 = run units in-process; n > 0 = a Dask LocalCluster of n workers
     cluster: Cluster = Cluster()  # scale-out to an existing Dask scheduler
     device: str = "cpu"  # torch device for training ("cpu", "cuda", "auto")
+    precision: Literal["fp32", "bf16"] = "bf16"  # Steps I-II training forward passes: fp32, or bfloat16 autocast
+    channels_last: bool = True  # Steps I-II training batches in NHWC layout (faster convolutions on the CPU)
     results_dir: str = "results"  # the results store, relative to the study root; entries under <dir>/<profile>/
 
 

@@ -298,3 +298,27 @@ def outside_scatter(accuracy: pd.Series, affinity: pd.DataFrame, targets: Sequen
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def calibration_curves(curves: pd.DataFrame, unit: str, col: str | None = None, col_wrap: int = 3,
+                       title: str = "") -> plt.Figure:
+    """Validation loss against training steps, each curve divided by its own minimum (so every curve ends at 1
+    when training converged), one line per `unit`, facets by `col`; a dot marks the epoch whose weights were
+    kept (early stopping on the val split)."""
+    val = curves[curves["split"] == "val"].copy()
+    val["relative val loss"] = val["loss"] / val.groupby(unit)["loss"].transform("min")
+    g = sns.relplot(val, x="step", y="relative val loss", hue=unit, col=col, col_wrap=col_wrap if col else None,
+                    kind="line", height=2.6, aspect=1.3, legend=len(val[unit].unique()) <= 12,
+                    facet_kws={"sharex": False})
+    for ax in g.axes.flat:
+        ax.axhline(1.0, color="k", lw=0.5)
+        ax.set_yscale("log")
+    best = val[val["best"]]
+    panels = g.axes_dict.items() if col else [(None, g.ax)]
+    for name, ax in panels:
+        part = best if col is None else best[best[col] == name]
+        ax.scatter(part["step"], part["relative val loss"], color="k", s=10, zorder=3, label="kept")
+    g.set_axis_labels("training steps", "val loss / its minimum")
+    if title:
+        g.figure.suptitle(title, y=1.02, fontsize=10)
+    return g.figure

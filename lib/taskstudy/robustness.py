@@ -189,6 +189,31 @@ def seed_spread(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+#: Issue 17's stability targets for the first-order affinities across training seeds.
+STABILITY_TARGETS = {"pooled rho": 0.9, "median target rho": 0.85, "lowest target rho": 0.5}
+
+
+def seed_rho_per_target(runs: Mapping[str, Run]) -> pd.DataFrame:
+    """Spearman's rho of every target's first-order affinities between every two training-seed runs: targets x
+    seed pairs, with the pooled rho as a last row."""
+    names = [n for n in runs if n == BASE or n.startswith("seed ")]
+    cols = {}
+    for a, b in itertools.combinations(names, 2):
+        rho = per_target_rho(runs[a].affinity, runs[b].affinity)
+        rho.loc["pooled"] = pooled_rho(runs[a].affinity, runs[b].affinity)
+        cols[f"{a} vs {b}"] = rho
+    return pd.DataFrame(cols)
+
+
+def stability_targets(spread: pd.DataFrame, targets: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """The seed-to-seed spread against the stability targets: per measure, its worst value over seed pairs, the
+    target and whether it is met."""
+    targets = STABILITY_TARGETS if targets is None else targets
+    rows = [{"measure": m, "worst seed pair": float(spread[m].min()), "mean": float(spread[m].mean()),
+             "target": t, "met": bool(spread[m].min() >= t)} for m, t in targets.items()]
+    return pd.DataFrame(rows).set_index("measure")
+
+
 def stability_table(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataFrame:
     """One row per variation: its agreement with the base, and whether each measure lies within the
     seed-to-seed spread (at or above the lowest value any two seeds reach)."""

@@ -7,6 +7,10 @@ generator seeded with (seed, e), and the rate is a function of the step, so a ru
 epoch e continues exactly as an uninterrupted run. A checkpoint (model, optimiser, epoch, loss history) is
 written atomically after every epoch when a path is given.
 
+Speed: `precision="bf16"` runs forward passes under bfloat16 autocast and `channels_last` lays image batches out as
+NHWC (on this study's CPU the two together train a Step I network 2.7x faster than fp32 NCHW; the performance
+chapter measures it, and results stay within the seed band). Inference (`predict`, `mean_loss`) stays fp32.
+
 Calibration (`fit_validated`): the loss on a held-out `val` split is measured after every epoch, the weights of
 the best epoch are kept, and training stops once `patience` epochs pass without improvement (early stopping,
 Prechelt 1998). The epoch budget `cfg.epochs` is then a ceiling that sets the cosine's length; the log of
@@ -37,6 +41,13 @@ class TrainConfig:
     lr: float = 2e-3  # Adam learning rate
     weight_decay: float = 0.0  # L2 penalty
     seed: int = 0  # initialisation and shuffling
+    precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast (losses and weights stay fp32)
+    channels_last: bool = False  # image batches and conv weights in NHWC layout (faster CPU convolutions)
+
+
+def kernels(common: object) -> dict[str, object]:
+    """The TrainConfig fields that choose kernels, from a profile's `common` (precision, channels_last)."""
+    return {"precision": getattr(common, "precision", "fp32"), "channels_last": getattr(common, "channels_last", False)}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -152,6 +163,11 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn:
          checkpoint: Path | None, desc: str | None, params: list[nn.Parameter] | None) -> TrainLog:
     device = torch.device(device)
     model.to(device)
+    nhwc = cfg.channels_last and inputs.dim() == 4
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = inputs.shape[0]
@@ -178,7 +194,11 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn:
                 group["lr"] = cosine_lr(cfg.lr, epoch * steps + j, cfg.epochs * steps)
             idx = order[i : i + cfg.batch_size]
             x, y = inputs[idx].to(device), targets[idx].to(device)
-            loss = loss_fn(model(x), y)
+            if nhwc:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                out = model(x)
+            loss = loss_fn(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -198,6 +218,8 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn:
             })
     if best_state is not None:
         model.load_state_dict(best_state)
+    if nhwc:
+        model.to(memory_format=torch.contiguous_format)
     return log
 
 

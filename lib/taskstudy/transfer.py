@@ -51,7 +51,7 @@ from taskstudy.task_networks import (
     task_networks,
     unit_seed,
 )
-from taskstudy.train import TrainConfig, fit_validated, predict, resolve_device
+from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device
 
 VERSION = "2"  # 2: val split (early stopping, selection), queries in the target's and the encoder's form
 RANDOM = "random"  # a random-weight encoder, the paper's `random` source
@@ -164,6 +164,7 @@ def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str,
         **{split: data.split_key(params.common, split) for split in SPLITS},
         "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed, "code": _readout_code(),
+        **kernels(params.common),
     }
 
 
@@ -178,7 +179,7 @@ def scratch_key(params: Any, target: str) -> dict[str, Any]:
     return {"target": target, **{split: data.split_key(params.common, split) for split in SPLITS},
             "epochs": cfg.scratch_epochs, "patience": cfg.patience, "width": net.width, "depth": net.depth,
             "decoder_width": net.decoder_width, "batch_size": net.batch_size, "lr": net.lr,
-            "seed": params.common.seed, "code": _readout_code()}
+            "seed": params.common.seed, "code": _readout_code(), **kernels(params.common)}
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ def fit_readout(params: Any, target: str, z: dict[str, torch.Tensor], name: str)
     device = resolve_device(params.common.device)
     start = time.perf_counter()
     log = fit_validated(readout, z["transfer"], y["transfer"], t.loss,
-                        TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed), (z["val"], y["val"]),
+                        TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed, **kernels(params.common)),
+                        (z["val"], y["val"]),
                         patience=cfg.patience, device=device)
     wall = time.perf_counter() - start
     scores = t.score(predict(readout, z["test"], device=device), y["test"]).numpy()
@@ -258,7 +260,8 @@ def train_scratch(params: Any, target: str) -> tuple[np.ndarray, dict[str, Any]]
     device = resolve_device(params.common.device)
     start = time.perf_counter()
     log = fit_validated(net, x["transfer"], y["transfer"], t.loss,
-                        TrainConfig(cfg.scratch_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
+                        TrainConfig(cfg.scratch_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed,
+                                    **kernels(params.common)),
                         (x["val"], y["val"]), patience=cfg.patience, device=device)
     wall = time.perf_counter() - start
     scores = t.score(predict(net, x["test"], device=device), y["test"]).numpy()
@@ -374,6 +377,23 @@ def training_logs(params: Any, plan: dict[str, list[tuple[str, ...]]], with_scra
             if r is not None:
                 add(target, SCRATCH, "scratch", r["log"])
     return pd.DataFrame(rows)
+
+
+def calibration_summary(logs: pd.DataFrame, ceilings: dict[str, int]) -> pd.DataFrame:
+    """Per kind of network (readout, scratch) in a training_logs table: how many, how many stopped early, the kept
+    epoch (median, 90th percentile, max) against the epoch ceiling, and how many reached the ceiling (still
+    improving when the schedule ended)."""
+    runs = logs.groupby(["kind", "target", "sources"]).agg(ran=("epoch", "max"))
+    kept = logs[logs.best & (logs.split == "val")].set_index(["kind", "target", "sources"])["epoch"]
+    runs["kept"] = kept
+    rows = []
+    for kind, g in runs.groupby(level="kind"):
+        cap = ceilings[kind]
+        rows.append({"kind": kind, "networks": len(g), "epoch ceiling": cap,
+                     "stopped early": int((g.ran < cap).sum()), "kept epoch (median)": float(g.kept.median()),
+                     "kept epoch (90%)": float(g.kept.quantile(0.9)), "kept epoch (max)": int(g.kept.max()),
+                     "reached the ceiling": int((g.ran >= cap).sum())})
+    return pd.DataFrame(rows).set_index("kind")
 
 
 def transfers(params: Any, targets: list[str] | None = None, baselines: bool = True) -> StepResult:

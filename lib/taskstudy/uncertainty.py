@@ -1,0 +1,59 @@
+"""Uncertainty of the study's headline numbers: paired bootstrap intervals over test images (Efron & Tibshirani
+1993, the percentile interval).
+
+Every win rate of the study is a mean over test images of w_i = [a_i > b_i] + 0.5 [a_i = b_i]. Resampling the test
+images with replacement (the same resample for every readout and target, since they share the test split) gives
+the sampling distribution of any such mean, and of means of them (a policy's mean Gain over its targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+LEVEL = 0.95
+
+
+def wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image wins of scores a over b (higher is better), ties counting half."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return (a > b) + 0.5 * (a == b)
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) image indices drawn with replacement, from an explicit seed."""
+    if n < 1 or n_boot < 1:
+        raise ValueError(f"need n >= 1 and n_boot >= 1, got n={n}, n_boot={n_boot}")
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_means(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Means of `values` (n,) over each resample of `idx` (n_boot, n): (n_boot,)."""
+    return np.asarray(values, dtype=float)[idx].mean(axis=1)
+
+
+def interval(samples: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The percentile interval of bootstrap samples."""
+    s = np.asarray(samples, dtype=float)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return float("nan"), float("nan")
+    q = (1 - level) / 2
+    return float(np.quantile(s, q)), float(np.quantile(s, 1 - q))
+
+
+def mean_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = LEVEL
+                  ) -> tuple[float, float]:
+    """Bootstrap interval of the mean of per-image values (a win rate when values are `wins`)."""
+    values = np.asarray(values, dtype=float)
+    return interval(bootstrap_means(values, bootstrap_indices(len(values), n_boot, seed)), level)
+
+
+def verdict(study_lo: float, study_hi: float, paper: float) -> str:
+    """A study-vs-paper verdict against the study's interval: 'within noise' when the paper's number lies in it."""
+    if not (np.isfinite(study_lo) and np.isfinite(study_hi) and np.isfinite(paper)):
+        return "not comparable"
+    if study_lo <= paper <= study_hi:
+        return "within noise"
+    return "study higher" if study_lo > paper else "study lower"
