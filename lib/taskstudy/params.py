@@ -70,7 +70,7 @@ class TaskNetworks(Section):
     width: int = Field(16, ge=1)  # encoder width w: stages of w, 2w, 4w channels; representation (4w, H/4, W/4)
     depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage
     decoder_width: int = Field(32, ge=1)  # channels of the task decoders
-    epochs: int = Field(24, ge=1)  # at most this many passes over the train split (the cosine's length)
+    epochs: int = Field(16, ge=1)  # at most this many passes over the train split (the cosine's length)
     patience: int = Field(3, ge=1)  # early stopping: epochs without a better val loss before training stops
     batch_size: int = Field(64, ge=1)  # images per step
     lr: float = Field(2e-3, gt=0)  # Adam learning rate
@@ -79,13 +79,13 @@ class TaskNetworks(Section):
 
 class Transfers(Section):
     readout_width: int = Field(16, ge=1)  # channels of each readout D_{s->t}
-    epochs: int = Field(64, ge=1)  # at most this many passes over the transfer split per readout
+    epochs: int = Field(32, ge=1)  # at most this many passes over the transfer split per readout
     patience: int = Field(4, ge=1)  # early stopping of readouts and scratch networks on the val split
     batch_size: int = Field(64, ge=1)  # images per step
-    lr: float = Field(3e-3, gt=0)  # Adam learning rate
+    lr: float = Field(1e-2, gt=0)  # Adam learning rate of the readouts
     max_order: int = Field(3, ge=1, le=4)  # highest transfer order k (sources per readout)
     beam: int = Field(3, ge=1)  # top-b first-order sources per target (by val score) whose k-combinations are tried
-    scratch_epochs: int = Field(64, ge=1)  # at most this many epochs of the from-scratch network (Gain's reference)
+    scratch_epochs: int = Field(32, ge=1)  # at most this many epochs of the from-scratch network (Gain's reference)
     corrupted_view: Literal["plain", "corrupted"] = "plain"
     # ^ what the encoders of inpainting and denoising read: the query as it is, or corrupted as in their training
 
