@@ -257,3 +257,15 @@ def test_policy_intervals_contain_the_policy_means():
     assert ci["quality"][1] - ci["quality"][0] > 0
     gq = evaluate.gain_quality_table(test, P, budgets=[1], orders=[1], n_boot=300, seed=0)
     assert gq.loc[0, "quality_lo"] == pytest.approx(ci["quality"][0])
+
+
+def test_random_encoder_table_flags_targets_random_features_solve_or_no_source_learns():
+    skill = {"easy": {"a": 0.5, "b": 0.0, "random": 2.5, "full": 1.0, "scratch": 0.0},  # random beats full
+             "dead": {"a": 0.0, "b": 0.0, "random": 0.0, "full": 1.0, "scratch": 0.0},  # nothing beats random
+             "fine": {"a": 1.5, "b": 0.0, "random": -1.0, "full": 2.0, "scratch": 0.0}}
+    test = _scores(skill, n=200, seed=1, split="test")
+    table = evaluate.random_encoder_table(test, _scores(skill, n=200, seed=0), n_boot=300)
+    assert table.loc["easy", "verdict"] == "random features solve it"
+    assert table.loc["dead", "verdict"] == "no source learns it"
+    assert table.loc["fine", "verdict"] == "transfer measurable" and table.loc["fine", "best source"] == "a"
+    assert table.loc["fine", "vs best hi"] < 0.5 < table.loc["easy", "vs full lo"]

@@ -43,8 +43,9 @@ def test_taxonomy_choice_and_table():
     tax = novel.novel_taxonomy(aff, budget=0, max_order=1)  # 0 = every dictionary task may be used
     assert tax.policy == {"t1": ("depth",), "t2": ("edges",)}
     table = novel.comparison(scores, tax)
-    assert list(table.index) == ["t1", "t2", "mean"]
+    assert list(table.index) == ["t1", "t2", "mean", "mean lo", "mean hi"]
     assert (table.loc[["t1", "t2"], ["scratch", IMAGENET, "autoencoding"]] == 1.0).all().all()
+    assert table.loc["mean lo", "scratch"] == table.loc["mean hi", "scratch"] == 1.0  # every image won: no spread
     assert (table.loc[["t1", "t2"], "full"] == 0.0).all()
     assert table.loc["mean", "scratch"] == 1.0
     losses = novel.loss_table(scores, tax)
@@ -52,6 +53,7 @@ def test_taxonomy_choice_and_table():
     side = novel.paper_beside(table)
     assert set(side["against"]) == {"scratch", IMAGENET, "colorization", "jigsaw", "full"}
     assert side.loc[side.against == "full", "paper (mean win rate)"].item() == pytest.approx(0.325)
+    assert side.set_index("against").at["full", "verdict"] == "study lower"  # 0.0 [0, 0] against the paper's 0.325
 
 
 def test_budget_one_restricts_sources():

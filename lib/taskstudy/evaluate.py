@@ -233,7 +233,52 @@ def significance(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Sequence
 
 
 __all__ = ["win_rate", "policy_gain_quality", "policy_interval", "gain_quality_table", "random_policies",
-           "significance", "first_order_win_rates", "win_rate_intervals", "paper_transfer_beside", "check_splits"]
+           "significance", "first_order_win_rates", "win_rate_intervals", "random_encoder_table",
+           "mean_win_rate_interval",
+           "paper_transfer_beside", "check_splits"]
+
+
+def mean_win_rate_interval(scores: pd.DataFrame, taxonomy: Taxonomy, reference: str, n_boot: int = 1000,
+                           seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval (paired resamples of the test images) of the policy's mean win rate over its targets
+    against `reference` (any score-table name: scratch, full, imagenet, a source task, ...)."""
+    b = _boot_rates(_Scores(scores), [(t, taxonomy.candidate(t), reference) for t in taxonomy.policy], n_boot, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return uncertainty.interval(np.nanmean(b, axis=0))
+
+
+def random_encoder_table(scores: pd.DataFrame, val_scores: pd.DataFrame | None = None, n_boot: int = 1000,
+                         seed: int = 0) -> pd.DataFrame:
+    """Per target (Build item 3 of issue 17): the random encoder's readout against the best trained source (chosen
+    on `val_scores` when given) and against the target's full network, as test win rates with 95% bootstrap
+    intervals. `verdict`: "random features solve it" when the random readout beats the full network beyond noise
+    (interval above 0.5), "no source learns it" when the best source does not beat the random readout beyond
+    noise (interval of random-vs-best reaching 0.5), else "transfer measurable"."""
+    chooser = _Scores(scores if val_scores is None else val_scores)
+    idx = _Scores(scores)
+    first = scores.loc[(scores["order"] == 1) & ~scores["sources"].isin(["random", GAIN_REF, QUALITY_REF]),
+                       ["target", "sources"]].drop_duplicates()
+    pairs, best = [], {}
+    for t, g in first.groupby("target"):
+        if not idx.has(t, "random"):
+            continue
+        best[t] = max(g["sources"], key=lambda s, t=t: chooser.series[(t, s)].mean() if chooser.has(t, s) else -np.inf)
+        pairs.append((t, "random", best[t]))
+        if idx.has(t, QUALITY_REF):
+            pairs.append((t, "random", QUALITY_REF))
+    ci = win_rate_intervals(scores, pairs, n_boot, seed).set_index(["target", "reference"])
+    rows = []
+    for t, b in best.items():
+        vb = ci.loc[(t, b)]
+        vf = ci.loc[(t, QUALITY_REF)] if (t, QUALITY_REF) in ci.index else pd.Series({"rate": np.nan, "lo": np.nan,
+                                                                                      "hi": np.nan})
+        verdict = ("random features solve it" if vf["lo"] > 0.5 else
+                   "no source learns it" if vb["hi"] >= 0.5 else "transfer measurable")
+        rows.append({"target": t, "best source": b, "random vs best": vb["rate"], "vs best lo": vb["lo"],
+                     "vs best hi": vb["hi"], "random vs full": vf["rate"], "vs full lo": vf["lo"],
+                     "vs full hi": vf["hi"], "verdict": verdict})
+    return pd.DataFrame(rows).set_index("target")
 
 
 def win_rate_intervals(scores: pd.DataFrame, pairs: Sequence[tuple[str, str, str]], n_boot: int = 1000,

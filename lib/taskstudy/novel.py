@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from taskstudy import ahp, data, evaluate
+from taskstudy import ahp, data, evaluate, uncertainty
 from taskstudy import tasks as taskdict
 from taskstudy import taxonomy as taxmod
 from taskstudy.models import TaskNetwork
@@ -196,9 +196,11 @@ def novel_taxonomy(affinity: pd.DataFrame, budget: int | None, max_order: int) -
 
 
 def comparison(scores: pd.DataFrame, tax: taxmod.Taxonomy,
-               baselines: Sequence[str] = (SCRATCH, IMAGENET, *SELF_SUPERVISED, FULL)) -> pd.DataFrame:
+               baselines: Sequence[str] = (SCRATCH, IMAGENET, *SELF_SUPERVISED, FULL), n_boot: int = 1000,
+               seed: int = 0) -> pd.DataFrame:
     """The novel-task table: per target, the taxonomy's source set and its win rate against each baseline
-    (Gain = vs scratch, Quality = vs full); a last row "mean" over targets."""
+    (Gain = vs scratch, Quality = vs full); a row "mean" over targets, and rows "mean lo" / "mean hi" with its
+    95% bootstrap interval over the test images (n_boot > 0)."""
     rows = []
     for target in tax.policy:
         key = tax.candidate(target)
@@ -210,6 +212,12 @@ def comparison(scores: pd.DataFrame, tax: taxmod.Taxonomy,
     table = pd.DataFrame(rows).set_index("target")
     table.loc["mean"] = table[list(baselines)].mean()
     table.loc["mean", "taxonomy's sources"] = ""
+    if n_boot:
+        for b in baselines:
+            if table.loc["mean", b] == table.loc["mean", b]:  # not NaN
+                lo, hi = evaluate.mean_win_rate_interval(scores, tax, b, n_boot, seed)
+                table.loc["mean lo", b], table.loc["mean hi", b] = lo, hi
+        table.loc[["mean lo", "mean hi"], "taxonomy's sources"] = ""
     return table
 
 
@@ -226,9 +234,17 @@ def loss_table(scores: pd.DataFrame, tax: taxmod.Taxonomy,
 def paper_beside(table: pd.DataFrame) -> pd.DataFrame:
     """The study's mean win rates of the taxonomy beside the paper's (mean over its ten novel tasks), for the
     baselines both have."""
-    rows = [{"against": ours, "paper's column": theirs, "paper (mean win rate)": PAPER_WINS[theirs].mean(),
-             "study (mean win rate)": table.loc["mean", ours]}
-            for ours, theirs in PAPER_COLUMNS.items() if ours in table.columns]
+    rows = []
+    for ours, theirs in PAPER_COLUMNS.items():
+        if ours not in table.columns:
+            continue
+        paper = PAPER_WINS[theirs].mean()
+        row = {"against": ours, "paper's column": theirs, "paper (mean win rate)": paper,
+               "study (mean win rate)": table.loc["mean", ours]}
+        if "mean lo" in table.index:
+            lo, hi = table.loc["mean lo", ours], table.loc["mean hi", ours]
+            row |= {"study lo": lo, "study hi": hi, "verdict": uncertainty.verdict(lo, hi, paper)}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -250,7 +266,8 @@ def novel_tasks(params: Any, targets: Sequence[str] | None = None) -> StepResult
     order = min(cfg.max_order, params.section("transfers").max_order)
     affinity = novel_affinity(step2.results["val_scores"], order)  # selection on val, the tables on test
     tax = novel_taxonomy(affinity, cfg.budget, order)
-    results = {"scores": scores, "affinity": affinity, "taxonomy": tax, "table": comparison(scores, tax),
+    results = {"scores": scores, "affinity": affinity, "taxonomy": tax,
+               "table": comparison(scores, tax, seed=params.common.seed),
                "losses": loss_table(scores, tax), "gain_quality": evaluate.policy_gain_quality(scores, tax),
                "imagenet": {k: v for k, v in net.items() if k != "state"}, "max_order": order}
     return StepResult(results, step1.computed + step2.computed, time.perf_counter() - start)

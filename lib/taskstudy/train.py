@@ -105,14 +105,21 @@ class TrainLog:
 
 @torch.no_grad()
 def mean_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
-              batch_size: int = 256, device: torch.device | str = "cpu") -> float:
+              batch_size: int = 256, device: torch.device | str = "cpu", precision: str = "fp32",
+              channels_last: bool = False) -> float:
     """The loss over a whole split in eval mode: batch losses weighted by batch size (for the study's losses,
-    which are batch means of per-image losses, this is the mean per-image loss)."""
+    which are batch means of per-image losses, this is the mean per-image loss). `precision` / `channels_last`:
+    the training kernels (early stopping reads the val loss under them; per-image scores come from `predict`)."""
     model.eval()
+    device = torch.device(device)
     total, n = 0.0, inputs.shape[0]
     for i in range(0, n, batch_size):
         x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
-        total += float(loss_fn(model(x), y)) * len(x)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x)
+        total += float(loss_fn(out.float(), y)) * len(x)
     return total / max(n, 1)
 
 
@@ -206,7 +213,7 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn:
             count += len(idx)
         log.train_loss.append(total / count)
         if val is not None:
-            v = mean_loss(model, val[0], val[1], loss_fn, device=device)
+            v = mean_loss(model, val[0], val[1], loss_fn, device=device, precision=cfg.precision, channels_last=nhwc)
             log.val_loss.append(v)
             if not log.best_epoch or v < log.best_val:
                 log.best_epoch = epoch + 1
