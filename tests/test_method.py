@@ -269,3 +269,14 @@ def test_random_encoder_table_flags_targets_random_features_solve_or_no_source_l
     assert table.loc["dead", "verdict"] == "no source learns it"
     assert table.loc["fine", "verdict"] == "transfer measurable" and table.loc["fine", "best source"] == "a"
     assert table.loc["fine", "vs best hi"] < 0.5 < table.loc["easy", "vs full lo"]
+
+
+def test_bootstrap_affinities_spread_shrinks_with_more_images():
+    def spread(n):
+        rng = np.random.default_rng(0)
+        rows = [{"target": t, "sources": s, "order": 1, "image": i, "score": m + rng.standard_normal()}
+                for t in ("x", "y") for s, m in zip("abc", (0.0, 0.3, 0.6), strict=True) for i in range(n)]
+        boots = ahp.bootstrap_affinities(pd.DataFrame(rows), n_boot=30, seed=1)
+        assert all(np.allclose(b.sum(axis=1), 1.0) for b in boots)
+        return np.stack([b.to_numpy() for b in boots]).std(axis=0).mean()
+    assert spread(400) < spread(50) / 2

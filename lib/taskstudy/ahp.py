@@ -143,3 +143,21 @@ def raw_quality(scores: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.DataFra
     keep = ~scores["sources"].map(lambda s: bool(excl.intersection(s.split("+"))))
     table = scores[keep].groupby(["target", "sources"])["score"].mean().unstack("sources")
     return table[sorted(table.columns, key=lambda s: (_order(s), s))]
+
+
+def bootstrap_affinities(scores: pd.DataFrame, max_order: int = 1, n_boot: int = 100, seed: int = 0,
+                         exclude: Iterable[str] = NOT_CANDIDATES) -> list[pd.DataFrame]:
+    """Affinity matrices of `n_boot` resamples (with replacement, one seeded draw shared by every target and
+    readout) of the images behind `scores`: the sampling spread of Step III, from which any number computed from
+    the affinities gets a bootstrap interval."""
+    images = np.sort(scores["image"].unique())
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        draw = rng.choice(images, size=len(images), replace=True)
+        counts = pd.Series(draw).value_counts()
+        picked = scores.merge(pd.DataFrame({"image": counts.index.to_numpy()}), on="image")
+        rep = picked.loc[picked.index.repeat(counts.reindex(picked["image"]).to_numpy())].copy()
+        rep["image"] = rep.groupby(["target", "sources"]).cumcount()  # resampled images renumbered, paired
+        out.append(affinity_matrix(rep, max_order=max_order, exclude=exclude))
+    return out

@@ -379,6 +379,40 @@ def training_logs(params: Any, plan: dict[str, list[tuple[str, ...]]], with_scra
     return pd.DataFrame(rows)
 
 
+def view_comparison(params: Any, target: str = "normals") -> pd.DataFrame:
+    """Both views of the corrupting sources' encoders on one target (issue 17, queries): for inpainting and
+    denoising, the first-order readout on the plain query and on the query corrupted as in the encoder's training
+    (`transfers.corrupted_view`), each trained and stopped like every readout; per source, both mean val losses and
+    the test win rate of the corrupted view over the plain one (ties half) with its 95% bootstrap interval."""
+    from taskstudy import evaluate
+    from taskstudy.params import load
+
+    sources = [s for s in CORRUPTING if s in study_tasks(params.common)]
+    if not sources:
+        return pd.DataFrame()
+    other = "corrupted" if params.section("transfers").corrupted_view == "plain" else "plain"
+    runs = {params.section("transfers").corrupted_view: params,
+            other: load(params.file, [*params.overrides, f"transfers.corrupted_view={other}"])}
+    plan = {target: [(s,) for s in sources]}
+    tables = {}
+    for view, Q in runs.items():
+        task_networks(Q, sources)
+        cache_features(Q, sources, (query_kind(target),))
+        _run_units(Q, plan, set(), f"view {view}")
+        tables[view] = {split: score_table(Q, plan, with_baselines=False, split=split) for split in ("val", "test")}
+    test = pd.concat([tables[v]["test"].assign(sources=tables[v]["test"].sources + "@" + v) for v in runs])
+    ci = evaluate.win_rate_intervals(test, [(target, f"{s}@corrupted", f"{s}@plain") for s in sources],
+                                     seed=params.common.seed).set_index("sources")
+    rows = []
+    for s in sources:
+        val = {v: float(-tables[v]["val"].loc[tables[v]["val"].sources == s, "score"].mean()) for v in runs}
+        r = ci.loc[f"{s}@corrupted"]
+        rows.append({"source": s, "target": target, "val loss, plain": val["plain"],
+                     "val loss, corrupted": val["corrupted"], "corrupted beats plain (test)": r["rate"],
+                     "lo": r["lo"], "hi": r["hi"]})
+    return pd.DataFrame(rows).set_index("source")
+
+
 def calibration_summary(logs: pd.DataFrame, ceilings: dict[str, int]) -> pd.DataFrame:
     """Per kind of network (readout, scratch) in a training_logs table: how many, how many stopped early, the kept
     epoch (median, 90th percentile, max) against the epoch ceiling, and how many reached the ceiling (still
