@@ -77,6 +77,17 @@ class _FrozenEncoderReadout(torch.nn.Module):
         return self.readout(z)
 
 
+BENCH_EPOCHS = 8  # readout epochs in the speed benchmarks: a fixed cost, whatever the profile's ceiling
+
+
+def _short_readouts(params):
+    """The params with BENCH_EPOCHS readout epochs and no early stopping (speed benchmarks, not science)."""
+    from dataclasses import replace
+
+    tr = params.section("transfers").model_copy(update={"epochs": BENCH_EPOCHS, "patience": BENCH_EPOCHS})
+    return replace(params, sections={**params.sections, "transfers": tr})
+
+
 def bench_transfer(params, sources: list[str], targets: list[str], threads: int = 2) -> dict:
     """Step II as built (each frozen encoder run once per split, readouts on cached features) against the naive
     way (one readout at a time, the frozen encoder recomputed every batch of every epoch, one process), on the
@@ -101,7 +112,7 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
         readout = make_readout(t.kind, encoders[source].out_channels, t.channels, cfg.readout_width)
         model = model_of(readout)
         fit(model, z_train, data.target(tr, target), t.loss,
-            TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=seed), params=list(readout.parameters()))
+            TrainConfig(BENCH_EPOCHS, cfg.batch_size, cfg.lr, seed=seed), params=list(readout.parameters()))
         return float(t.score(predict(model, z_test), data.target(te, target)).mean())
 
     start = time.perf_counter()
@@ -120,7 +131,7 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
                 source, target, x_tr, x_te, lambda r, e=encoders[source]: _FrozenEncoderReadout(e, r))
     t_naive = time.perf_counter() - start
     n = len(built)
-    return {"readouts": n, "epochs": cfg.epochs, "built_s": t_built, "naive_s": t_naive,
+    return {"readouts": n, "epochs": BENCH_EPOCHS, "built_s": t_built, "naive_s": t_naive,
             "speedup": t_naive / t_built, "readouts_per_min_built": 60 * n / t_built,
             "max_score_diff": max(abs(built[k] - naive[k]) for k in built)}
 
@@ -198,7 +209,7 @@ def bench_scaleout(params, sources: list[str], targets: list[str], workers: tupl
     from taskstudy.parallel import close_clients, map_units
 
     transfer.cache_features(params, sources)
-    small = params.subset("task_networks", "transfers")
+    small = _short_readouts(params.subset("task_networks", "transfers"))
     units = [(small, t, s) for s in sources for t in targets]
     rows, base = [], None
     for w in workers:
