@@ -280,3 +280,16 @@ def test_bootstrap_affinities_spread_shrinks_with_more_images():
         assert all(np.allclose(b.sum(axis=1), 1.0) for b in boots)
         return np.stack([b.to_numpy() for b in boots]).std(axis=0).mean()
     assert spread(400) < spread(50) / 2
+
+
+def test_calibration_curves_divide_each_curve_by_its_own_minimum():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from taskstudy import plots
+
+    rows = [{"target": t, "sources": "a", "epoch": e, "step": e, "split": "val", "loss": scale * (1 + 1 / e),
+             "best": e == 4} for t, scale in (("t1", 1.0), ("t2", 10.0)) for e in range(1, 5)]
+    fig = plots.calibration_curves(pd.DataFrame(rows), unit="sources", col="target")
+    lows = [min(line.get_ydata()) for ax in fig.axes for line in ax.get_lines() if len(line.get_ydata()) == 4]
+    assert lows and all(v == pytest.approx(1.0) for v in lows)  # each facet's curve ends at 1, not at 10

@@ -306,13 +306,18 @@ def calibration_curves(curves: pd.DataFrame, unit: str, col: str | None = None, 
     when training converged), one line per `unit`, facets by `col`; a dot marks the epoch whose weights were
     kept (early stopping on the val split)."""
     val = curves[curves["split"] == "val"].copy()
-    val["relative val loss"] = val["loss"] / val.groupby(unit)["loss"].transform("min")
+    curve = [col, unit] if col else [unit]  # one curve per (facet, unit): a source serves several targets
+    val["relative val loss"] = val["loss"] / val.groupby(curve)["loss"].transform("min")
     g = sns.relplot(val, x="step", y="relative val loss", hue=unit, col=col, col_wrap=col_wrap if col else None,
                     kind="line", height=2.6, aspect=1.3, legend=len(val[unit].unique()) <= 12,
                     facet_kws={"sharex": False})
+    from matplotlib.ticker import FormatStrFormatter
+
     for ax in g.axes.flat:
         ax.axhline(1.0, color="k", lw=0.5)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
     best = val[val["best"]]
     panels = g.axes_dict.items() if col else [(None, g.ax)]
     for name, ax in panels:
