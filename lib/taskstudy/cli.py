@@ -88,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for c in todo:  # check every chapter's parameters before the first kernel starts
         pipeline.chapter_parameters(c, params)
     log_path = _setup_log(params)
+    pipeline.catch_interrupts()
     pipeline.sweep(root, params.results_root())  # temporary files of killed runs
     print(f"running {len(todo)} chapter(s) with profile '{params.profile}'; log: {log_path}")
     bar = tqdm(todo, desc="chapters", unit="chapter")

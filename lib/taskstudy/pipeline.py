@@ -208,6 +208,22 @@ def chapter_parameters(chapter: Chapter, params: StudyParams) -> dict[str, Any]:
     return {"params_file": str(params.file.resolve()), "overrides": list(params.overrides), **own}
 
 
+_INTERRUPTED = {"flag": False}
+
+
+def catch_interrupts() -> None:
+    """Install a SIGINT handler that records the interrupt before raising KeyboardInterrupt: papermill's client
+    can swallow a KeyboardInterrupt that lands while it waits on the kernel and go on with the chapter, so
+    `execute` checks the record when papermill returns and stops the run there (nothing of the chapter is kept)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        _INTERRUPTED["flag"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path,
             progress: bool = True) -> dict[str, Any]:
     """Run one chapter with papermill into book/chapters/ (atomically); on failure keep the executed notebook
@@ -241,6 +257,9 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     except BaseException:
         partial.unlink(missing_ok=True)  # interrupted: no half-written notebook left behind
         raise
+    if _INTERRUPTED["flag"]:  # a Ctrl-C that papermill's client swallowed
+        partial.unlink(missing_ok=True)
+        raise KeyboardInterrupt
     target.parent.mkdir(parents=True, exist_ok=True)
     faults.point("notebook.move", chapter.name)
     os.replace(partial, target)
