@@ -119,19 +119,23 @@ def policy_gain_quality(scores: pd.DataFrame, taxonomy: Taxonomy, n_boot: int = 
     return rates
 
 
+def _policy_mean_interval(idx: _Scores, taxonomy: Taxonomy, reference: str, n_boot: int, seed: int,
+                          targets: Iterable[str] | None = None) -> tuple[float, float]:
+    """Bootstrap interval of the policy's mean win rate over its targets (or `targets`) against `reference`."""
+    chosen = list(taxonomy.policy) if targets is None else [t for t in targets if t in taxonomy.policy]
+    b = _boot_rates(idx, [(t, taxonomy.candidate(t), reference) for t in chosen], n_boot, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return uncertainty.interval(np.nanmean(b, axis=0))
+
+
 def policy_interval(scores: pd.DataFrame, taxonomy: Taxonomy, n_boot: int = 1000, seed: int = 0,
                     targets: Iterable[str] | None = None) -> dict[str, tuple[float, float]]:
     """95% bootstrap intervals (paired resamples of the test images) of the policy's mean Gain and mean Quality
     over its targets (or over `targets` only)."""
     idx = _Scores(scores)
-    chosen = list(taxonomy.policy) if targets is None else [t for t in targets if t in taxonomy.policy]
-    out = {}
-    for metric, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF)):
-        b = _boot_rates(idx, [(t, taxonomy.candidate(t), ref) for t in chosen], n_boot, seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[metric] = uncertainty.interval(np.nanmean(b, axis=0))
-    return out
+    return {m: _policy_mean_interval(idx, taxonomy, ref, n_boot, seed, targets)
+            for m, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF))}
 
 
 def _transfers(affinity: pd.DataFrame, max_order: int | None = None) -> pd.DataFrame:
@@ -167,8 +171,9 @@ def gain_quality_table(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Se
             rates = _policy_rates(idx, tax)
             row |= {"gain": rates["gain"].mean(), "quality": rates["quality"].mean(), "objective": tax.objective,
                     "n_sources": len(tax.sources), "sources": "+".join(sorted(tax.sources))}
-            if n_boot:
-                ci = policy_interval(scores, tax, n_boot, seed)
+            if n_boot:  # on the table's own index: one pass over the scores for every budget and order
+                ci = {m: _policy_mean_interval(idx, tax, ref, n_boot, seed)
+                      for m, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF))}
                 row |= {"gain_lo": ci["gain"][0], "gain_hi": ci["gain"][1], "quality_lo": ci["quality"][0],
                         "quality_hi": ci["quality"][1]}
             rows.append(row)
@@ -242,10 +247,7 @@ def mean_win_rate_interval(scores: pd.DataFrame, taxonomy: Taxonomy, reference: 
                            seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval (paired resamples of the test images) of the policy's mean win rate over its targets
     against `reference` (any score-table name: scratch, full, imagenet, a source task, ...)."""
-    b = _boot_rates(_Scores(scores), [(t, taxonomy.candidate(t), reference) for t in taxonomy.policy], n_boot, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return uncertainty.interval(np.nanmean(b, axis=0))
+    return _policy_mean_interval(_Scores(scores), taxonomy, reference, n_boot, seed)
 
 
 def random_encoder_table(scores: pd.DataFrame, val_scores: pd.DataFrame | None = None, n_boot: int = 1000,

@@ -27,7 +27,7 @@ from taskstudy import tasks as taskdict
 from taskstudy.models import Encoder, TaskNetwork
 from taskstudy.parallel import map_claimed
 from taskstudy.store import Store, code_hash
-from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device
+from taskstudy.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
 from taskstudy.tree import PAPER_NAMES, load_paper_affinities
 
 VERSION = "2"  # 2: early stopping on val, val scores, inputs seeded by the split's render seed
@@ -225,15 +225,8 @@ def baseline_table(step: StepResult, n_boot: int = 1000, seed: int = 0) -> pd.Da
 def curve_table(step: StepResult) -> pd.DataFrame:
     """Training and validation loss against steps of every network (tidy: task, epoch, step, split, loss), and
     the kept epoch in column `best`."""
-    rows = []
-    for t, r in step.results.items():
-        log = r["network"].get("log")
-        if log is None:
-            continue
-        for e, (tr, va) in enumerate(zip(log["train_loss"], log["val_loss"], strict=True), start=1):
-            for split, v in (("train", tr), ("val", va)):
-                rows.append({"task": t, "epoch": e, "step": e * log["steps_per_epoch"], "split": split, "loss": v,
-                             "best": e == log["best_epoch"]})
+    rows = [{"task": t, **row} for t, r in step.results.items() if r["network"].get("log") is not None
+            for row in log_rows(r["network"]["log"])]
     return pd.DataFrame(rows)
 
 

@@ -103,6 +103,13 @@ class TrainLog:
         return asdict(self)
 
 
+def log_rows(log: dict) -> list[dict]:
+    """A TrainLog (as_dict) as tidy rows: epoch, step, split (train / val), loss, best (the kept epoch)."""
+    return [{"epoch": e, "step": e * log["steps_per_epoch"], "split": split, "loss": v, "best": e == log["best_epoch"]}
+            for e, (tr, va) in enumerate(zip(log["train_loss"], log["val_loss"], strict=True), start=1)
+            for split, v in (("train", tr), ("val", va))]
+
+
 @torch.no_grad()
 def mean_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
               batch_size: int = 256, device: torch.device | str = "cpu", precision: str = "fp32",

@@ -51,7 +51,7 @@ from taskstudy.task_networks import (
     task_networks,
     unit_seed,
 )
-from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device
+from taskstudy.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
 
 VERSION = "2"  # 2: val split (early stopping, selection), queries in the target's and the encoder's form
 RANDOM = "random"  # a random-weight encoder, the paper's `random` source
@@ -362,11 +362,7 @@ def training_logs(params: Any, plan: dict[str, list[tuple[str, ...]]], with_scra
     rows = []
 
     def add(target: str, name: str, kind: str, log: dict[str, Any]) -> None:
-        for e, (tr, va) in enumerate(zip(log["train_loss"], log["val_loss"], strict=True), start=1):
-            for split, v in (("train", tr), ("val", va)):
-                rows.append({"target": target, "sources": name, "kind": kind, "epoch": e,
-                             "step": e * log["steps_per_epoch"], "split": split, "loss": v,
-                             "best": e == log["best_epoch"]})
+        rows.extend({"target": target, "sources": name, "kind": kind, **row} for row in log_rows(log))
 
     for target, sets in plan.items():
         for s in sets:
