@@ -282,6 +282,21 @@ def test_bootstrap_affinities_spread_shrinks_with_more_images():
     assert spread(400) < spread(50) / 2
 
 
+def test_bootstrap_affinities_equal_the_affinities_of_explicitly_resampled_images():
+    """The count-weighted win matrices are the win matrices of the resampled table itself (the same seeded draw)."""
+    rng = np.random.default_rng(3)
+    rows = [{"target": t, "sources": s, "order": 1, "image": i, "score": float(rng.integers(0, 4))}  # ties too
+            for t in ("x", "y") for s in ("a", "b", "c", "full") for i in range(40)]
+    scores = pd.DataFrame(rows)
+    boots = ahp.bootstrap_affinities(scores, n_boot=5, seed=7)
+    draw_rng = np.random.default_rng(7)
+    images = np.sort(scores["image"].unique())
+    for b in boots:
+        draw = draw_rng.choice(images, size=len(images), replace=True)
+        rep = pd.concat([scores[scores.image == i].assign(image=k) for k, i in enumerate(draw)], ignore_index=True)
+        pd.testing.assert_frame_equal(b, ahp.affinity_matrix(rep), check_exact=False, rtol=1e-12)
+
+
 def test_calibration_curves_divide_each_curve_by_its_own_minimum():
     import matplotlib
 

@@ -54,6 +54,30 @@ def _per_image(scores: pd.DataFrame, target: str, candidates: Sequence[str] | No
     return table[list(candidates)]
 
 
+def _pairwise_wins(scores: pd.DataFrame, target: str, candidates: Sequence[str] | None
+                   ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Per image, who beats whom among the target's readouts: (images, names, wins, both) with wins[k, i, j] =
+    1 if readout i beats j on image k, 0.5 on a tie, 0 otherwise or where either has no score, and
+    both[k, i, j] = 1 where both have a score on image k."""
+    table = _per_image(scores, target, candidates)
+    a = table.to_numpy(dtype=float)
+    valid = ~np.isnan(a)
+    both = valid[:, :, None] & valid[:, None, :]
+    with np.errstate(invalid="ignore"):
+        wins = (a[:, :, None] > a[:, None, :]) + 0.5 * (a[:, :, None] == a[:, None, :])
+    return table.index.to_numpy(), [str(c) for c in table.columns], np.where(both, wins, 0.0), both.astype(float)
+
+
+def _weighted_win_matrix(target: str, names: list[str], wins: np.ndarray, both: np.ndarray,
+                         weights: np.ndarray) -> np.ndarray:
+    """W_t with image k counted `weights[k]` times (1 for W_t itself, the resampling counts for a bootstrap)."""
+    count = np.tensordot(weights, both, axes=1)
+    if (count == 0).any():
+        i, j = (int(v[0]) for v in np.nonzero(count == 0))
+        raise ValueError(f"target {target!r}: source sets {names[i]!r} and {names[j]!r} share no test image")
+    return np.tensordot(weights, wins, axes=1) / count
+
+
 def win_matrix(scores: pd.DataFrame, target: str, candidates: Sequence[str] | None = None
                ) -> tuple[np.ndarray, list[str]]:
     """W_t of Sec. 3.3 (Eq. before W'): w_ij = share of test images where source set i beats j; ties count half.
@@ -63,22 +87,8 @@ def win_matrix(scores: pd.DataFrame, target: str, candidates: Sequence[str] | No
     the diagonal is 0.5.
     """
     cands = None if candidates is None else [sources_key(c) for c in candidates]
-    table = _per_image(scores, target, cands)
-    names = [str(c) for c in table.columns]
-    a = table.to_numpy(dtype=float)
-    valid = ~np.isnan(a)
-    n = len(names)
-    W = np.full((n, n), 0.5)
-    for i in range(n):
-        both = valid[:, [i]] & valid
-        count = both.sum(axis=0)
-        if (count == 0).any():
-            j = int(np.flatnonzero(count == 0)[0])
-            raise ValueError(f"target {target!r}: source sets {names[i]!r} and {names[j]!r} share no test image")
-        with np.errstate(invalid="ignore"):
-            wins = (a[:, [i]] > a) + 0.5 * (a[:, [i]] == a)
-        W[i] = np.where(both, wins, 0.0).sum(axis=0) / count
-    return W, names
+    images, names, wins, both = _pairwise_wins(scores, target, cands)
+    return _weighted_win_matrix(target, names, wins, both, np.ones(len(images))), names
 
 
 def ahp_matrix(W: np.ndarray) -> np.ndarray:
@@ -120,20 +130,42 @@ def affinity_matrix(scores: pd.DataFrame, max_order: int = 1,
     max_order, so each row sums to 1 (as the paper: first- and higher-order sources share one vector), `full` (the
     paper's self) among them unless excluded. NaN where a target has no readout from a source set. attrs["split"]
     is the scores' split."""
-    exclude = tuple(exclude)
-    rows: dict[str, pd.Series] = {}
+    rows = {}
+    for target in sorted(scores["target"].unique()):
+        cands = candidate_sets(scores, target, max_order, exclude)
+        if cands:
+            W, names = win_matrix(scores, target, cands)
+            rows[target] = pd.Series(ahp_weights(W), index=names)
+    return _as_affinity(rows, scores)
+
+
+def _as_affinity(rows: dict[str, pd.Series], scores: pd.DataFrame) -> pd.DataFrame:
+    P = pd.DataFrame(rows).T
+    P = P[sorted(P.columns, key=lambda s: (_order(s), s))]
+    P.index.name, P.columns.name = "target", "sources"
+    P.attrs["split"] = scores.attrs.get("split")
+    return P
+
+
+def bootstrap_affinities(scores: pd.DataFrame, max_order: int = 1, n_boot: int = 100, seed: int = 0,
+                         exclude: Iterable[str] = NOT_CANDIDATES) -> list[pd.DataFrame]:
+    """Affinity matrices of `n_boot` resamples (with replacement, one seeded draw shared by every target and
+    readout) of the images behind `scores`: the sampling spread of Step III, from which any number computed from
+    the affinities gets a bootstrap interval. A resample counts each image as often as it was drawn, so its W_t is
+    the count-weighted W_t of the images (the pairwise wins computed once per target, not per resample)."""
+    images = np.sort(scores["image"].unique())
+    rng = np.random.default_rng(seed)
+    counts = [pd.Series(rng.choice(images, size=len(images), replace=True)).value_counts() for _ in range(n_boot)]
+    rows: list[dict[str, pd.Series]] = [{} for _ in range(n_boot)]
     for target in sorted(scores["target"].unique()):
         cands = candidate_sets(scores, target, max_order, exclude)
         if not cands:
             continue
-        W, names = win_matrix(scores, target, cands)
-        rows[target] = pd.Series(ahp_weights(W), index=names)
-    P = pd.DataFrame(rows).T
-    cols = sorted(P.columns, key=lambda s: (_order(s), s))
-    P = P[cols]
-    P.index.name, P.columns.name = "target", "sources"
-    P.attrs["split"] = scores.attrs.get("split")
-    return P
+        own, names, wins, both = _pairwise_wins(scores, target, cands)
+        for b, c in enumerate(counts):
+            W = _weighted_win_matrix(target, names, wins, both, c.reindex(own, fill_value=0).to_numpy(float))
+            rows[b][target] = pd.Series(ahp_weights(W), index=names)
+    return [_as_affinity(r, scores) for r in rows]
 
 
 def raw_quality(scores: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.DataFrame:
@@ -143,21 +175,3 @@ def raw_quality(scores: pd.DataFrame, exclude: Iterable[str] = ()) -> pd.DataFra
     keep = ~scores["sources"].map(lambda s: bool(excl.intersection(s.split("+"))))
     table = scores[keep].groupby(["target", "sources"])["score"].mean().unstack("sources")
     return table[sorted(table.columns, key=lambda s: (_order(s), s))]
-
-
-def bootstrap_affinities(scores: pd.DataFrame, max_order: int = 1, n_boot: int = 100, seed: int = 0,
-                         exclude: Iterable[str] = NOT_CANDIDATES) -> list[pd.DataFrame]:
-    """Affinity matrices of `n_boot` resamples (with replacement, one seeded draw shared by every target and
-    readout) of the images behind `scores`: the sampling spread of Step III, from which any number computed from
-    the affinities gets a bootstrap interval."""
-    images = np.sort(scores["image"].unique())
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n_boot):
-        draw = rng.choice(images, size=len(images), replace=True)
-        counts = pd.Series(draw).value_counts()
-        picked = scores.merge(pd.DataFrame({"image": counts.index.to_numpy()}), on="image")
-        rep = picked.loc[picked.index.repeat(counts.reindex(picked["image"]).to_numpy())].copy()
-        rep["image"] = rep.groupby(["target", "sources"]).cumcount()  # resampled images renumbered, paired
-        out.append(affinity_matrix(rep, max_order=max_order, exclude=exclude))
-    return out

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from taskstudy import parallel, pipeline
 from taskstudy import params as params_mod
-from taskstudy import pipeline
 from taskstudy.paths import RootNotFound, find_root
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -91,11 +91,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline.catch_interrupts()
     pipeline.sweep(root, params.results_root())  # temporary files of killed runs
     print(f"running {len(todo)} chapter(s) with profile '{params.profile}'; log: {log_path}")
-    bar = tqdm(todo, desc="chapters", unit="chapter")
-    for c in bar:
-        bar.set_postfix_str(c.name)
-        rec = pipeline.execute(c, params, chs, root, progress=not args.quiet)
-        tqdm.write(f"  {c.name}: done in {rec['wall_s']:.1f} s")
+    # several chapters share one Dask cluster (one start-up, one clean shutdown); a single chapter starts its own
+    share = len(todo) > 1 and not params.common.cluster.address
+    with parallel.shared_cluster(params.common.workers if share else 0) as client:
+        bar = tqdm(todo, desc="chapters", unit="chapter")
+        for c in bar:
+            bar.set_postfix_str(c.name)
+            rec = pipeline.execute(c, params, chs, root, progress=not args.quiet, workers=client)
+            tqdm.write(f"  {c.name}: done in {rec['wall_s']:.1f} s")
     print(f"executed chapters are in {root / 'book' / 'chapters'}; build the book with `taskstudy book`")
     return 0
 

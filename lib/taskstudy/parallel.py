@@ -10,9 +10,10 @@ of single-threaded worker processes (torch set to one thread each), or on an exi
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm as _tqdm
@@ -38,39 +39,78 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def get_client(workers: int, address: str | None = None) -> Any:
-    """A Dask client, created once per process and reused: the scheduler at `address`, else a LocalCluster
-    of `workers` single-threaded processes."""
-    from dask.distributed import Client, LocalCluster
+#: Set by `shared_cluster` (the CLI, for a run of several chapters): "<workers>@<scheduler address>". A chapter's
+#: kernel that asks for that many local workers joins this cluster instead of starting its own.
+SHARED_ENV = "TASKSTUDY_DASK_CLUSTER"
 
+
+def _local_cluster(workers: int) -> Any:
+    import dask
+    from dask.distributed import LocalCluster
+
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which turns off glibc's dynamic mmap
+    # threshold: every large tensor is then mmap'ed and unmapped anew, and training ran 1.65x slower in a
+    # worker than in a plain process (measured on this study's networks). Unset it, keep the thread limits.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                            silence_logs=logging.ERROR)
+
+
+def _shared_address(workers: int) -> str | None:
+    n, _, address = os.environ.get(SHARED_ENV, "").partition("@")
+    return address if address and n == str(workers) else None
+
+
+def get_client(workers: int, address: str | None = None) -> Any:
+    """A Dask client, created once per process and reused: the scheduler at `address`, else the run's shared
+    cluster when it has `workers` workers (`shared_cluster`), else a LocalCluster of `workers` single-threaded
+    processes."""
+    from dask.distributed import Client
+
+    address = address or _shared_address(workers)
     key = (workers, address)
     client = _CLIENTS.get(key)
     if client is not None and client.status == "running":
         return client
-    if address:
-        client = Client(address)
-    else:
-        import dask
-
-        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which turns off glibc's dynamic mmap
-        # threshold: every large tensor is then mmap'ed and unmapped anew, and training ran 1.65x slower in a
-        # worker than in a plain process (measured on this study's networks). Unset it, keep the thread limits.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-                silence_logs=logging.ERROR,
-            )
-        client = Client(cluster)
+    client = Client(address) if address else Client(_local_cluster(workers))
     client.run(_one_torch_thread)
     _CLIENTS[key] = client
     return client
 
 
+@contextlib.contextmanager
+def shared_cluster(workers: int) -> Iterator[Any]:
+    """One LocalCluster for a run of several chapters: started once, joined by every chapter's kernel (through
+    SHARED_ENV, which the kernels inherit) instead of one start-up and teardown per chapter, and closed once at
+    the end, workers first, so no worker outlives its scheduler. Yields the client (None for workers=0)."""
+    if workers <= 0:
+        yield None
+        return
+    from dask.distributed import Client
+
+    cluster = _local_cluster(workers)
+    client = Client(cluster)
+    os.environ[SHARED_ENV] = f"{workers}@{cluster.scheduler_address}"
+    try:
+        yield client
+    finally:
+        os.environ.pop(SHARED_ENV, None)
+        client.close()
+        cluster.close()
+
+
+def workers_peak_rss_mb(client: Any) -> float:
+    """The largest resident set any worker of `client` has reached (MB); 0 without a client."""
+    if client is None:
+        return 0.0
+    import resource
+
+    peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return max(peaks.values(), default=0.0)
+
+
 def close_clients() -> None:
-    """Close every client (and LocalCluster) this process started."""
+    """Close every client (and LocalCluster) this process started; a shared cluster is left to its owner."""
     for client in list(_CLIENTS.values()):
         cluster = getattr(client, "cluster", None)
         client.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from taskstudy import faults
+from taskstudy import faults, parallel
 from taskstudy.params import StudyParams, _suggest, notebook_defaults
 from taskstudy.paths import build_dir, chapters_dir, find_root, notebooks_dir, owner_tag, sweep_orphans
 
@@ -225,9 +225,10 @@ def catch_interrupts() -> None:
 
 
 def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, workers: Any = None) -> dict[str, Any]:
     """Run one chapter with papermill into book/chapters/ (atomically); on failure keep the executed notebook
-    under book/_runs/ and raise ChapterError naming the cell and the error."""
+    under book/_runs/ and raise ChapterError naming the cell and the error. `workers`: the client of the run's
+    shared Dask cluster, whose workers count towards the chapter's peak memory (their peak since the run began)."""
     import papermill as pm
 
     runs = runs_dir(root)
@@ -273,7 +274,8 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
         "started": started,
         "finished": time.time(),
         "wall_s": round(time.time() - started, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),  # largest kernel
+        "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # largest kernel
+                                 parallel.workers_peak_rss_mb(workers)), 1),
     }
     from taskstudy.store import atomic_write
 

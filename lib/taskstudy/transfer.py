@@ -279,8 +279,9 @@ def target_unit(u: TargetUnit) -> dict[str, Any]:
     return out
 
 
-def first_order_sets(sources: list[str]) -> list[tuple[str, ...]]:
-    return [(s,) for s in [*sources, RANDOM]]
+def first_order_sets(sources: list[str], random: bool = True) -> list[tuple[str, ...]]:
+    """Step II's first-order source sets: every dictionary task, and the random-weight encoder (a baseline)."""
+    return [(s,) for s in [*sources, *([RANDOM] if random else [])]]
 
 
 def beam_sets(first_order: pd.DataFrame, target: str, beam: int, max_order: int) -> list[tuple[str, ...]]:
@@ -430,17 +431,18 @@ def transfers(params: Any, targets: list[str] | None = None, baselines: bool = T
     """Step II: every first-order readout, then the beam search's higher orders (chosen on val), for every target.
     Returns the per-image score tables, results['scores'] on test (evaluation) and results['val_scores'] on val
     (selection: AHP, BIP), the plan, and the list of units computed now (the rest were cached). With
-    `baselines=False` the from-scratch networks are not trained and the tables have no `scratch`/`full` rows
-    (what a study of the affinities alone needs)."""
+    `baselines=False` neither the from-scratch networks nor the random-encoder readouts are trained and the tables
+    have no `scratch`/`full`/`random` rows (what a study of the affinities alone needs: AHP leaves them out)."""
     start = time.perf_counter()
     store = Store.for_params(params)
     cfg = params.section("transfers")
     sources = study_tasks(params.common)
     targets = targets or [t for t in sources if not taskdict.get_task(t).source_only]
     task_networks(params, sources)  # Step I first (read from the store when there), so this chapter runs alone
-    cache_features(params, [*sources, RANDOM], tuple(sorted({query_kind(t) for t in targets})))
+    cache_features(params, [*sources, *([RANDOM] if baselines else [])],
+                   tuple(sorted({query_kind(t) for t in targets})))
 
-    first = {t: first_order_sets(sources) for t in targets}
+    first = {t: first_order_sets(sources, random=baselines) for t in targets}
     computed = _run_units(params, first, set(targets) if baselines else set(), "first-order")
     first_val = score_table(params, first, with_baselines=False, split="val")
     higher = {t: beam_sets(first_val, t, cfg.beam, cfg.max_order) for t in targets}
