@@ -79,3 +79,35 @@ def test_average_baseline_has_the_network_output_form():
     avg = tn.average_prediction("class_scene", y, 3)
     assert avg.shape == (3, 5)
     assert torch.allclose(torch.softmax(avg[0], 0)[:3], torch.tensor([0.25, 0.5, 0.25]), atol=1e-4)
+
+
+def test_the_papers_neck_and_decoder_readout_outputs_the_targets_form():
+    from taskstudy.models import make_readout
+
+    z = torch.rand(2, 64, 8, 8)
+    for kind, out, shape in [("pixel_regression", 3, (2, 3, 32, 32)), ("pixel_classification", 5, (2, 5, 32, 32)),
+                             ("classification", 7, (2, 7))]:
+        small, paper = make_readout(kind, 64, out, 16), make_readout(kind, 64, out, 16, "decoder", 32)
+        assert small(z).shape == paper(z).shape == shape
+    assert sum(p.numel() for p in paper.parameters()) > sum(p.numel() for p in small.parameters())
+    with pytest.raises(ValueError, match="unknown readout"):
+        make_readout("pixel_regression", 64, 3, 16, "mlp")
+
+
+def test_capacity_comparison_trains_each_readout_on_the_sample_and_ranks_them_on_val(params):
+    p = params(["autoencoding", "normals", "edge2d"])
+    table = tr.capacity_comparison(p, targets=("normals", "edge2d"), sources=("autoencoding",))
+    readouts = {"width 4", *tr.CAPACITY_VARIANTS}
+    assert set(table.readout) == readouts and len(table) == 2 * len(readouts)
+    assert np.allclose(table.groupby(["target", "source"])["vs best"].min(), 1.0)
+    params_of = table.groupby("readout")["parameters"].first()
+    assert params_of["width 8"] < params_of["width 32"]
+    assert params_of["neck + decoder"] != params_of["width 4"]
+    assert table.loc[table["profile's"], "readout"].eq("width 4").all()
+    summary = tr.capacity_summary(table)
+    assert list(summary["median vs best"]) == sorted(summary["median vs best"])
+    assert summary["pairs"].eq(2).all()
+    # a variant that is the profile's own readout is not trained twice
+    wide = load(p.file, [*p.overrides, "transfers.readout_width=32"])
+    assert set(tr.capacity_comparison(wide, targets=("normals",), sources=("autoencoding",)).readout) == \
+        {"width 32", "width 8", "neck + decoder"}

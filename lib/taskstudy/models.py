@@ -109,8 +109,23 @@ class PixelReadout(nn.Module):
         return self.net(z)
 
 
-def make_readout(kind: str, in_channels: int, out_channels: int, width: int = 16) -> nn.Module:
-    """D_{s->t} of Step II: a small decoder on frozen representations (concatenated for higher orders)."""
+READOUTS = ("shuffle", "decoder")  # the study's small readout; the paper's neck + full task decoder
+
+
+def make_readout(kind: str, in_channels: int, out_channels: int, width: int = 16, arch: str = "shuffle",
+                 decoder_width: int = 32) -> nn.Module:
+    """D_{s->t} of Step II on frozen representations (concatenated for higher orders). `shuffle`: the study's small
+    readout (PixelReadout for pixel tasks, the task's decoder at `width` otherwise). `decoder`: the paper's transfer
+    function (Sec. 3.2): a neck of two conv-BN-ReLU at `width`, then the task's full Step I decoder at
+    `decoder_width`."""
+    if arch == "decoder":
+        neck = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        )
+        return nn.Sequential(neck, make_decoder(kind, width, out_channels, decoder_width))
+    if arch != "shuffle":
+        raise ValueError(f"unknown readout '{arch}' (one of {READOUTS})")
     if kind in PIXEL_KINDS:
         return PixelReadout(in_channels, out_channels, width)
     return make_decoder(kind, in_channels, out_channels, width)

@@ -88,6 +88,8 @@ class Transfers(Section):
     scratch_epochs: int = Field(32, ge=1)  # at most this many epochs of the from-scratch network (Gain's reference)
     corrupted_view: Literal["plain", "corrupted"] = "plain"
     # ^ what the encoders of inpainting and denoising read: the query as it is, or corrupted as in their training
+    readout: Literal["shuffle", "decoder"] = "shuffle"
+    # ^ the readout: two convs + pixel shuffle, or the paper's two-conv neck + the task's full decoder (chapter 03)
 
 
 class Performance(Section):

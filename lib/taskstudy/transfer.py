@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -165,6 +166,8 @@ def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str,
         "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
         "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed, "code": _readout_code(),
         **kernels(params.common),
+        **({"readout": cfg.readout, "decoder_width": params.section("task_networks").decoder_width}
+           if cfg.readout != "shuffle" else {}),
     }
 
 
@@ -226,7 +229,8 @@ def fit_readout(params: Any, target: str, z: dict[str, torch.Tensor], name: str)
     y = _labels(params, target)
     seed = unit_seed(params.common.seed, "readout", target, name)
     torch.manual_seed(seed)
-    readout = make_readout(t.kind, z["transfer"].shape[1], t.channels, cfg.readout_width)
+    readout = make_readout(t.kind, z["transfer"].shape[1], t.channels, cfg.readout_width, cfg.readout,
+                           params.section("task_networks").decoder_width)
     device = resolve_device(params.common.device)
     start = time.perf_counter()
     log = fit_validated(readout, z["transfer"], y["transfer"], t.loss,
@@ -408,6 +412,73 @@ def view_comparison(params: Any, target: str = "normals") -> pd.DataFrame:
                      "val loss, corrupted": val["corrupted"], "corrupted beats plain (test)": r["rate"],
                      "lo": r["lo"], "hi": r["hi"]})
     return pd.DataFrame(rows).set_index("source")
+
+
+#: Readouts measured against the default in chapter 03's capacity check: name -> params overrides.
+CAPACITY_VARIANTS = {"width 8": ["transfers.readout_width=8"], "width 32": ["transfers.readout_width=32"],
+                     "neck + decoder": ["transfers.readout=decoder"]}
+
+
+def capacity_comparison(params: Any, targets: Sequence[str] = ("normals", "depth_zbuffer", "edge2d"),
+                        sources: Sequence[str] = ("autoencoding", "normals")) -> pd.DataFrame:
+    """Readout capacity chosen on val loss (issue 17): on a sample of first-order pairs (targets x sources of the
+    dictionary), the profile's readout beside CAPACITY_VARIANTS (narrower, wider, and the paper's neck + full task
+    decoder), each trained and early-stopped like every readout. One row per pair and readout: mean val loss, that
+    loss relative to the best readout of the pair, parameters, training epochs and seconds, and whether it is the
+    profile's readout (a variant equal to it is not trained twice)."""
+    from taskstudy.params import load
+
+    tasks = study_tasks(params.common)
+    plan = {t: [(s,) for s in sources if s in tasks] for t in targets if t in tasks}
+    plan = {t: v for t, v in plan.items() if v}
+    if not plan:
+        return pd.DataFrame()
+    cfg = params.section("transfers")
+    name = "neck + decoder" if cfg.readout == "decoder" else f"width {cfg.readout_width}"
+    t0, s0 = next((t, v[0]) for t, v in plan.items())
+    runs = {name: params}
+    for n, ov in CAPACITY_VARIANTS.items():
+        Q = load(params.file, [*params.overrides, *ov])
+        if readout_key(Q, t0, s0) != readout_key(params, t0, s0):  # a variant that is the profile's own: skipped
+            runs[n] = Q
+    store = Store.for_params(params)
+    rows = []
+    for variant, Q in runs.items():
+        task_networks(Q, sorted({s for v in plan.values() for (s,) in v}))
+        cache_features(Q, sorted({s for v in plan.values() for (s,) in v}),
+                       tuple(sorted({query_kind(t) for t in plan})))
+        _run_units(Q, plan, set(), f"readout {variant}")
+        for t, sets in plan.items():
+            for src in sets:
+                saved = store.load("readout", readout_key(Q, t, src), VERSION)
+                log = saved["log"]
+                rows.append({"target": t, "source": sources_key(src), "readout": variant, "profile's": Q is params,
+                             "val loss": float(-np.mean(saved["val_scores"])), "epochs": len(log["val_loss"]),
+                             "train s": saved["wall_s"], "parameters": readout_parameters(Q, t, src)})
+    out = pd.DataFrame(rows)
+    out["vs best"] = out["val loss"] / out.groupby(["target", "source"])["val loss"].transform("min")
+    return out
+
+
+def capacity_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """capacity_comparison per readout, best first: pairs, median and worst val loss relative to each pair's best,
+    parameters (median), epochs run (median), training seconds summed over the sample, and whether it is the
+    profile's readout."""
+    if table.empty:
+        return pd.DataFrame()
+    out = table.groupby("readout").agg(**{
+        "pairs": ("vs best", "size"), "median vs best": ("vs best", "median"), "worst vs best": ("vs best", "max"),
+        "parameters": ("parameters", "median"), "epochs": ("epochs", "median"), "train s": ("train s", "sum"),
+        "profile's": ("profile's", "first")})
+    return out.sort_values(["median vs best", "train s"])
+
+
+def readout_parameters(params: Any, target: str, sources: tuple[str, ...]) -> int:
+    """Trainable parameters of the readout the profile builds for `sources` -> `target`."""
+    cfg, net_cfg, t = params.section("transfers"), params.section("task_networks"), taskdict.get_task(target)
+    width = len(sources) * Encoder(net_cfg.width, net_cfg.depth).out_channels
+    net = make_readout(t.kind, width, t.channels, cfg.readout_width, cfg.readout, net_cfg.decoder_width)
+    return sum(p.numel() for p in net.parameters())
 
 
 def calibration_summary(logs: pd.DataFrame, ceilings: dict[str, int]) -> pd.DataFrame:
