@@ -60,6 +60,24 @@ def bench_render(
     return rows
 
 
+def render_rows(P, sizes: tuple[int, ...] | None = None, n: int | None = None,
+                repeats: int | None = None) -> list[dict]:
+    """bench_render with the `scenes` section's settings (chapter 01's) unless given, measured once per version of
+    the renderer's code and kept in the store: chapter 13 reads the rows chapter 01 measured in the same run
+    instead of rendering the same scenes again."""
+    from taskstudy import scenes as scenes_mod
+    from taskstudy import tasks as tasks_mod
+    from taskstudy.store import Store, code_hash
+
+    cfg = P.values("scenes")
+    sizes, n = tuple(sizes or cfg["bench_sizes"]), n or cfg["bench_scenes"]
+    repeats = repeats or cfg["bench_repeats"]
+    key = {"sizes": list(sizes), "n": n, "repeats": repeats, "batch_size": min(256, n), "threads": 2,
+           "code": code_hash(scenes_mod, tasks_mod)}
+    return Store.for_params(P).get_or_compute("bench_render", key,
+                                              lambda: bench_render(sizes, n, repeats, batch_size=min(256, n)))
+
+
 class _FrozenEncoderReadout(torch.nn.Module):
     """The naive Step II: the frozen encoder runs on every batch of every epoch (eval mode, no gradient)."""
 
@@ -298,8 +316,7 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
     from taskstudy.store import Store
 
     rows = []
-    sizes = (32,) if quick else (32, 64, 128)
-    for r in bench_render(sizes, n=256 if quick else 1024, repeats=1 if quick else 3):
+    for r in render_rows(P, (32,), 256, 1) if quick else render_rows(P):  # chapter 01's measurement
         ok = r["median"] >= TARGET_32PX if r["image_size"] == 32 else None
         rows.append(row("renderer", f"scenes/s at {r['image_size']} px (median; min {r['min']:.0f}, "
                         f"max {r['max']:.0f})", r["median"], ">= 1000 at 32 px" if ok is not None else "", ok))
@@ -321,7 +338,7 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
                             budgets=(1, 3) if quick else None):
         rows.append(row("BIP", f"{r['n_tasks']} tasks, order {r['order']}: worst solve s", r["bip_s"], "<= 1 s",
                         r["bip_s"] <= 1.0, brute_s=r.get("brute_s")))
-    for r in bench_scaleout(P, SOURCES[:2], TARGETS[:2] if quick else TARGETS):
+    for r in bench_scaleout(P, SOURCES[:2], TARGETS[:2] if quick else TARGETS, workers=(0, 2)):
         rows.append(row("Dask", f"Step II on {r['workers']} workers (0 = in-process): speed-up", r["speedup"],
                         wall_s=r["wall_s"], max_score_diff=r["max_score_diff"]))
     table = pd.DataFrame(rows)

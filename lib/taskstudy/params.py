@@ -179,8 +179,8 @@ class Agreement(Section):
 
 
 class Robustness(Section):
-    tasks: list[str] = ["autoencoding", "edge2d", "depth_zbuffer", "normals", "reshading", "room_layout",
-                        "segment_semantic", "class_scene"]  # the base's dictionary (a subset, for time)
+    tasks: list[str] = ["autoencoding", "edge2d", "depth_zbuffer", "normals", "room_layout", "segment_semantic",
+                        "class_scene"]  # the base's dictionary (a subset, for time)
     n_train: int | None = Field(None, ge=1)  # a smaller Step I split for the base; None = the main study's
     epochs: int | None = Field(None, ge=1)  # fewer Step I epochs for the base; None = the main study's
     seeds: list[int] = [1, 2]  # extra training seeds (common.seed, splits pinned): their spread is the yardstick

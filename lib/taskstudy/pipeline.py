@@ -196,8 +196,9 @@ def ensure_kernel() -> str:
     return KERNEL
 
 
-def chapter_parameters(chapter: Chapter, params: StudyParams) -> dict[str, Any]:
-    """What papermill injects: the params file, the overrides and the chapter's own flat values."""
+def chapter_parameters(chapter: Chapter, params: StudyParams, root: Path | None = None) -> dict[str, Any]:
+    """What papermill injects: the params file (relative to the study root when inside it: the kernel runs
+    there, and a page shows no path of the machine that built it), the overrides and the chapter's own values."""
     own = params.values(chapter.section)
     defaults = notebook_defaults(chapter.path)
     missing = [k for k in own if k not in defaults]
@@ -205,7 +206,68 @@ def chapter_parameters(chapter: Chapter, params: StudyParams) -> dict[str, Any]:
         raise ChapterError(
             f"{chapter.path}: params section '{chapter.section}' has {missing} but the parameters cell does not"
         )
-    return {"params_file": str(params.file.resolve()), "overrides": list(params.overrides), **own}
+    file = params.file.resolve()
+    if root is not None and file.is_relative_to(root.resolve()):
+        file = file.relative_to(root.resolve())
+    return {"params_file": str(file), "overrides": list(params.overrides), **own}
+
+
+def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str) -> Any:
+    """The executed notebook as a book page (Jupyter Book 1 cell tags): every code input collapsed behind a toggle
+    (`hide-input`), the parameters cell and papermill's injected one removed, and in their place one small table of
+    what the chapter ran with (profile, params file, overrides, the section's values). Returns `nb`, changed."""
+    import nbformat
+
+    rows = [("profile", profile), *injected.items()]
+    table = "\n".join(["| parameter | value |", "|---|---|",
+                        *(f"| `{k}` | `{json.dumps(v) if not isinstance(v, str) else v}` |" for k, v in rows)])
+    at = None
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            tags.append("remove-cell")
+            at = i if at is None else at
+        elif "hide-input" not in tags and "remove-input" not in tags and "remove-cell" not in tags:
+            tags.append("hide-input")
+    md = nbformat.v4.new_markdown_cell(f"```{{admonition}} Parameters of this run\n:class: dropdown\n{table}\n```")
+    md.metadata["tags"] = ["chapter-parameters"]
+    nb.cells.insert(at if at is not None else min(1, len(nb.cells)), md)
+    return nb
+
+
+def page_problems(path: Path, root: Path) -> list[str]:
+    """What a reader must not see on an executed chapter's page: error outputs, stderr streams carrying a
+    traceback, and absolute paths of the machine that built it (the study root, the Python environment, the home
+    folder) in any shown source or output. One line per problem."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    machine = sorted({str(p) for p in (root.resolve(), Path(sys.prefix), Path(sys.base_prefix), Path.home())
+                      if len(str(p)) > 1}, key=len, reverse=True)
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if "remove-cell" in cell.metadata.get("tags", []):
+            continue
+        texts = [("source", cell.source)]
+        for out in cell.get("outputs", []):
+            if out.output_type == "error":
+                problems.append(f"{path.stem}: cell {i}: error output {out.ename}: {out.evalue}"[:200])
+            elif out.output_type == "stream":
+                if out.name == "stderr" and "Traceback" in out.text:
+                    problems.append(f"{path.stem}: cell {i}: a traceback on stderr: {out.text.strip().splitlines()[-1]}"
+                                    [:200])
+                texts.append((f"{out.name} output", out.text))
+            for kind, value in out.get("data", {}).items():
+                if kind.startswith("text/") or kind == "application/json":
+                    texts.append((f"{kind} output", value if isinstance(value, str) else json.dumps(value)))
+        for where, text in texts:
+            hit = next((m for m in machine if m in text), None)
+            if hit:
+                line = next(ln for ln in text.splitlines() if hit in ln).strip()
+                problems.append(f"{path.stem}: cell {i}: a path of this machine in its {where}: {line}"[:200])
+    return problems
 
 
 _INTERRUPTED = {"flag": False}
@@ -237,13 +299,14 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     failed = runs / f"{chapter.name}.ipynb"
     target = chapters_dir(root) / f"{chapter.name}.ipynb"
     started = time.time()
+    injected = chapter_parameters(chapter, params, root)
     os.environ["TQDM_DISABLE"] = "1"  # progress bars belong to the terminal, not to the book's pages
     try:
         with faults.papermill_writes(chapter.name, partial):  # a no-op unless the reliability tests kill here
             pm.execute_notebook(
                 str(chapter.path),
                 str(partial),
-                parameters=chapter_parameters(chapter, params),
+                parameters=injected,
                 kernel_name=ensure_kernel(),
                 cwd=str(root),
                 progress_bar=progress,
@@ -261,6 +324,9 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     if _INTERRUPTED["flag"]:  # a Ctrl-C that papermill's client swallowed
         partial.unlink(missing_ok=True)
         raise KeyboardInterrupt
+    import nbformat
+
+    nbformat.write(present(nbformat.read(partial, as_version=4), chapter, injected, params.profile), partial)
     target.parent.mkdir(parents=True, exist_ok=True)
     faults.point("notebook.move", chapter.name)
     os.replace(partial, target)
@@ -316,8 +382,13 @@ def plan(params: StudyParams, wanted: Sequence[str] = (), with_downstream: bool 
 
 
 def build_book(root: Path | None = None, strict: bool = True) -> Path:
-    """Build the Jupyter Book (1.x, execute_notebooks off) into book/_build/html; warnings are errors."""
+    """Build the Jupyter Book (1.x, execute_notebooks off) into book/_build/html; warnings are errors. A chapter
+    whose page a reader must not see (`page_problems`) stops the build first, one line per problem."""
     root = root or find_root()
+    problems = [p for path in sorted(chapters_dir(root).glob("*.ipynb")) for p in page_problems(path, root)]
+    if problems:
+        raise ChapterError("the book is not built: executed chapters hold what a reader must not see\n  "
+                           + "\n  ".join(problems))
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root / "book")]
     if strict:

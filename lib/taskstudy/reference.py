@@ -58,3 +58,57 @@ def beside(chapter: str, paper_label: str, study: Mapping[str, tuple[str, bool |
          "paper's number": "not in the sources" if pd.isna(paper.at[k, "number"]) else paper.at[k, "number"],
          "study": study[k][0], "agrees": study[k][1]}
         for k in paper.index if k in study])
+
+
+# --- the findings page: every claim of claims.csv beside what the study found ---------------------------------
+
+VERDICTS = ("reproduced", "not reproduced", "within noise", "not tested", "setting")
+
+
+def verdict_of(agrees: bool | None) -> str:
+    """A beside table's `agrees` as the findings page's verdict."""
+    return "not tested" if agrees is None or pd.isna(agrees) else ("reproduced" if agrees else "not reproduced")
+
+
+def glue_finding(finding: str, study: str, verdict: str) -> None:
+    """Glue one claim's study cell and verdict (`finding_<finding>_study`, `finding_<finding>_verdict`) into the
+    running chapter, for the findings page (book/findings.md)."""
+    from myst_nb import glue
+
+    if verdict not in VERDICTS:
+        raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    glue(f"finding_{finding}_study", study, display=False)
+    glue(f"finding_{finding}_verdict", verdict, display=False)
+
+
+def glue_beside(table: pd.DataFrame) -> None:
+    """glue_finding for every row of a `beside` table."""
+    for _, row in table.iterrows():
+        glue_finding(row["finding"], str(row["study"]), verdict_of(row["agrees"]))
+
+
+def _cell(text: object) -> str:
+    return "" if pd.isna(text) else str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def findings_page() -> str:
+    """book/findings.md: per paper, one row per claim of claims.csv (where, the claim, the paper's number) with the
+    study's finding and verdict glued from the chapter that computed them. tests/test_pages.py checks that the
+    committed page is this text."""
+    df = claims()
+    out = ["# Findings, paper by paper", "",
+           "Every finding the papers state (as the reviews this study works from state it, `reference/claims.csv`),",
+           "beside what this study's run found and the verdict the chapter reached against its own noise:",
+           "*reproduced*, *not reproduced*, *within noise* (the difference is inside the study's seed band or",
+           "bootstrap interval), *not tested*, or *setting* (a description of the paper's setup, scaled down here).",
+           "Each study cell and verdict is glued from the executed chapter named in the row.", ""]
+    for paper, rows in df.groupby("paper", sort=False):
+        out += [f"## {paper}", "", "| finding | where | the paper | paper's number | study | verdict | chapter |",
+                "|---|---|---|---|---|---|---|"]
+        for _, r in rows.iterrows():
+            nb = f"chapters/{r['chapter']}.ipynb"
+            out.append(f"| {r['finding']} | {_cell(r['where'])} | {_cell(r['claim'])} | {_cell(r['number'])} | "
+                       f"{{glue:text}}`{nb}::finding_{r['finding']}_study:s` | "
+                       f"{{glue:text}}`{nb}::finding_{r['finding']}_verdict:s` | {{doc}}`{r['chapter']} <{nb[:-6]}>` |")
+        out.append("")
+    return "\n".join(out)

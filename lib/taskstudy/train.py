@@ -111,6 +111,7 @@ def log_rows(log: dict) -> list[dict]:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def mean_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
               batch_size: int = 256, device: torch.device | str = "cpu", precision: str = "fp32",
               channels_last: bool = False) -> float:

@@ -420,7 +420,7 @@ CAPACITY_VARIANTS = {"width 8": ["transfers.readout_width=8"], "width 32": ["tra
 
 
 def capacity_comparison(params: Any, targets: Sequence[str] = ("normals", "depth_zbuffer", "edge2d"),
-                        sources: Sequence[str] = ("autoencoding", "normals")) -> pd.DataFrame:
+                        sources: Sequence[str] = ("autoencoding",)) -> pd.DataFrame:
     """Readout capacity chosen on val loss (issue 17): on a sample of first-order pairs (targets x sources of the
     dictionary), the profile's readout beside CAPACITY_VARIANTS (narrower, wider, and the paper's neck + full task
     decoder), each trained and early-stopped like every readout. One row per pair and readout: mean val loss, that
