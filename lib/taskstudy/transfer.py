@@ -384,7 +384,8 @@ def view_comparison(params: Any, target: str = "normals") -> pd.DataFrame:
     """Both views of the corrupting sources' encoders on one target (issue 17, queries): for inpainting and
     denoising, the first-order readout on the plain query and on the query corrupted as in the encoder's training
     (`transfers.corrupted_view`), each trained and stopped like every readout; per source, both mean val losses and
-    the test win rate of the corrupted view over the plain one (ties half) with its 95% bootstrap interval."""
+    the test win rate of the corrupted view over the plain one (ties half) with its 95% bootstrap interval.
+    attrs["computed"]: readouts trained now."""
     from taskstudy import evaluate
     from taskstudy.params import load
 
@@ -395,11 +396,11 @@ def view_comparison(params: Any, target: str = "normals") -> pd.DataFrame:
     runs = {params.section("transfers").corrupted_view: params,
             other: load(params.file, [*params.overrides, f"transfers.corrupted_view={other}"])}
     plan = {target: [(s,) for s in sources]}
-    tables = {}
+    tables, computed = {}, 0
     for view, Q in runs.items():
         task_networks(Q, sources)
         cache_features(Q, sources, (query_kind(target),))
-        _run_units(Q, plan, set(), f"view {view}")
+        computed += len(_run_units(Q, plan, set(), f"view {view}"))
         tables[view] = {split: score_table(Q, plan, with_baselines=False, split=split) for split in ("val", "test")}
     test = pd.concat([tables[v]["test"].assign(sources=tables[v]["test"].sources + "@" + v) for v in runs])
     ci = evaluate.win_rate_intervals(test, [(target, f"{s}@corrupted", f"{s}@plain") for s in sources],
@@ -411,7 +412,9 @@ def view_comparison(params: Any, target: str = "normals") -> pd.DataFrame:
         rows.append({"source": s, "target": target, "val loss, plain": val["plain"],
                      "val loss, corrupted": val["corrupted"], "corrupted beats plain (test)": r["rate"],
                      "lo": r["lo"], "hi": r["hi"]})
-    return pd.DataFrame(rows).set_index("source")
+    out = pd.DataFrame(rows).set_index("source")
+    out.attrs["computed"] = computed  # readouts trained now (the rest were in the store)
+    return out
 
 
 #: Readouts measured against the default in chapter 03's capacity check: name -> params overrides.
@@ -425,7 +428,7 @@ def capacity_comparison(params: Any, targets: Sequence[str] = ("normals", "depth
     dictionary), the profile's readout beside CAPACITY_VARIANTS (narrower, wider, and the paper's neck + full task
     decoder), each trained and early-stopped like every readout. One row per pair and readout: mean val loss, that
     loss relative to the best readout of the pair, parameters, training epochs and seconds, and whether it is the
-    profile's readout (a variant equal to it is not trained twice)."""
+    profile's readout (a variant equal to it is not trained twice). attrs["computed"]: readouts trained now."""
     from taskstudy.params import load
 
     tasks = study_tasks(params.common)
@@ -442,12 +445,12 @@ def capacity_comparison(params: Any, targets: Sequence[str] = ("normals", "depth
         if readout_key(Q, t0, s0) != readout_key(params, t0, s0):  # a variant that is the profile's own: skipped
             runs[n] = Q
     store = Store.for_params(params)
-    rows = []
+    rows, computed = [], 0
     for variant, Q in runs.items():
         task_networks(Q, sorted({s for v in plan.values() for (s,) in v}))
         cache_features(Q, sorted({s for v in plan.values() for (s,) in v}),
                        tuple(sorted({query_kind(t) for t in plan})))
-        _run_units(Q, plan, set(), f"readout {variant}")
+        computed += len(_run_units(Q, plan, set(), f"readout {variant}"))
         for t, sets in plan.items():
             for src in sets:
                 saved = store.load("readout", readout_key(Q, t, src), VERSION)
@@ -457,6 +460,7 @@ def capacity_comparison(params: Any, targets: Sequence[str] = ("normals", "depth
                              "train s": saved["wall_s"], "parameters": readout_parameters(Q, t, src)})
     out = pd.DataFrame(rows)
     out["vs best"] = out["val loss"] / out.groupby(["target", "source"])["val loss"].transform("min")
+    out.attrs["computed"] = computed  # readouts trained now (the rest were in the store)
     return out
 
 
