@@ -152,11 +152,12 @@ def rank_side_by_side(raw: pd.DataFrame, affinity: pd.DataFrame, axes: Sequence[
 
 
 def taxonomy_graph(policy: dict[str, tuple[str, ...]], supervised: Sequence[str], affinity: pd.DataFrame,
-                   ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+                   ax: plt.Axes | None = None, title: str = "", label_size: float = 11) -> plt.Axes:
     """A taxonomy (Fig. 8) as a graph: supervised source tasks (left, highlighted) -> the targets they serve
     (right); a target served by several sources (higher order) gets one edge from each. Edge width is the
     transfer's affinity relative to the largest one drawn; supervised targets served by their own network carry
-    no edge; a supervised task served by another supervised task gets a curved (purple) edge."""
+    no edge; a supervised task served by another supervised task gets a curved (purple) edge. `label_size`: task
+    names in points, readable when a 2 x 2 grid of 6.5-inch panels is shown at page width."""
     import networkx as nx
 
     if ax is None:
@@ -187,11 +188,11 @@ def taxonomy_graph(policy: dict[str, tuple[str, ...]], supervised: Sequence[str]
                                arrowsize=8, edge_color="tab:purple" if inner else "tab:gray", node_size=260,
                                connectionstyle="arc3,rad=0.6" if inner else "arc3")
     for n, (x, y) in pos.items():
-        ax.text(x + (-0.06 if n in sup else 0.06), y, n, fontsize=6, va="center",
+        ax.text(x + (-0.06 if n in sup else 0.06), y, n, fontsize=label_size, va="center",
                 ha="right" if n in sup else "left")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(title, fontsize=label_size + 1, wrap=True)
     ax.set_axis_off()
-    ax.margins(x=0.45, y=0.05)
+    ax.margins(x=0.7, y=0.05)
     return ax
 
 
