@@ -112,7 +112,6 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
     same readouts, epochs and data. Needs the task networks of `sources` in the store. Returns times, the ratio,
     readouts per minute and the largest difference of mean test score between the two ways."""
     from taskstudy import data, transfer
-    from taskstudy.models import make_readout
     from taskstudy.store import Store
     from taskstudy.task_networks import unit_seed
     from taskstudy.train import TrainConfig, fit, predict
@@ -127,7 +126,7 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
         t = tasks.get_task(target)
         seed = unit_seed(params.common.seed, "readout", target, source)
         torch.manual_seed(seed)
-        readout = make_readout(t.kind, encoders[source].out_channels, t.channels, cfg.readout_width)
+        readout = transfer.build_readout(params, target, encoders[source].out_channels)
         model = model_of(readout)
         fit(model, z_train, data.target(tr, target), t.loss,
             TrainConfig(BENCH_EPOCHS, cfg.batch_size, cfg.lr, seed=seed), params=list(readout.parameters()))

@@ -221,6 +221,14 @@ def _labels(params: Any, target: str) -> dict[str, torch.Tensor]:
     return {split: data.target(data.scene_split(store, params.common, split), target) for split in SPLITS}
 
 
+def build_readout(params: Any, target: str, in_channels: int) -> torch.nn.Module:
+    """The profile's D_{S->t} for `target` on `in_channels` of frozen features (transfers.readout, readout_width;
+    the neck + decoder readout uses the task networks' decoder_width)."""
+    cfg, t = params.section("transfers"), taskdict.get_task(target)
+    return make_readout(t.kind, in_channels, t.channels, cfg.readout_width, cfg.readout,
+                        params.section("task_networks").decoder_width)
+
+
 def fit_readout(params: Any, target: str, z: dict[str, torch.Tensor], name: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Step II's readout protocol on given frozen features z[split] (transfer, val, test): D_{S->t} trained on
     transfer, early-stopped on val; returns its per-image test scores and training facts (val scores, TrainLog).
@@ -229,8 +237,7 @@ def fit_readout(params: Any, target: str, z: dict[str, torch.Tensor], name: str)
     y = _labels(params, target)
     seed = unit_seed(params.common.seed, "readout", target, name)
     torch.manual_seed(seed)
-    readout = make_readout(t.kind, z["transfer"].shape[1], t.channels, cfg.readout_width, cfg.readout,
-                           params.section("task_networks").decoder_width)
+    readout = build_readout(params, target, z["transfer"].shape[1])
     device = resolve_device(params.common.device)
     start = time.perf_counter()
     log = fit_validated(readout, z["transfer"], y["transfer"], t.loss,
@@ -445,11 +452,11 @@ def capacity_comparison(params: Any, targets: Sequence[str] = ("normals", "depth
         if readout_key(Q, t0, s0) != readout_key(params, t0, s0):  # a variant that is the profile's own: skipped
             runs[n] = Q
     store = Store.for_params(params)
+    used = sorted({s for v in plan.values() for (s,) in v})
+    task_networks(params, used)  # the variants change only the readout: one set of encoders and features
+    cache_features(params, used, tuple(sorted({query_kind(t) for t in plan})))
     rows, computed = [], 0
     for variant, Q in runs.items():
-        task_networks(Q, sorted({s for v in plan.values() for (s,) in v}))
-        cache_features(Q, sorted({s for v in plan.values() for (s,) in v}),
-                       tuple(sorted({query_kind(t) for t in plan})))
         computed += len(_run_units(Q, plan, set(), f"readout {variant}"))
         for t, sets in plan.items():
             for src in sets:
@@ -479,9 +486,8 @@ def capacity_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def readout_parameters(params: Any, target: str, sources: tuple[str, ...]) -> int:
     """Trainable parameters of the readout the profile builds for `sources` -> `target`."""
-    cfg, net_cfg, t = params.section("transfers"), params.section("task_networks"), taskdict.get_task(target)
-    width = len(sources) * Encoder(net_cfg.width, net_cfg.depth).out_channels
-    net = make_readout(t.kind, width, t.channels, cfg.readout_width, cfg.readout, net_cfg.decoder_width)
+    net_cfg = params.section("task_networks")
+    net = build_readout(params, target, len(sources) * Encoder(net_cfg.width, net_cfg.depth).out_channels)
     return sum(p.numel() for p in net.parameters())
 
 
