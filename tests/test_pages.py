@@ -56,6 +56,15 @@ def test_the_study_root_in_a_shown_source_is_a_problem(tmp_path):
     assert "a path of this machine in its source" in pipeline.page_problems(path, tmp_path)[0]
 
 
+def test_a_machine_path_in_the_notebook_metadata_is_a_problem(tmp_path):
+    path = _page(tmp_path)
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["papermill"] = {"input_path": f"{tmp_path.resolve()}/notebooks/05_x.ipynb"}
+    nbformat.write(nb, path)
+    assert pipeline.page_problems(path, tmp_path) == [f"05_x: notebook metadata: a path of this machine "
+                                                      f"({tmp_path.resolve()})"]
+
+
 def test_the_book_build_refuses_a_dirty_chapter_naming_it(tmp_path):
     _page(tmp_path, _code(outputs=[nbformat.v4.new_output("error", ename="KeyError", evalue="'x'", traceback=[])]))
     with pytest.raises(pipeline.ChapterError, match=r"05_x: cell 1: error output KeyError"):
@@ -70,7 +79,8 @@ def test_injected_params_file_is_relative_to_the_study_root(repo_root):
 
 
 def test_present_collapses_code_and_replaces_the_parameter_cells_by_one_table(tmp_path, repo_root):
-    nb = nbformat.v4.new_notebook(cells=[
+    nb = nbformat.v4.new_notebook(metadata={"papermill": {"input_path": "/abs/notebooks/02_task_networks.ipynb",
+                                                          "output_path": "/abs/book/_runs/.02.x.ipynb"}}, cells=[
         nbformat.v4.new_markdown_cell("# Title"), _code("width = 16", tags=["parameters"]),
         _code('params_file = "params/smoke.yaml"\nwidth = 8', tags=["injected-parameters"]),
         _code("print(1)"), _code("secret()", tags=["remove-input"])])
@@ -81,6 +91,8 @@ def test_present_collapses_code_and_replaces_the_parameter_cells_by_one_table(tm
     assert "| `width` | `8` |" in out.cells[1].source and "| `profile` | `smoke` |" in out.cells[1].source
     assert all("remove-cell" in c.metadata["tags"] for c in out.cells[2:4])
     assert out.cells[4].metadata["tags"] == ["hide-input"] and out.cells[5].metadata["tags"] == ["remove-input"]
+    assert out.metadata.papermill == {"input_path": "notebooks/02_task_networks.ipynb",
+                                      "output_path": "book/chapters/02_task_networks.ipynb"}
 
 
 def test_findings_page_has_a_row_per_claim_and_is_generated_from_the_claims(repo_root):

@@ -215,7 +215,8 @@ def chapter_parameters(chapter: Chapter, params: StudyParams, root: Path | None 
 def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str) -> Any:
     """The executed notebook as a book page (Jupyter Book 1 cell tags): every code input collapsed behind a toggle
     (`hide-input`), the parameters cell and papermill's injected one removed, and in their place one small table of
-    what the chapter ran with (profile, params file, overrides, the section's values). Returns `nb`, changed."""
+    what the chapter ran with (profile, params file, overrides, the section's values); papermill's recorded input
+    and output paths made relative (the page offers the .ipynb for download). Returns `nb`, changed."""
     import nbformat
 
     rows = [("profile", profile), *injected.items()]
@@ -231,6 +232,11 @@ def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str) -
             at = i if at is None else at
         elif "hide-input" not in tags and "remove-input" not in tags and "remove-cell" not in tags:
             tags.append("hide-input")
+    pm = nb.metadata.get("papermill", {})  # papermill records the absolute paths it read and wrote
+    if "input_path" in pm:
+        pm["input_path"] = f"notebooks/{chapter.path.name}"
+    if "output_path" in pm:
+        pm["output_path"] = f"book/chapters/{chapter.path.name}"
     md = nbformat.v4.new_markdown_cell(f"```{{admonition}} Parameters of this run\n:class: dropdown\n{table}\n```")
     md.metadata["tags"] = ["chapter-parameters"]
     nb.cells.insert(at if at is not None else min(1, len(nb.cells)), md)
@@ -240,13 +246,18 @@ def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str) -
 def page_problems(path: Path, root: Path) -> list[str]:
     """What a reader must not see on an executed chapter's page: error outputs, stderr streams carrying a
     traceback, and absolute paths of the machine that built it (the study root, the Python environment, the home
-    folder) in any shown source or output. One line per problem."""
+    folder) in any shown source or output, or in the notebook's metadata (the page's .ipynb download carries it).
+    One line per problem."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     machine = sorted({str(p) for p in (root.resolve(), Path(sys.prefix), Path(sys.base_prefix), Path.home())
                       if len(str(p)) > 1}, key=len, reverse=True)
     problems = []
+    meta = json.dumps(nb.metadata)
+    hit = next((m for m in machine if m in meta), None)
+    if hit:
+        problems.append(f"{path.stem}: notebook metadata: a path of this machine ({hit})")
     for i, cell in enumerate(nb.cells):
         if "remove-cell" in cell.metadata.get("tags", []):
             continue
