@@ -1,5 +1,6 @@
 """Layer transfer (Yosinski et al. 2014): copying exactly the first n layers, frozen layers unchanged by training,
-the experiment's rows at smoke size on the object crops and on a CIFAR-100 fixture, the paper's curves."""
+the experiment's rows at smoke size on the object world and on a CIFAR-100 fixture, the findings with their seed
+bands, the paper's curves."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def _realdata_fixtures():  # the CIFAR-100 fixture writer of tests/test_realdata
 _write_cifar = _realdata_fixtures()._write_cifar
 
 CFG = layers.NetConfig(layers=6, width=4, hidden=8, image_size=16, n_classes=5)
-SMOKE = dict(dataset="crops", cifar_root=None, n_images=96, n_test=96, image_size=16, layers=4, width=2,
-             hidden=8, epochs=1, batch_size=32, lr=0.003, seeds=1)
+SMOKE = dict(dataset="objects", cifar_root=None, n_images=96, n_val=96, n_test=96, image_size=16, layers=4,
+             width=2, hidden=8, epochs=2, patience=1, batch_size=32, lr=0.003, seeds=2)
 
 
 def _net(seed: int) -> layers.LayerNet:
@@ -66,6 +67,7 @@ def test_copy_first_layers_copies_exactly_n(n: int) -> None:
 def test_frozen_layers_unchanged_fine_tuned_layers_change() -> None:
     g = torch.Generator().manual_seed(0)
     data = {"xtr": torch.randn(64, 3, 16, 16, generator=g), "ytr": torch.randint(0, 5, (64,), generator=g),
+            "xva": torch.randn(32, 3, 16, 16, generator=g), "yva": torch.randint(0, 5, (32,), generator=g),
             "xte": torch.randn(32, 3, 16, 16, generator=g), "yte": torch.randint(0, 5, (32,), generator=g)}
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=0)
     base, n = _net(0), 3
@@ -73,8 +75,8 @@ def test_frozen_layers_unchanged_fine_tuned_layers_change() -> None:
     layers.copy_first_layers(base, frozen, n, freeze=True)
     layers.copy_first_layers(base, tuned, n, freeze=False)
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
-    layers.train_net(frozen, n, data, cfg)
-    layers.train_net(tuned, 0, data, cfg)
+    layers.train_net(frozen, n, data, cfg, patience=5)
+    layers.train_net(tuned, 0, data, cfg, patience=5)
     after = frozen.state_dict()
     for i in range(CFG.layers):
         names = [k for k in before if k.startswith(f"layers.{i}.")]
@@ -87,7 +89,10 @@ def test_frozen_layers_unchanged_fine_tuned_layers_change() -> None:
 def _check_rows(df: pd.DataFrame, values: dict) -> None:
     counts = layers.unit_counts(values)
     assert len(df) == counts["total"]
-    assert set(df.columns) == {"split_kind", "treatment", "n", "seed", "top1", "cpu_s"}
+    assert set(df.columns) == {"split_kind", "treatment", "n", "seed", "top1", "cpu_s", "epochs_run", "best_epoch",
+                               "train_loss", "val_loss"}
+    assert (df.epochs_run <= values["epochs"]).all() and (df.best_epoch <= df.epochs_run).all()
+    assert (df.val_loss.map(len) == df.epochs_run).all()
     assert set(df.treatment) == set(layers.BASES) | set(layers.TREATMENTS)
     assert sorted(df[df.treatment == "AnB"].n.unique()) == list(range(1, values["layers"]))
     assert df.top1.between(0, 1).all()
@@ -97,24 +102,29 @@ def test_smoke_run_rows_and_reuse(tmp_path: Path) -> None:
     store = Store(tmp_path / "results")
     df = layers.run_layer_transfer(SMOKE, _common(), store)
     _check_rows(df, SMOKE)
-    f = layers.findings(df)
-    assert {"finding1", "finding2", "finding3", "anb_slope", "random_lowest_share"} <= set(f)
+    f = layers.findings(df, layers.load_paper_curves())
+    assert list(f.index) == list(layers.FINDINGS)
+    assert (f.seeds == SMOKE["seeds"]).all() and (f.lo <= f.study).all() and (f.study <= f.hi).all()
+    assert set(f.verdict) <= {"reproduced", "not reproduced", "within noise"}
+    curves = layers.calibration_curves(df)
+    assert set(curves.split) == {"train", "val"}
+    assert curves.groupby(["split_kind", "treatment", "seed"]).best.any().all()
     computed = store.stats["computed"]
     again = layers.run_layer_transfer(SMOKE, _common(), Store(tmp_path / "results"))
     pd.testing.assert_frame_equal(df, again)  # every unit read back from the store
     assert store.stats["computed"] == computed
-    sentences = layers.report(f, layers.findings(layers.load_paper_curves()))
-    assert len(sentences) >= 3
 
 
 def test_cifar_fixture(tmp_path: Path) -> None:
     _write_cifar(tmp_path / "cifar", per_class=2)
-    values = {**SMOKE, "dataset": "cifar100", "cifar_root": str(tmp_path / "cifar"), "n_images": 200,
-              "n_test": 200, "image_size": 32}
+    values = {**SMOKE, "dataset": "cifar100", "cifar_root": str(tmp_path / "cifar"), "n_images": 150,
+              "n_val": 50, "n_test": 200, "image_size": 32}
     key = layers.data_key(values, _common())
     sets = layers.halves(key, tmp_path / "results")
     assert sets["dissimilar"]["A"]["n_classes"] + sets["dissimilar"]["B"]["n_classes"] == 100
     assert sets["similar"]["A"]["xtr"].shape[1:] == (3, 32, 32)
+    n_val = sum(len(sets["similar"][h]["yva"]) for h in "AB")
+    assert n_val == 50 and sum(len(sets["similar"][h]["ytr"]) for h in "AB") == 150  # disjoint draws
     store = Store(tmp_path / "results")
     bases, transfers = layers.make_units(values, _common(), store.root)
     unit = next(u for u in transfers if (u.split_kind, u.treatment, u.n) == ("dissimilar", "AnB", 2))
@@ -129,8 +139,40 @@ def test_cifar_fixture(tmp_path: Path) -> None:
 def test_paper_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paper = layers.load_paper_curves()
     assert {"similar", "dissimilar"} == set(paper.split_kind)
-    f = layers.findings(paper)
-    assert f["anb_falls"] and f["finding2"] and f["finding3"]  # the paper's own numbers show its findings
+    f = layers.findings(paper, paper)
+    sign = {k: s for k, (_, s) in layers.FINDINGS.items()}
+    # the paper's own means show its findings, the co-adaptation dip included (a single "seed": no band)
+    assert all(f.loc[k, "paper"] * s > 0 for k, s in sign.items()), f.paper
+    assert (f.verdict == "within noise").all()  # one run is no seed band
     monkeypatch.setenv("TASKSTUDY_REFERENCE", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="TASKSTUDY_REFERENCE"):
         layers.load_paper_curves()
+
+
+def test_seed_band_verdicts() -> None:
+    """A paired difference that is consistent across seeds is a verdict; one that flips sign is within noise."""
+    rows = []
+    for seed, (dip, boost) in enumerate([(-0.10, 0.05), (-0.12, -0.04), (-0.11, 0.03)]):
+        for kind in layers.SPLIT_KINDS:
+            rows.append({"split_kind": kind, "treatment": "baseB", "n": 0, "seed": seed, "top1": 0.5})
+            for n in range(1, 7):
+                rows += [{"split_kind": kind, "treatment": "BnB", "n": n, "seed": seed,
+                          "top1": 0.5 + (dip if 3 <= n <= 4 else 0)},
+                         {"split_kind": kind, "treatment": "AnB+", "n": n, "seed": seed, "top1": 0.5 + boost},
+                         {"split_kind": kind, "treatment": "AnB", "n": n, "seed": seed, "top1": 0.5 - 0.02 * n},
+                         {"split_kind": kind, "treatment": "random", "n": n, "seed": seed, "top1": 0.1}]
+    f = layers.findings(pd.DataFrame(rows))
+    assert f.loc["coadaptation", "verdict"] == "reproduced"
+    assert f.loc["anbplus_boost", "verdict"] == "within noise"
+    assert f.loc["random_worse", "verdict"] == "reproduced"
+    assert f.loc["dissimilar_worse", "verdict"] == "within noise"  # the same curves on both splits: no gap
+
+
+def test_paper_beside_carries_the_band_verdicts() -> None:
+    paper = layers.load_paper_curves()
+    f = layers.findings(paper, paper)
+    table = layers.paper_beside(f, "a setting")
+    assert set(table.finding) == set(layers.FINDINGS) | {"setting"}
+    verdicts = table.set_index("finding").verdict
+    assert verdicts["setting"] == "setting" and (verdicts.drop("setting") == f.verdict.reindex(
+        verdicts.drop("setting").index)).all()

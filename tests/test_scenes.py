@@ -180,33 +180,3 @@ def test_generate_split_deterministic() -> None:
         assert a[k].tobytes() == b[k].tobytes(), k
     assert a["rgb"].shape == (7, 3, 16, 16)
     assert "label_depth_euclidean" in a and "label_class_scene" in a
-
-
-def test_crops() -> None:
-    c = scenes.render_crops("train", np.arange(20), 0, 24)
-    assert c["rgb"].shape == (20, 3, 24, 24)
-    assert ((c["label"] >= 0) & (c["label"] < scenes.NUM_CROP_CLASSES)).all()
-    np.testing.assert_array_equal(c["label"], c["shape"] * len(scenes.TEXTURES) + c["texture"])
-    assert (c["mask"].reshape(20, -1).mean(1) > 0.03).all(), "the object should be visible"
-    centre = c["mask"][:, 8:16, 8:16].reshape(20, -1).mean(1)
-    assert (centre > 0.1).all(), "the object should be centred"
-    c2 = scenes.render_crops("train", np.arange(20), 0, 24)
-    assert c["rgb"].tobytes() == c2["rgb"].tobytes()
-
-
-def test_crop_splits_and_families() -> None:
-    sp = scenes.crop_class_splits(0)
-    allc = set(range(scenes.NUM_CROP_CLASSES))
-    for name in ("similar", "dissimilar"):
-        a, b = set(sp[name]["A"].tolist()), set(sp[name]["B"].tolist())
-        assert not a & b and a | b == allc, name
-        assert abs(len(a) - len(b)) <= 1
-    assert not np.array_equal(sp["similar"]["A"], scenes.crop_class_splits(1)["similar"]["A"])
-    fam = scenes.crop_task_families()
-    names = [f[0] for f in fam]
-    assert len(names) == len(set(names))
-    for _, classes, labels in fam:
-        assert len(classes) == len(labels) and set(classes.tolist()) <= allc
-        assert labels.min() == 0
-    assert sum(n.startswith("texture|") for n in names) == len(scenes.OBJECT_CLASSES)
-    assert sum(n.startswith("shape|") for n in names) == len(scenes.TEXTURES)

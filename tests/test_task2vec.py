@@ -1,5 +1,6 @@
 """Task2Vec (Achille et al. 2019): the Fisher embedding's shape, determinism and label-permutation invariance,
-and the distances. A tiny random probe on random images: every test runs in well under a second or two."""
+the domain embedding, the distances, Model2Vec, and the probe's pretraining data disjoint from the family's. A tiny
+random probe on random images: every test runs in well under a second or two."""
 
 from __future__ import annotations
 
@@ -85,10 +86,63 @@ def test_distances():
 
 
 def test_expert_selection_ratio():
-    names = ["texture|shape=sphere", "texture|shape=cone", "shape|texture=plain"]
+    names = ["colour|shape=sphere", "colour|shape=cone", "shape|colour=red"]
     m = np.array([[1.0, 1.0, 0.1], [1.0, 0.9, 0.1], [0.1, 0.1, 1.0]])
     err = pd.DataFrame([[0.1, 0.2, 0.5], [0.3, 0.1, 0.6], [0.6, 0.7, 0.1]], index=names, columns=names)
     sel = t2v.expert_selection(names, m, err, alpha=0.0).set_index("task")
-    assert sel.loc["texture|shape=sphere", "chosen expert"] == "texture|shape=cone"
-    assert sel.loc["texture|shape=sphere", "ratio"] == pytest.approx(0.3 / 0.3)
+    assert sel.loc["colour|shape=sphere", "chosen expert"] == "colour|shape=cone"
+    assert sel.loc["colour|shape=sphere", "ratio"] == pytest.approx(0.3 / 0.3)
     assert (sel["ratio"] >= 1).all() and (sel["random ratio"] >= 1).all()
+
+
+def test_domain_embedding_ignores_labels(probe, task):
+    """The domain embedding sees the images only: two tasks on the same images share it; their task
+    embeddings differ."""
+    x, y = task
+    other = (y + (torch.arange(N) // K) % 2) % K
+    d1, d2 = t2v.domain_embedding(probe, x, mc_samples=2), t2v.domain_embedding(probe, x, mc_samples=2)
+    assert np.array_equal(d1, d2) and d1.shape == (t2v.n_filters(probe.encoder),)
+    assert t2v.symmetric_distance(embed(probe, x, y), embed(probe, x, other)) > 10 * t2v.symmetric_distance(d1, d2)
+    assert t2v.symmetric_distance(d1, t2v.domain_embedding(probe, x[: N // 2], mc_samples=2)) > 0
+
+
+def test_model2vec_learns_what_distance_misses():
+    """When one generalist expert is best for every target although its task embedding is far from all of them,
+    the symmetric distance picks the nearest task's expert, and Model2Vec, trained on the other targets only,
+    learns to pick the generalist."""
+    rng = np.random.default_rng(0)
+    n, k = 8, 16
+    m = rng.random((n, k)) + 0.05
+    m[0] = np.where(np.arange(k) < 2, 5.0, 0.01)  # the generalist's embedding: unlike every other task's
+    names = [f"t{i}" for i in range(n)]
+    err = pd.DataFrame(0.5 + 0.1 * rng.random((n, n)), index=names, columns=names)
+    err.iloc[0, :] = 0.1  # expert t0 is the best for every other target
+    picks = t2v.model2vec_picks(names, m, err, steps=300)
+    assert sum(picks[t] == "t0" for t in names[1:]) >= n - 2, picks
+    sel = t2v.expert_selection(names, m, err, alpha=0.0).set_index("task")
+    assert (sel.loc[names[1:], "symmetric pick"] != "t0").sum() >= n - 2  # the distance alone misses it
+    assert (sel.loc[names[1:], "model2vec ratio"] <= sel.loc[names[1:], "symmetric ratio"]).all()
+    assert all(picks[t] != t for t in names)
+
+
+def test_probe_pretrains_on_data_disjoint_from_the_family(tmp_path):
+    """No class and no image of a family task is in the probe's pretraining set (the ImageNet role)."""
+    import hashlib
+    from pathlib import Path
+
+    from taskstudy import objects, params
+    from taskstudy.store import Store
+
+    root = Path(__file__).resolve().parents[1]
+    P = params.load(root / "params/smoke.yaml", [f"common.results_dir={tmp_path / 'results'}"])
+    cfg, store = P.section("task2vec"), Store(tmp_path / "results")
+    assert t2v.probe_key(P.common, cfg)["data"]["world"] == "pretrain"
+    x, y = t2v.pretrain_tensors(store, P.common, cfg, "train")
+    pre_classes = {(c.shape, c.colour) for c in objects.classes("pretrain")}
+    digest = {hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in x}
+    for task in [n for n in t2v.family(cfg) if n not in t2v.SCENE_TASKS]:
+        td = t2v.task_data(store, P.common, cfg, task)
+        assert not digest & {hashlib.sha1(img.numpy().tobytes()).hexdigest() for img in td.x_train}, task
+        used = objects.task_families()[[f[0] for f in objects.task_families()].index(task)][1]
+        assert not pre_classes & {(objects.classes()[i].shape, objects.classes()[i].colour) for i in used}
+    assert int(y.max()) < objects.num_classes("pretrain")

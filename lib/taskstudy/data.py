@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from taskstudy import scenes
+from taskstudy import objects, scenes
 from taskstudy import tasks as taskdict
 from taskstudy.store import Store, code_hash
 
@@ -142,22 +142,25 @@ def class_balance(split_data: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def crop_split(store: Store, split: str, n: int, seed: int, image_size: int) -> dict[str, np.ndarray]:
-    """The object-crop classification set (scenes.render_crops), indices 0..n-1, cached in the store.
+def object_split(store: Store, split: str, n: int, seed: int, image_size: int,
+                 world: str = "study") -> dict[str, np.ndarray]:
+    """Images 0..n-1 of a split of the object world (objects.render_objects), cached in the store.
 
-    Used by the layer-transfer (Yosinski et al. 2014) and Task2Vec (Achille et al. 2019) chapters; labels are
-    balanced over the NUM_CROP_CLASSES shape x texture classes."""
-    key = {"split": split, "n": n, "seed": seed, "image_size": image_size, "code": code_version()}
-    return _cached_crops(store.root, tuple(sorted(key.items())))
+    The classification set of the layer-transfer (Yosinski et al. 2014), Task2Vec (Achille et al. 2019), novel-task
+    (the ImageNet-like encoder: ``world="pretrain"``) and robustness (the outside set) chapters; labels are balanced
+    over the world's classes."""
+    key = {"world": world, "split": split, "n": n, "seed": seed, "image_size": image_size,
+           "code": code_hash(scenes, objects)}
+    return _cached_objects(store.root, tuple(sorted(key.items())))
 
 
-@lru_cache(maxsize=4)
-def _cached_crops(root: Path, key_items: tuple) -> dict[str, np.ndarray]:
+@lru_cache(maxsize=6)
+def _cached_objects(root: Path, key_items: tuple) -> dict[str, np.ndarray]:
     key = dict(key_items)
 
     def render() -> dict[str, np.ndarray]:
-        parts = [scenes.render_crops(key["split"], np.arange(s, min(key["n"], s + 256)), key["seed"],
-                                     key["image_size"]) for s in range(0, key["n"], 256)]
+        parts = [objects.render_objects(key["split"], np.arange(s, min(key["n"], s + 256)), key["seed"],
+                                        key["image_size"], key["world"]) for s in range(0, key["n"], 256)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    return Store(root).get_or_compute("crops", key, render, fmt="npz")
+    return Store(root).get_or_compute("objects", key, render, fmt="npz")

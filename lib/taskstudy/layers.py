@@ -9,15 +9,18 @@ For every n in 1..L-1 a net for task B gets its first n layers from a base net, 
 * ``random`` first n layers random and frozen (the paper's random-filter control, Sec. 4.3).
 
 Two class splits: ``similar`` (a random half of the classes, the paper's random A/B split) and ``dissimilar``
-(the paper's man-made / natural split, Sec. 4.2; on the object crops rounded vs vertexed shapes). Every
-(split kind, treatment, n, seed) training run is one unit for ``parallel.map_units``; results go to the store
-keyed by every parameter that determines them, so reruns reuse finished units and killed runs resume. A frozen
-prefix is evaluated once (its features cached for the run), which is the same computation as training the whole
-net with the prefix's parameters excluded, at a fraction of the cost.
+(the paper's man-made / natural split, Sec. 4.2; on the object world organic vs manufactured classes,
+objects.class_splits). Every net trains until its loss on a validation split of its half stops improving (early
+stopping, train.fit_validated); top-1 is measured on the test split. Every (split kind, treatment, n, seed)
+training run is one unit for ``parallel.map_units``; results go to the store keyed by every parameter and the
+code that determine them, so reruns reuse finished units and killed runs resume. A frozen prefix is evaluated
+once (its features cached for the run), which is the same computation as training the whole net with the
+prefix's parameters excluded, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -31,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskstudy.store import Store, stable_hash
-from taskstudy.train import TrainConfig, fit, predict, resolve_device, seed_everything
+from taskstudy import uncertainty
+from taskstudy.store import Store, code_hash, stable_hash
+from taskstudy.train import TrainConfig, fit_validated, predict, resolve_device, seed_everything
 
-VERSION = "1"  # bump when the net, the training or the data preparation changes
+VERSION = "2"  # the store entries' format (the code itself is part of every key: data_key)
 SPLIT_KINDS = ("similar", "dissimilar")
 BASES = ("baseA", "baseB")
 TREATMENTS = ("BnB", "BnB+", "AnB", "AnB+", "random")
@@ -64,7 +68,7 @@ class NetConfig:
     width: int = 8  # channels of the first conv block; later blocks 2x, then 4x
     hidden: int = 64  # units of each hidden fully connected layer
     image_size: int = 32  # input images are image_size x image_size
-    n_classes: int = 48  # outputs of the classifier (the classes of one half)
+    n_classes: int = 24  # outputs of the classifier (the classes of one half)
 
 
 class LayerNet(nn.Module):
@@ -130,33 +134,38 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).double().mean())
 
 
-def train_net(net: LayerNet, n_frozen: int, data: Mapping[str, torch.Tensor], cfg: TrainConfig,
-              device: torch.device | str = "cpu") -> float:
-    """Train `net` on data["xtr"], data["ytr"] with its first `n_frozen` layers fixed; top-1 on the test half.
+def train_net(net: LayerNet, n_frozen: int, data: Mapping[str, torch.Tensor], cfg: TrainConfig, patience: int,
+              device: torch.device | str = "cpu") -> tuple[float, dict]:
+    """Train `net` on data["xtr"], data["ytr"] with its first `n_frozen` layers fixed, early-stopped on the
+    validation split (xva, yva); (top-1 on the test split, the training log as a dict).
 
     The frozen prefix runs once in eval mode (its batch-norm statistics stay those it came with); the rest is
     trained on the prefix's features: the same computation as training the whole net with the prefix excluded.
     """
     freeze_first_layers(net, n_frozen, True)
     prefix, suffix = net.prefix(n_frozen), net.suffix(n_frozen)
-    xtr, xte = data["xtr"], data["xte"]
+    xtr, xva, xte = data["xtr"], data["xva"], data["xte"]
     if n_frozen:
-        xtr, xte = predict(prefix, xtr, device=device), predict(prefix, xte, device=device)
-    fit(suffix, xtr, data["ytr"], F.cross_entropy, cfg, device=device)
+        xtr, xva, xte = (predict(prefix, x, device=device) for x in (xtr, xva, xte))
+    log = fit_validated(suffix, xtr, data["ytr"], F.cross_entropy, cfg, (xva, data["yva"]), patience=patience,
+                        device=device)
     top1 = accuracy(predict(suffix, xte, device=device), data["yte"])
     net.cpu()
-    return top1
+    return top1, log.as_dict()
 
 
 # ---- data --------------------------------------------------------------------------------------------------
 def data_key(values: Mapping[str, Any], common: Any) -> dict[str, Any]:
-    """Every parameter that determines the A/B image sets."""
-    key: dict[str, Any] = {"dataset": values["dataset"], "n_images": values["n_images"], "n_test": values["n_test"],
-                           "image_size": values["image_size"], "seed": common.seed}
+    """Every parameter and the code that determine the A/B image sets and what is trained on them."""
+    from taskstudy import objects, scenes, train
+
+    key: dict[str, Any] = {"dataset": values["dataset"], "n_images": values["n_images"], "n_val": values["n_val"],
+                           "n_test": values["n_test"], "image_size": values["image_size"], "seed": common.seed,
+                           "code": code_hash(scenes, objects, train, sys.modules[__name__])}
     if values["dataset"] == "cifar100":
         key["cifar_root"] = str(_cifar_root(values["cifar_root"]))
-    elif values["dataset"] != "crops":
-        raise ValueError(f"layer_transfer.dataset must be 'crops' or 'cifar100', got {values['dataset']!r}")
+    elif values["dataset"] != "objects":
+        raise ValueError(f"layer_transfer.dataset must be 'objects' or 'cifar100', got {values['dataset']!r}")
     return key
 
 
@@ -171,36 +180,43 @@ def _cifar_root(root: str | None) -> Path:
     return p.resolve()
 
 
-def raw_images(key: Mapping[str, Any], store_root: str) -> tuple[np.ndarray, ...]:
-    """(xtr, ytr, xte, yte, n_classes) of the whole data set (key: data_key's fields), images as float32
-    (N, 3, H, W) in [0, 1]."""
-    if key["dataset"] == "crops":
-        from taskstudy import data, scenes
+def raw_images(key: Mapping[str, Any], store_root: str) -> tuple[Any, ...]:
+    """(xtr, ytr, xva, yva, xte, yte, n_classes) of the whole data set (key: data_key's fields), images as
+    float32 (N, 3, H, W) in [0, 1]. CIFAR-100's validation images come from its training set (disjoint from the
+    training images drawn), its test images from its test set."""
+    if key["dataset"] == "objects":
+        from taskstudy import data, objects
 
         store = Store(store_root)
-        tr = data.crop_split(store, "train", key["n_images"], key["seed"], key["image_size"])
-        te = data.crop_split(store, "test", key["n_test"], key["seed"], key["image_size"])
-        return tr["rgb"], tr["label"], te["rgb"], te["label"], scenes.NUM_CROP_CLASSES
+        out: list[Any] = []
+        for split, n in (("train", key["n_images"]), ("val", key["n_val"]), ("test", key["n_test"])):
+            d = data.object_split(store, split, n, key["seed"], key["image_size"])
+            out += [d["rgb"], d["label"]]
+        return (*out, objects.num_classes())
     from taskstudy.realdata import cifar100
 
     out = []
-    for train, n in ((True, key["n_images"]), (False, key["n_test"])):
+    for train, sizes in ((True, (key["n_images"], key["n_val"])), (False, (key["n_test"],))):
         ds = cifar100(key["cifar_root"], train=train)
         rng = np.random.default_rng([key["seed"], 808, int(train)])
-        idx = np.sort(rng.permutation(len(ds))[: min(n, len(ds))])
-        x = torch.from_numpy(ds.data[idx].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-        if key["image_size"] != x.shape[-1]:
-            x = F.interpolate(x, size=key["image_size"], mode="bilinear", antialias=True, align_corners=False)
-        out += [x.numpy(), ds.labels[idx]]
+        perm = rng.permutation(len(ds))
+        start = 0
+        for n in sizes:
+            idx = np.sort(perm[start:start + min(n, len(ds) - start)])
+            start += len(idx)
+            x = torch.from_numpy(ds.data[idx].transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+            if key["image_size"] != x.shape[-1]:
+                x = F.interpolate(x, size=key["image_size"], mode="bilinear", antialias=True, align_corners=False)
+            out += [x.numpy(), ds.labels[idx]]
     return (*out, 100)
 
 
 def class_splits(key: Mapping[str, Any], store_root: str) -> dict[str, dict[str, np.ndarray]]:
     """{"similar": {"A", "B"}, "dissimilar": {"A", "B"}}: class ids of each half."""
-    if key["dataset"] == "crops":
-        from taskstudy import scenes
+    if key["dataset"] == "objects":
+        from taskstudy import objects
 
-        return scenes.crop_class_splits(key["seed"])
+        return objects.class_splits(key["seed"])
     from taskstudy.realdata import cifar100, cifar100_split
 
     ds = cifar100(key["cifar_root"], train=True)
@@ -213,7 +229,7 @@ def class_splits(key: Mapping[str, Any], store_root: str) -> dict[str, dict[str,
 @lru_cache(maxsize=2)
 def _halves(key_items: tuple, store_root: str) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
     key = dict(key_items)
-    xtr, ytr, xte, yte, n_classes = raw_images(key, store_root)
+    xtr, ytr, xva, yva, xte, yte, n_classes = raw_images(key, store_root)
     mean = xtr.mean(axis=(0, 2, 3), keepdims=True)
     std = xtr.std(axis=(0, 2, 3), keepdims=True) + 1e-6
     out: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
@@ -222,19 +238,17 @@ def _halves(key_items: tuple, store_root: str) -> dict[str, dict[str, dict[str, 
         for part, classes in halves.items():
             remap = np.full(n_classes, -1, np.int64)
             remap[classes] = np.arange(len(classes))
-            mtr, mte = remap[ytr] >= 0, remap[yte] >= 0
-            out[kind][part] = {
-                "xtr": torch.from_numpy(((xtr[mtr] - mean) / std).astype(np.float32)),  # (N, 3, H, W)
-                "ytr": torch.from_numpy(remap[ytr[mtr]]),
-                "xte": torch.from_numpy(((xte[mte] - mean) / std).astype(np.float32)),
-                "yte": torch.from_numpy(remap[yte[mte]]),
-                "n_classes": torch.tensor(len(classes)),
-            }
+            d: dict[str, torch.Tensor] = {"n_classes": torch.tensor(len(classes))}
+            for s, x, y in (("tr", xtr, ytr), ("va", xva, yva), ("te", xte, yte)):
+                m = remap[y] >= 0
+                d["x" + s] = torch.from_numpy(((x[m] - mean) / std).astype(np.float32))  # (N, 3, H, W)
+                d["y" + s] = torch.from_numpy(remap[y[m]])
+            out[kind][part] = d
     return out
 
 
 def halves(key: Mapping[str, Any], store_root: str | Path) -> dict[str, dict[str, dict[str, torch.Tensor]]]:
-    """Normalised train/test tensors of every half: [split kind]["A"|"B"] -> xtr, ytr, xte, yte, n_classes."""
+    """Normalised tensors of every half: [split kind]["A"|"B"] -> xtr, ytr, xva, yva, xte, yte, n_classes."""
     return _halves(tuple(sorted(key.items())), str(store_root))
 
 
@@ -246,7 +260,8 @@ class Unit:
     layers: int  # L
     width: int  # first conv block's channels
     hidden: int  # hidden fully connected units
-    epochs: int  # passes over the target half
+    epochs: int  # at most this many passes over the target half
+    patience: int  # epochs without a better validation loss before training stops
     batch_size: int  # images per step
     lr: float  # Adam learning rate
     split_kind: str  # "similar" | "dissimilar"
@@ -294,8 +309,10 @@ def run_unit(unit: Unit) -> dict[str, Any]:
         base.load_state_dict(state)
         copy_first_layers(base, net, unit.n, freeze=FROZEN[unit.treatment])
     n_frozen = unit.n if FROZEN.get(unit.treatment, False) else 0
-    top1 = train_net(net, n_frozen, target, cfg, resolve_device(unit.device))
-    out: dict[str, Any] = {"top1": top1, "cpu_s": time.process_time() - t0}
+    top1, log = train_net(net, n_frozen, target, cfg, unit.patience, resolve_device(unit.device))
+    out: dict[str, Any] = {"top1": top1, "cpu_s": time.process_time() - t0, "epochs_run": len(log["val_loss"]),
+                           "best_epoch": log["best_epoch"], "train_loss": log["train_loss"],
+                           "val_loss": log["val_loss"]}
     if unit.treatment in BASES:
         out["state"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return out
@@ -304,7 +321,7 @@ def run_unit(unit: Unit) -> dict[str, Any]:
 def make_units(values: Mapping[str, Any], common: Any, store_root: str | Path) -> tuple[list[Unit], list[Unit]]:
     """(base units, transfer units) of the whole experiment."""
     dkey = tuple(sorted(data_key(values, common).items()))
-    shared = {k: values[k] for k in ("layers", "width", "hidden", "epochs", "batch_size", "lr")}
+    shared = {k: values[k] for k in ("layers", "width", "hidden", "epochs", "patience", "batch_size", "lr")}
     L = int(values["layers"])
 
     def u(kind: str, treatment: str, n: int, seed: int) -> Unit:
@@ -312,37 +329,57 @@ def make_units(values: Mapping[str, Any], common: Any, store_root: str | Path) -
                     device=getattr(common, "device", "cpu"))
 
     seeds = range(int(values["seeds"]))
+    tuned = set(fine_tuned_n(values))
     bases = [u(k, b, 0, s) for k in SPLIT_KINDS for s in seeds for b in BASES]
-    transfers = [u(k, t, n, s) for k in SPLIT_KINDS for s in seeds for n in range(1, L) for t in TREATMENTS]
+    transfers = [u(k, t, n, s) for k in SPLIT_KINDS for s in seeds for n in range(1, L) for t in TREATMENTS
+                 if FROZEN[t] or n in tuned]
     return bases, transfers
 
 
+def fine_tuned_n(values: Mapping[str, Any]) -> list[int]:
+    """The n at which the fine-tuned treatments (BnB+, AnB+) run: `fine_tuned_n`, or every n when empty."""
+    L = int(values["layers"])
+    chosen = list(values.get("fine_tuned_n") or range(1, L))
+    bad = [n for n in chosen if not 1 <= n < L]
+    if bad:
+        raise ValueError(f"layer_transfer.fine_tuned_n must lie in 1..{L - 1} (layers - 1), got {bad}")
+    return sorted(set(chosen))
+
+
 def unit_counts(values: Mapping[str, Any]) -> dict[str, int]:
-    L, seeds = int(values["layers"]), int(values["seeds"])
-    per = {"bases": 2 * seeds, "transfers": 4 * (L - 1) * seeds, "random": (L - 1) * seeds}
+    L, seeds, tuned = int(values["layers"]), int(values["seeds"]), len(fine_tuned_n(values))
+    per = {"bases": 2 * seeds, "transfers": (2 * (L - 1) + 2 * tuned) * seeds, "random": (L - 1) * seeds}
     out = {k: len(SPLIT_KINDS) * v for k, v in per.items()}
     out["total"] = sum(out.values())
     return out
 
 
-def run_layer_transfer(values: Mapping[str, Any], common: Any, store: Store) -> pd.DataFrame:
-    """Run (or read from the store) every unit; rows: split_kind, treatment, n, seed, top1, cpu_s (the unit's
-    CPU seconds when it was computed: its cost, independent of other load on the machine)."""
+_RESULT_FIELDS = ("top1", "cpu_s", "epochs_run", "best_epoch", "train_loss", "val_loss")
+
+
+def run_layer_transfer(values: Mapping[str, Any], common: Any, store: Store, bases_only: bool = False
+                       ) -> pd.DataFrame:
+    """Run (or read from the store) every unit (with bases_only, the base nets only); rows: split_kind,
+    treatment, n, seed, top1, cpu_s (the unit's CPU seconds when it was computed: its cost, independent of other
+    load on the machine), epochs_run, best_epoch, and the per-epoch train_loss / val_loss lists (the calibration
+    curves)."""
     halves(data_key(values, common), store.root)  # render / load the data once, before any worker needs it
     bases, transfers = make_units(values, common, store.root)
-    results: dict[Unit, dict[str, float]] = {}
+    if bases_only:
+        transfers = []
+    results: dict[Unit, dict[str, Any]] = {}
 
     def done(unit: Unit) -> bool:
         r = store.load("layer_units", unit.key(), VERSION)
         if r is not None and (unit.treatment not in BASES or store.exists("layer_bases", unit.key(), VERSION)):
-            results[unit] = {"top1": float(r["top1"]), "cpu_s": float(r.get("cpu_s", "nan"))}
+            results[unit] = {k: r[k] for k in _RESULT_FIELDS}
             return True
         return False
 
     def on_result(unit: Unit, r: dict[str, Any]) -> None:
         if "state" in r:
             store.save("layer_bases", unit.key(), r["state"], VERSION, fmt="pt")
-        results[unit] = {"top1": float(r["top1"]), "cpu_s": float(r["cpu_s"])}
+        results[unit] = {k: r[k] for k in _RESULT_FIELDS}
         store.save("layer_units", unit.key(), results[unit], VERSION, fmt="json")
 
     address = common.cluster.address
@@ -359,6 +396,74 @@ def run_layer_transfer(values: Mapping[str, Any], common: Any, store: Store) -> 
     return pd.DataFrame(rows)
 
 
+def schedule_check(values: Mapping[str, Any], common: Any, store: Store, runs: pd.DataFrame, epochs: int
+                   ) -> pd.DataFrame:
+    """Is the schedule long enough? The base nets of the first seed retrained with an `epochs`-long schedule
+    (same early stopping), beside the study's: per base, the best validation loss and the test top-1 of both."""
+    longer = run_layer_transfer({**values, "epochs": epochs, "seeds": 1}, common, store, bases_only=True)
+    ours = runs[runs.treatment.isin(BASES) & (runs.seed == 0)]
+    rows = []
+    for label, df, length in (("study", ours, values["epochs"]), ("longer", longer, epochs)):
+        for r in df.itertuples():
+            rows.append({"split": r.split_kind, "net": r.treatment, "schedule": f"{label} ({length} epochs)",
+                         "epochs run": r.epochs_run, "best val loss": r.val_loss[r.best_epoch - 1], "top-1": r.top1})
+    return pd.DataFrame(rows).pivot_table(index=["split", "net"], columns="schedule",
+                                          values=["best val loss", "top-1", "epochs run"])
+
+
+def schedule_verdict(check: pd.DataFrame, runs: pd.DataFrame) -> dict[str, Any]:
+    """Read a schedule_check: the mean gain in best validation loss of the longer schedule (> 0: it found lower
+    losses) against the seed-to-seed standard deviation of the bases' best validation loss under the study's
+    schedule; converged when the gain is within that spread."""
+    val = check["best val loss"]
+    study = [c for c in val.columns if c.startswith("study")][0]
+    longer = [c for c in val.columns if c.startswith("longer")][0]
+    gain = float((val[study] - val[longer]).mean())
+    bases = runs[runs.treatment.isin(BASES)]
+    best = bases.apply(lambda r: r.val_loss[r.best_epoch - 1], axis=1)
+    spread = float(best.groupby([bases.split_kind, bases.treatment]).std().mean())
+    return {"gain": gain, "spread": spread, "converged": bool(gain <= spread)}
+
+
+def calibration_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """The base nets' training and validation loss per epoch (tidy rows: split_kind, treatment, seed, epoch,
+    split, loss, best), for the calibration figure."""
+    rows = []
+    for r in runs[runs.treatment.isin(BASES)].itertuples():
+        for split, losses in (("train", r.train_loss), ("val", r.val_loss)):
+            rows += [{"split_kind": r.split_kind, "treatment": r.treatment, "seed": r.seed, "epoch": e,
+                      "split": split, "loss": v, "best": e == r.best_epoch} for e, v in enumerate(losses, 1)]
+    return pd.DataFrame(rows)
+
+
+def plot_calibration(runs: pd.DataFrame, max_epochs: int) -> Any:
+    """Validation (solid) and training (dotted) loss of every base net against epochs; a ring marks the kept
+    epoch. Early stopping is what ends each curve; a curve reaching `max_epochs` hit the ceiling."""
+    import matplotlib.pyplot as plt
+
+    curves = calibration_curves(runs)
+    fig, axes = plt.subplots(1, len(SPLIT_KINDS), figsize=(11, 3.6), sharey=True, squeeze=False)
+    colours = {"baseA": "#c0282d", "baseB": "#1f4e9c"}
+    for ax, kind in zip(axes[0], SPLIT_KINDS, strict=True):
+        sub = curves[curves.split_kind == kind]
+        for (treatment, seed), d in sub.groupby(["treatment", "seed"]):
+            c = colours[treatment]
+            for split, ls in (("val", "-"), ("train", ":")):
+                dd = d[d.split == split]
+                ax.plot(dd.epoch, dd.loss, ls=ls, color=c, lw=1.2, alpha=0.8,
+                        label=f"{treatment} {split}" if seed == 0 else None)
+            best = d[(d.split == "val") & d.best]
+            ax.scatter(best.epoch, best.loss, s=30, facecolors="none", edgecolors=c, zorder=3)
+        ax.axvline(max_epochs, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{kind} split", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("cross-entropy")
+    axes[0, 0].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 # ---- summaries and findings --------------------------------------------------------------------------------
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, std, min, max and runs of top-1 per (split_kind, treatment, n)."""
@@ -367,65 +472,95 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _means(df: pd.DataFrame) -> pd.Series:
-    return df.groupby(["split_kind", "treatment", "n"])["top1"].mean()
+#: finding -> (what the paper states, the sign its difference has when the finding holds)
+FINDINGS: dict[str, tuple[str, int]] = {
+    "coadaptation": ("BnB falls below baseB in the middle layers: co-adapted layers split apart (Sec. 4.1)", -1),
+    "anb_falls": ("AnB falls below baseB at the top layers: their features are specific to A (Sec. 4.1)", -1),
+    "dissimilar_worse": ("AnB's fall is larger between dissimilar halves (Sec. 4.2)", +1),
+    "anbplus_boost": ("AnB+ is above baseB: transfer plus fine-tuning generalises better (Sec. 4.1)", +1),
+    "random_worse": ("random filters fall below transferred ones from n = 2 on (Sec. 4.3)", -1),
+}
+#: finding -> how its difference is computed (for the chapter's table)
+STATISTICS: dict[str, str] = {
+    "coadaptation": "mean over the middle n (3..L-3; 2..L-2 for L < 6) of BnB - baseB, random split",
+    "anb_falls": "mean over the top two n of AnB - baseB, random split",
+    "dissimilar_worse": "relative fall of AnB (top two n, / baseB): dissimilar minus random split",
+    "anbplus_boost": "mean over n of AnB+ - baseB, random split",
+    "random_worse": "mean over n >= 2 of random - AnB, random split",
+}
 
 
-def _curve(m: pd.Series, kind: str, treatment: str) -> pd.Series:
-    try:
-        return m.loc[(kind, treatment)].sort_index()
-    except KeyError:
-        return pd.Series(dtype=float)
+def _seed_stats(df: pd.DataFrame) -> dict[str, float]:
+    """The five findings' differences on one seed's runs (or on the paper's means)."""
+    m = df.groupby(["split_kind", "treatment", "n"])["top1"].mean()
+
+    def curve(kind: str, treatment: str) -> pd.Series:
+        try:
+            return m.loc[(kind, treatment)].sort_index()
+        except KeyError:
+            return pd.Series(dtype=float)
+
+    base = {k: float(curve(k, "baseB").mean()) for k in SPLIT_KINDS}
+    anb = {k: curve(k, "AnB") for k in SPLIT_KINDS}
+    L = int(max(anb["similar"].index.max(), curve("similar", "BnB").index.max())) + 1
+    top = [n for n in (L - 2, L - 1)]
+
+    def fall(k: str) -> float:
+        return float((base[k] - anb[k].reindex(top)).mean() / base[k]) if base[k] > 0 else float("nan")
+
+    bnb, plus, rnd = curve("similar", "BnB"), curve("similar", "AnB+"), curve("similar", "random")
+    lo = 3 if L >= 6 else 2  # the paper's middle layers of 8: n = 3..5
+    middle = [n for n in bnb.index if lo <= n <= L - lo]
+    late = [n for n in rnd.index if n >= 2 and n in anb["similar"].index]
+    return {
+        "coadaptation": float((bnb.reindex(middle) - base["similar"]).mean()),
+        "anb_falls": float((anb["similar"].reindex(top) - base["similar"]).mean()),
+        "dissimilar_worse": fall("dissimilar") - fall("similar"),
+        "anbplus_boost": float((plus - base["similar"]).mean()),
+        "random_worse": float((rnd.reindex(late) - anb["similar"].reindex(late)).mean()) if late else float("nan"),
+    }
 
 
-def findings(df: pd.DataFrame) -> dict[str, Any]:
-    """The paper's three findings, computed on runs (or on the paper's means: the same columns, seed optional).
+def findings(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Yosinski et al.'s findings measured on the runs: per finding the difference it is about, computed per seed
+    (each seed's treatments against that seed's base nets), its mean and 95% seed band (uncertainty.seed_interval)
+    and the verdict against the band (uncertainty.sign_verdict); with `paper`, the same difference on the paper's
+    means beside it."""
+    per_seed = pd.DataFrame([_seed_stats(d) for _, d in df.groupby("seed")]) if "seed" in df else \
+        pd.DataFrame([_seed_stats(df)])
+    ref = _seed_stats(paper) if paper is not None else {}
+    rows = []
+    for f, (claim, sign) in FINDINGS.items():
+        mean, lo, hi = uncertainty.seed_interval(per_seed[f])
+        rows.append({"finding": f, "claim": claim, "statistic": STATISTICS[f], "paper": ref.get(f, np.nan),
+                     "study": mean, "lo": lo, "hi": hi, "seeds": int(per_seed[f].notna().sum()),
+                     "verdict": uncertainty.sign_verdict(lo, hi, sign)})
+    return pd.DataFrame(rows).set_index("finding")
 
-    1. On the similar split AnB falls with n (least-squares slope of mean top-1 on n < 0 and the last n below
-       the first) while AnB+ stays at or above baseB (mean over n of AnB+ - baseB >= -noise, noise = the
-       seed-to-seed standard deviation of the base nets' top-1, 0 for means only).
-    2. The dissimilar split transfers worse: mean over n of AnB / baseB lower than on the similar split.
-    3. Random filters are worst: per split, the mean over n of the random control below every other treatment;
-       also the share of (split, n) cells where it is the lowest.
-    """
-    m = _means(df)
-    f: dict[str, Any] = {}
-    base_b = {k: float(_curve(m, k, "baseB").mean()) for k in SPLIT_KINDS}
-    noise = 0.0
-    if "seed" in df and df["seed"].nunique() > 1:
-        bases = df[df.treatment.isin(BASES)]
-        noise = float(bases.groupby(["split_kind", "treatment"])["top1"].std().mean())
-    f["noise"] = noise
-    anb = _curve(m, "similar", "AnB")
-    slope = float(np.polyfit(anb.index.to_numpy(float), anb.to_numpy(), 1)[0]) if len(anb) > 1 else float("nan")
-    f["anb_slope"] = slope
-    f["anb_first"], f["anb_last"] = float(anb.iloc[0]), float(anb.iloc[-1])
-    f["anb_falls"] = bool(slope < 0 and f["anb_last"] < f["anb_first"])
-    f["baseB"] = base_b["similar"]
-    plus = _curve(m, "similar", "AnB+")
-    f["anbplus_gap_mean"] = float(plus.mean() - base_b["similar"])
-    f["anbplus_gap_min"] = float(plus.min() - base_b["similar"])
-    f["anbplus_holds"] = bool(f["anbplus_gap_mean"] >= -noise)
-    f["finding1"] = bool(f["anb_falls"] and f["anbplus_holds"])
-    rel = {k: float((_curve(m, k, "AnB") / base_b[k]).mean()) if base_b[k] > 0 else float("nan")
-           for k in SPLIT_KINDS}
-    f["rel_anb_similar"], f["rel_anb_dissimilar"] = rel["similar"], rel["dissimilar"]
-    f["finding2"] = bool(rel["dissimilar"] < rel["similar"])
-    cells, lowest, worst_mean = 0, 0, []
-    for kind in SPLIT_KINDS:
-        rnd = _curve(m, kind, "random")
-        others = [t for t in TREATMENTS if t != "random" and len(_curve(m, kind, t))]
-        if not len(rnd) or not others:
-            continue
-        worst_mean.append(all(rnd.mean() < _curve(m, kind, t).mean() for t in others))
-        for n, v in rnd.items():
-            rivals = [_curve(m, kind, t).get(n) for t in others]
-            rivals = [r for r in rivals if r is not None and not np.isnan(r)]
-            cells += 1
-            lowest += int(all(v < r for r in rivals))
-    f["random_lowest_share"] = lowest / cells if cells else float("nan")
-    f["finding3"] = bool(worst_mean and all(worst_mean))
-    return f
+
+def paper_beside(f: pd.DataFrame, setting: str) -> pd.DataFrame:
+    """The paper's claims (reference/claims.csv) beside the study's findings (`findings`) and `setting` (the
+    study's setup in words), each with its verdict against the seed band."""
+    from taskstudy.reference import beside
+
+    study: dict[str, tuple[str, bool | None]] = {"setting": (setting, None)}
+    study |= {k: (f"{r.study:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}] ({r.seeds} seeds)", None) for k, r in f.iterrows()}
+    table = beside("08_layer_transfer", "paper (Yosinski et al. 2014)", study)
+    table["verdict"] = [("setting" if k == "setting" else f.loc[k, "verdict"]) for k in table["finding"]]
+    return table.drop(columns="agrees")
+
+
+def base_levels(df: pd.DataFrame, splits: Mapping[str, Mapping[str, np.ndarray]]) -> pd.DataFrame:
+    """Each base net's top-1 (mean and seed band) against chance, per split: the yardstick every treatment is
+    read against (issue 18's target: >= 40% and >= 10x chance)."""
+    rows = []
+    for (kind, treatment), d in df[df.treatment.isin(BASES)].groupby(["split_kind", "treatment"]):
+        mean, lo, hi = uncertainty.seed_interval(d.top1)
+        chance = 1 / len(splits[kind][treatment[-1]])
+        rows.append({"split": kind, "net": treatment, "classes": len(splits[kind][treatment[-1]]), "top-1": mean,
+                     "seed band lo": lo, "seed band hi": hi, "chance": chance, "x chance": mean / chance,
+                     "epochs (median)": float(d.epochs_run.median()) if "epochs_run" in d else np.nan})
+    return pd.DataFrame(rows)
 
 
 # ---- the paper's numbers -----------------------------------------------------------------------------------
@@ -496,7 +631,7 @@ def _panel(ax: Any, df: pd.DataFrame, kind: str, title: str, spread: bool) -> No
     ax.grid(alpha=0.3)
 
 
-def plot_transfer(ours: pd.DataFrame, paper: pd.DataFrame, dataset: str = "object crops") -> Any:
+def plot_transfer(ours: pd.DataFrame, paper: pd.DataFrame, dataset: str = "object world") -> Any:
     """The paper's Fig. 2/3 as ours beside theirs: rows = similar / dissimilar split, columns = ours / paper.
     Ours: mean over seeds (line), every seed (dots), min-max band."""
     import matplotlib.pyplot as plt
@@ -511,65 +646,3 @@ def plot_transfer(ours: pd.DataFrame, paper: pd.DataFrame, dataset: str = "objec
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
-
-
-# ---- sentences from the findings ---------------------------------------------------------------------------
-def _pct(x: float) -> str:
-    return "n/a" if np.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _pp(x: float) -> str:
-    return f"{100 * x:+.1f} points"
-
-
-def report(f: Mapping[str, Any], paper: Mapping[str, Any]) -> list[str]:
-    """One Markdown paragraph per finding: what we measured, whether it holds, and, where not, why it may not."""
-    yes = {True: "holds", False: "does **not** hold"}
-    out = []
-    out.append(
-        f"**Finding 1 (specificity; fine-tuning recovers).** On the random split AnB goes from "
-        f"{_pct(f['anb_first'])} at n = 1 to {_pct(f['anb_last'])} at the last n (slope {_pp(f['anb_slope'])} "
-        f"per layer; the paper: {_pct(paper['anb_first'])} to {_pct(paper['anb_last'])}), so *AnB falls with n* "
-        f"{yes[f['anb_falls']]} here. AnB+ is {_pp(f['anbplus_gap_mean'])} from baseB ({_pct(f['baseB'])}) on "
-        f"average over n (worst n: {_pp(f['anbplus_gap_min'])}; seed-to-seed noise of the bases "
-        f"{_pp(f['noise'])[1:]}), so *AnB+ stays at or above baseB* {yes[f['anbplus_holds']]} "
-        f"(the paper: {_pp(paper['anbplus_gap_mean'])})."
-    )
-    if not f["anb_falls"]:
-        out.append(
-            "Why AnB may not fall here: our random halves share every shape and every texture (a class is a "
-            "shape x texture pair), so even the top layers of baseA encode features that task B needs; and our "
-            "nets, trained for a few epochs on a few thousand images, are far from the co-adapted, specialised "
-            "features that 1.2 million ImageNet images and 450,000 steps produce."
-        )
-    if not f["anbplus_holds"]:
-        out.append(
-            "Why AnB+ may fall below baseB here: fine-tuning runs for as few epochs as the base nets, so the "
-            "copied layers have little time to adapt, and the paper's gain from transfer came with long training "
-            "on a large target set; with two seeds the gap is also within the spread of single runs."
-        )
-    out.append(
-        f"**Finding 2 (dissimilar tasks transfer worse).** Mean AnB relative to baseB is "
-        f"{_pct(f['rel_anb_similar'])} on the random split and {_pct(f['rel_anb_dissimilar'])} on the dissimilar "
-        f"split (the paper: {_pct(paper['rel_anb_similar'])} and {_pct(paper['rel_anb_dissimilar'])}), so the "
-        f"finding {yes[f['finding2']]} here."
-    )
-    if not f["finding2"]:
-        out.append(
-            "Why it may not hold here: our dissimilar split (rounded vs vertexed shapes) keeps all twelve textures "
-            "on both sides, and texture is much of what separates the classes at this image size, so the halves "
-            "are less different than ImageNet's natural and man-made classes."
-        )
-    out.append(
-        f"**Finding 3 (random filters are worst).** The random-filter control is the lowest treatment in "
-        f"{_pct(f['random_lowest_share'])} of the (split, n) cells and lowest on average over n in "
-        f"{'every split' if f['finding3'] else 'not every split'}, so the finding {yes[f['finding3']]} here "
-        f"(the paper: lowest in {_pct(paper['random_lowest_share'])} of its cells)."
-    )
-    if not f["finding3"]:
-        out.append(
-            "Why it may not hold here: with few layers frozen, random 3x3 filters followed by batch norm and ReLU "
-            "still pass most of the image on (Jarrett et al.'s observation for shallow nets), and the trained "
-            "upper layers can compensate on a task this small."
-        )
-    return out

@@ -7,7 +7,8 @@ target is the BIP's policy over those affinities (Step IV). It is compared, per 
 
 - `scratch`: the target's network trained from scratch on the transfer split (Gain);
 - `imagenet`: a readout on an "ImageNet-like" encoder: the same Encoder architecture trained on supervised
-  classification in another domain (the object-crop set, 96 shape x texture classes), store-cached;
+  classification in another domain (the object world's pretrain classes, objects.classes("pretrain"): 8 shapes
+  in 4 colours, early-stopped on their validation split), store-cached;
 - the self-supervised encoders of the dictionary (autoencoding, colorization, jigsaw, inpainting): their
   first-order readouts;
 - `full`: the target's fully supervised network (Quality).
@@ -24,14 +25,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from taskstudy import ahp, data, evaluate, uncertainty
+from taskstudy import ahp, data, evaluate, objects, scenes, uncertainty
 from taskstudy import tasks as taskdict
 from taskstudy import taxonomy as taxmod
 from taskstudy.models import TaskNetwork
-from taskstudy.scenes import NUM_CROP_CLASSES
-from taskstudy.store import Store
+from taskstudy.store import Store, code_hash
 from taskstudy.task_networks import StepResult, study_tasks, task_networks, unit_seed
-from taskstudy.train import TrainConfig, fit, predict, resolve_device
+from taskstudy.train import TrainConfig, fit_validated, predict, resolve_device
 from taskstudy.transfer import FULL, SCRATCH, SPLITS, fit_readout, query_images, query_kind, transfers
 
 VERSION = "2"  # 2: readouts early-stopped on val, queries in the target's form
@@ -106,44 +106,51 @@ def _cfg(params: Any) -> Any:
 def imagenet_key(params: Any) -> dict[str, Any]:
     """Everything that determines the ImageNet-like encoder's weights."""
     cfg, net = _cfg(params), params.section("task_networks")
-    return {"n_images": cfg.imagenet_n_images, "epochs": cfg.imagenet_epochs, "seed": params.common.seed,
-            "image_size": params.common.image_size, "width": net.width, "depth": net.depth,
-            "decoder_width": net.decoder_width, "batch_size": net.batch_size, "lr": net.lr,
-            "code": data.code_version()}
+    return {"world": "pretrain", "n_images": cfg.imagenet_n_images, "epochs": cfg.imagenet_epochs,
+            "patience": cfg.imagenet_patience, "seed": params.common.seed, "image_size": params.common.image_size,
+            "width": net.width, "depth": net.depth, "decoder_width": net.decoder_width,
+            "batch_size": net.batch_size, "lr": net.lr, "code": code_hash(scenes, objects)}
+
+
+def _imagenet_network(params: Any) -> TaskNetwork:
+    net_cfg = params.section("task_networks")
+    return TaskNetwork("classification", objects.num_classes("pretrain"), net_cfg.width, net_cfg.depth,
+                       net_cfg.decoder_width)
 
 
 def imagenet_encoder(params: Any) -> dict[str, Any]:
     """Train (or read from the store) the "ImageNet-like" network: the study's Encoder with a classification
-    decoder, on `imagenet_n_images` object crops (96 classes); scored on a held-out crop split (a quarter the
-    size). Returns state (the whole network), history, test_accuracy, wall_s."""
+    decoder, on `imagenet_n_images` images of the object world's pretrain classes (no class or image of the
+    chapters' tasks), early-stopped on a validation split a fifth the size, scored on a test split as large.
+    Returns state (the whole network), log, test_accuracy, chance, epochs, wall_s."""
     store = Store.for_params(params)
     cfg, net_cfg = _cfg(params), params.section("task_networks")
     key = imagenet_key(params)
 
     def compute() -> dict[str, Any]:
         seed = unit_seed(params.common.seed, IMAGENET)
-        size = params.common.image_size
-        train = data.crop_split(store, "train", cfg.imagenet_n_images, params.common.seed, size)
-        test = data.crop_split(store, "test", max(NUM_CROP_CLASSES, cfg.imagenet_n_images // 4),
-                               params.common.seed, size)
+        size, n_classes = params.common.image_size, objects.num_classes("pretrain")
+        n_eval = max(n_classes, cfg.imagenet_n_images // 5)
+        train, val, test = (data.object_split(store, split, n, params.common.seed, size, "pretrain")
+                            for split, n in (("train", cfg.imagenet_n_images), ("val", n_eval), ("test", n_eval)))
         torch.manual_seed(seed)
-        net = TaskNetwork("classification", NUM_CROP_CLASSES, net_cfg.width, net_cfg.depth, net_cfg.decoder_width)
+        net = _imagenet_network(params)
         start = time.perf_counter()
-        history = fit(net, torch.from_numpy(train["rgb"]), torch.from_numpy(train["label"]), F.cross_entropy,
-                      TrainConfig(cfg.imagenet_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
-                      device=resolve_device(params.common.device))
+        log = fit_validated(net, torch.from_numpy(train["rgb"]), torch.from_numpy(train["label"]), F.cross_entropy,
+                            TrainConfig(cfg.imagenet_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
+                            (torch.from_numpy(val["rgb"]), torch.from_numpy(val["label"])),
+                            patience=cfg.imagenet_patience, device=resolve_device(params.common.device))
         wall = time.perf_counter() - start
         pred = predict(net, torch.from_numpy(test["rgb"])).argmax(1).numpy()
-        return {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "history": history, "wall_s": wall,
+        return {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "log": log.as_dict(), "wall_s": wall,
                 "test_accuracy": float((pred == test["label"]).mean()), "n_test": len(test["label"]),
-                "chance": 1 / NUM_CROP_CLASSES}
+                "chance": 1 / n_classes, "classes": n_classes, "epochs": log.epochs_run}
 
     return store.get_or_compute("imagenet_encoder", key, compute, VERSION, fmt="pt")
 
 
 def _load_imagenet(params: Any) -> torch.nn.Module:
-    net_cfg = params.section("task_networks")
-    net = TaskNetwork("classification", NUM_CROP_CLASSES, net_cfg.width, net_cfg.depth, net_cfg.decoder_width)
+    net = _imagenet_network(params)
     net.load_state_dict(imagenet_encoder(params)["state"])
     return net.encoder.eval()
 

@@ -64,6 +64,7 @@ class Scenes(Section):
     bench_scenes: int = Field(512, ge=1)  # scenes rendered per repeat to measure throughput (at 32 px)
     bench_sizes: list[int] = [32, 64, 128]  # image sizes whose throughput the chapter reports
     bench_repeats: int = Field(3, ge=1)  # repeats of each throughput measurement (min/median/max)
+    learnability_sizes: list[int] = [1024, 2048]  # object-world training-set sizes of the learnability table
 
 
 class TaskNetworks(Section):
@@ -112,8 +113,9 @@ class Taxonomy(Section):
 
 
 class NovelTasks(Section):
-    imagenet_epochs: int = Field(6, ge=1)  # epochs of the ImageNet-like classifier on the object crops
-    imagenet_n_images: int = Field(2000, ge=96)  # object crops it trains on (96 balanced classes)
+    imagenet_epochs: int = Field(15, ge=1)  # epochs (cosine schedule) of the ImageNet-like classifier, or fewer
+    imagenet_patience: int = Field(3, ge=1)  # epochs without a better validation loss before it stops
+    imagenet_n_images: int = Field(3200, ge=32)  # pretrain-world images it trains on (32 balanced classes)
     max_order: int = Field(3, ge=1, le=4)  # highest transfer order the novel taxonomy may use (capped by transfers)
     budget: int = Field(0, ge=0)  # dictionary tasks the novel taxonomy may supervise; 0 = all of them
 
@@ -125,18 +127,22 @@ class TaskTree(Section):
 
 
 class LayerTransfer(Section):
-    dataset: Literal["crops", "cifar100"] = "crops"  # the study's object crops, or a real CIFAR-100 copy
+    dataset: Literal["objects", "cifar100"] = "objects"  # the study's object world, or a real CIFAR-100 copy
     cifar_root: str | None = None  # folder holding cifar-100-python/ (relative to the study root); for cifar100
     n_images: int = Field(4096, ge=2)  # training images, both halves A and B together
+    n_val: int = Field(1024, ge=2)  # validation images (early stopping), both halves together
     n_test: int = Field(2048, ge=2)  # test images, both halves together
-    image_size: int = Field(32, ge=16, le=256)  # pixels per side (crops rendered at it; CIFAR resized if not 32)
-    layers: int = Field(6, ge=4)  # L: L-3 conv blocks, 2 hidden fully connected layers, the classifier
+    image_size: int = Field(32, ge=16, le=256)  # pixels per side (objects rendered at it; CIFAR resized if not 32)
+    layers: int = Field(7, ge=4)  # L: L-3 conv blocks, 2 hidden fully connected layers, the classifier
     width: int = Field(8, ge=1)  # channels of the first conv block (then 2x, 4x)
     hidden: int = Field(64, ge=1)  # units of each hidden fully connected layer
-    epochs: int = Field(8, ge=1)  # passes over the target half, the same for every net
+    epochs: int = Field(12, ge=1)  # passes over the target half: the cosine schedule's length (or stopped early)
+    patience: int = Field(3, ge=1)  # epochs without a better validation loss before a net stops
     batch_size: int = Field(64, ge=1)  # images per step
-    lr: float = Field(3e-3, gt=0)  # Adam learning rate
-    seeds: int = Field(2, ge=1)  # repeats of every (split, treatment, n)
+    lr: float = Field(5e-3, gt=0)  # Adam learning rate (cosine decay over `epochs`)
+    fine_tuned_n: list[int] = [2, 4, 6]  # n of the fine-tuned treatments BnB+ and AnB+; [] = every n
+    check_epochs: int = Field(24, ge=0)  # the first seed's bases retrained on a schedule this long (0 = no check)
+    seeds: int = Field(3, ge=1)  # repeats of every (split, treatment, n): the seed band of every curve
 
 
 class TaskGrouping(Section):
@@ -154,12 +160,15 @@ class TaskGrouping(Section):
 
 
 class Task2Vec(Section):
-    crops_train: int = Field(1920, ge=96)  # object crops the probe, heads and experts train on
-    crops_test: int = Field(960, ge=96)  # object crops the test errors are measured on
+    images_train: int = Field(1920, ge=96)  # object-world images the heads and experts train on
+    images_test: int = Field(960, ge=96)  # object-world images the test errors are measured on
+    pretrain_images: int = Field(3200, ge=32)  # pretrain-world images the probe trains on (ImageNet's role)
+    pretrain_val: int = Field(640, ge=32)  # pretrain-world images its early stopping reads
     scene_tasks: list[str] = ["class_scene", "class_object"]  # scene classification tasks added to the family
     probe_width: int = Field(8, ge=1)  # probe and expert encoders: stages of w, 2w, 4w channels
     probe_depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage (probe and experts)
-    probe_epochs: int = Field(15, ge=1)  # epochs of the probe on the 96-class crop task
+    probe_epochs: int = Field(15, ge=1)  # epochs (cosine schedule) of the probe on the pretrain classes, or fewer
+    probe_patience: int = Field(3, ge=1)  # epochs without a better validation loss before the probe stops
     batch_size: int = Field(64, ge=1)  # images per step (probe and experts)
     lr: float = Field(3e-3, gt=0)  # Adam learning rate (probe and experts)
     head_wd: float = Field(1e-3, ge=0)  # L2 weight of the retrained linear heads
@@ -186,8 +195,8 @@ class Robustness(Section):
     seeds: list[int] = [1, 2]  # extra training seeds (common.seed, splits pinned): their spread is the yardstick
     variations: dict[str, list[str]] = {}  # name -> dotted overrides on top of the base, e.g. ["common.n_transfer=250"]
     budgets: list[int] = [1, 2, 3, 4]  # supervision budgets whose chosen source sets are compared (Jaccard)
-    outside_dataset: Literal["crops", "cifar100"] = "crops"  # Sec. 5.1's outside set: object crops or CIFAR-100
-    outside_label: Literal["shape", "class"] = "shape"  # crops: 8 shapes (object classes) or 96 shape x texture
+    outside_dataset: Literal["objects", "cifar100"] = "objects"  # Sec. 5.1's outside set: object world or CIFAR-100
+    outside_label: Literal["shape", "class"] = "shape"  # object world: 8 shapes or its 48 classes
     cifar_root: str | None = None  # folder holding cifar-100-python/ (relative to the study root); for cifar100
     outside_train: int = Field(2000, ge=16)  # outside images the linear probes are fitted on
     outside_test: int = Field(1000, ge=16)  # outside images the probe accuracy is measured on

@@ -328,3 +328,20 @@ def calibration_curves(curves: pd.DataFrame, unit: str, col: str | None = None, 
     if title:
         g.figure.suptitle(title, y=1.02, fontsize=10)
     return g.figure
+
+
+def object_gallery(images: np.ndarray, labels: np.ndarray, names: Sequence[str], columns: int, title: str
+                   ) -> plt.Figure:
+    """One image per class of an object world (images (N, 3, H, W) in [0, 1]; the first image of each label),
+    in class order, `columns` per row, each titled with its class name."""
+    first = [int(np.flatnonzero(labels == k)[0]) for k in range(len(names)) if (labels == k).any()]
+    rows = -(-len(first) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.45 * columns, 1.65 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, first, strict=False):
+        ax.imshow(images[i].transpose(1, 2, 0).clip(0, 1), interpolation="nearest")
+        ax.set_title(names[int(labels[i])], fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

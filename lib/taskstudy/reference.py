@@ -82,9 +82,10 @@ def glue_finding(finding: str, study: str, verdict: str) -> None:
 
 
 def glue_beside(table: pd.DataFrame) -> None:
-    """glue_finding for every row of a `beside` table."""
+    """glue_finding for every row of a `beside` table (its `verdict` column where it has one, else `agrees`)."""
     for _, row in table.iterrows():
-        glue_finding(row["finding"], str(row["study"]), verdict_of(row["agrees"]))
+        verdict = row["verdict"] if "verdict" in table.columns else verdict_of(row["agrees"])
+        glue_finding(row["finding"], str(row["study"]), verdict)
 
 
 def _cell(text: object) -> str:

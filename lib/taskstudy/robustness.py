@@ -13,9 +13,9 @@ two runs: Spearman's rho of their affinity matrices (per target and pooled over 
 of the source sets the BIP chooses per budget; the spread between training seeds is the yardstick.
 
 Sec. 5.1 (ImageNet, MIT Places): every dictionary encoder of the main run linearly probed on an outside
-classification set (the object crops, or a real CIFAR-100 copy), the encoders ranked by probe accuracy and that
-ranking compared with the taxonomy's ranking of the same sources for a classification target (Spearman's rho,
-permutation p-value).
+classification set (the object world, taskstudy.objects, or a real CIFAR-100 copy), the encoders ranked by probe
+accuracy and that ranking compared with the taxonomy's ranking of the same sources for a classification target
+(Spearman's rho, permutation p-value).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from taskstudy import ahp, data, params, taxonomy, transfer, tree
+from taskstudy import ahp, data, objects, params, scenes, taxonomy, transfer, tree
 from taskstudy import task_networks as step1
 from taskstudy.agreement import permutation_p
 from taskstudy.paths import find_root
-from taskstudy.scenes import NUM_CROP_CLASSES, OBJECT_CLASSES
+from taskstudy.scenes import OBJECT_CLASSES
 from taskstudy.store import Store, code_hash
 from taskstudy.train import predict
 
@@ -238,8 +238,8 @@ def outside_key(P: Any) -> dict[str, Any]:
     cfg = P.section("robustness")
     key: dict[str, Any] = {"dataset": cfg.outside_dataset, "n_train": cfg.outside_train, "n_test": cfg.outside_test,
                            "image_size": P.common.image_size, "seed": P.common.seed}
-    if cfg.outside_dataset == "crops":
-        key.update(label=cfg.outside_label, code=data.code_version())
+    if cfg.outside_dataset == "objects":
+        key.update(label=cfg.outside_label, code=code_hash(scenes, objects))
     else:
         key["cifar_root"] = str(_cifar_root(cfg.cifar_root))
     return key
@@ -257,28 +257,29 @@ def outside_name(P: Any) -> str:
     cfg = P.section("robustness")
     if cfg.outside_dataset == "cifar100":
         return "CIFAR-100 (100 fine classes)"
-    return "object crops (8 shapes)" if cfg.outside_label == "shape" else "object crops (96 shape x texture classes)"
+    return ("object world (8 shapes)" if cfg.outside_label == "shape"
+            else f"object world ({objects.num_classes()} classes)")
 
 
 def outside_data(P: Any) -> dict[str, torch.Tensor | int]:
     """The outside set as tensors: x_train, y_train, x_test, y_test (images in [0, 1] at common.image_size) and
-    n_classes. Crops: `outside_label` is 'shape' (8 classes, the object-classification analogue) or
-    'class' (96 shape x texture classes). CIFAR-100: a seeded subset of each official split, fine labels
+    n_classes. Object world: `outside_label` is 'shape' (8 classes, the object-classification analogue) or
+    'class' (its 48 classes). CIFAR-100: a seeded subset of each official split, fine labels
     (layers.raw_images, the layer-transfer chapter's loader)."""
     cfg, size = P.section("robustness"), P.common.image_size
-    if cfg.outside_dataset == "crops":
+    if cfg.outside_dataset == "objects":
         store = Store.for_params(P)
-        tr = data.crop_split(store, "train", cfg.outside_train, P.common.seed, size)
-        te = data.crop_split(store, "test", cfg.outside_test, P.common.seed, size)
+        tr = data.object_split(store, "train", cfg.outside_train, P.common.seed, size)
+        te = data.object_split(store, "test", cfg.outside_test, P.common.seed, size)
         col = "shape" if cfg.outside_label == "shape" else "label"
-        n_classes = len(OBJECT_CLASSES) if col == "shape" else NUM_CROP_CLASSES
+        n_classes = len(OBJECT_CLASSES) if col == "shape" else objects.num_classes()
         return {"x_train": torch.from_numpy(tr["rgb"]), "y_train": torch.from_numpy(tr[col]),
                 "x_test": torch.from_numpy(te["rgb"]), "y_test": torch.from_numpy(te[col]), "n_classes": n_classes}
     from taskstudy.layers import raw_images
 
     key = {"dataset": "cifar100", "cifar_root": str(_cifar_root(cfg.cifar_root)), "n_images": cfg.outside_train,
-           "n_test": cfg.outside_test, "seed": P.common.seed, "image_size": size}
-    xtr, ytr, xte, yte, n_classes = raw_images(key, str(Store.for_params(P).root))
+           "n_val": 0, "n_test": cfg.outside_test, "seed": P.common.seed, "image_size": size}
+    xtr, ytr, _, _, xte, yte, n_classes = raw_images(key, str(Store.for_params(P).root))
     return {"x_train": torch.from_numpy(xtr), "y_train": torch.from_numpy(ytr), "x_test": torch.from_numpy(xte),
             "y_test": torch.from_numpy(yte), "n_classes": n_classes}
 

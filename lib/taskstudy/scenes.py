@@ -12,8 +12,8 @@ Determinism: a scene's random parameters come from ``np.random.default_rng([seed
 and every per-pixel computation is element-wise (+, -, *, /, sqrt, floor, comparisons; no BLAS, no SIMD
 transcendental functions), so a sample is bit-identical whatever batch it is rendered in.
 
-Object classes are grouped for the layer-transfer chapter into *rounded* shapes (no vertex: sphere, ellipsoid,
-capsule, cylinder) and *vertexed* shapes (an apex or corners: cone, box, pyramid, prism).
+The classification set of the side studies (one object per image, a class hierarchy) is rendered by this ray
+caster too: taskstudy.objects.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,8 @@ __all__ = [
     "TEXTURES",
     "LAYOUT_FIELDS",
     "MAX_OBJECTS",
-    "NUM_CROP_CLASSES",
-    "ROUNDED_SHAPES",
     "render",
     "generate_split",
-    "render_crops",
-    "crop_class_splits",
-    "crop_task_families",
     "split_code",
 ]
 
@@ -63,7 +58,6 @@ TEXTURES: list[str] = [
     "speckle",
 ]
 ROOM_TEXTURES: list[int] = [0, 1, 3, 4, 9]  # plain, checker, bands (horizontal), stripes (vertical), noise
-ROUNDED_SHAPES: list[str] = ["sphere", "ellipsoid", "capsule", "cylinder"]
 LAYOUT_FIELDS: list[str] = [
     "pitch",
     "roll",
@@ -78,7 +72,6 @@ LAYOUT_FIELDS: list[str] = [
 MAX_OBJECTS = 6
 N_ROOM = 6  # instance ids 0 floor, 1 ceiling, 2 wall x=0, 3 wall x=W, 4 wall z=0, 5 wall z=D; objects 6+slot
 N_SURF = N_ROOM + MAX_OBJECTS
-NUM_CROP_CLASSES = len(OBJECT_CLASSES) * len(TEXTURES)
 FOV_DEG = 60.0
 _NU = 256  # uniforms drawn per scene
 _SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "extra": 4, "probe": 5}
@@ -881,122 +874,3 @@ def generate_split(
     if not chunks:
         raise ValueError("generate_split needs n >= 1")
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-
-
-# ---- object crops (layer transfer, Task2Vec) --------------------------------------------------------------
-def crop_label(shape: np.ndarray | int, texture: np.ndarray | int) -> np.ndarray | int:
-    """Class id of (shape, texture): shape * len(TEXTURES) + texture."""
-    return shape * len(TEXTURES) + texture
-
-
-def _sample_crops(split: str, indices: np.ndarray, seed: int) -> SceneParams:
-    """One centred object per scene; class = indices % NUM_CROP_CLASSES (balanced); background = a room."""
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    base = _sample_scenes(split, idx, seed + 7_777_777)  # background rooms from an unrelated stream
-    u = _rngs_uniforms(seed, split_code(split), idx, 1)
-    n = len(idx)
-    label = idx % NUM_CROP_CLASSES
-    shape, texture = label // len(TEXTURES), label % len(TEXTURES)
-    cls = np.full((n, MAX_OBJECTS), -1, np.int64)
-    cls[:, 0] = shape
-    size = np.zeros((n, MAX_OBJECTS, 3))
-    size[:, 0] = _object_sizes(shape, u[:, 0:4])
-    size[:, 0] *= (0.35 / (0.2 + 0.3 * u[:, 0]))[:, None]  # normalise the base size to 0.35 m
-    pos = np.zeros((n, MAX_OBJECTS, 2))
-    room = base.room
-    pos[:, 0, 0], pos[:, 0, 1] = room[:, 0] / 2, room[:, 2] / 2
-    heading = 2 * math.pi * u[:, 4]
-    height = np.where(shape == 0, 2 * size[:, 0, 0], np.where(shape == 1, 2 * size[:, 0, 1], size[:, 0, 1]))
-    extent = np.maximum(height, 2 * _footprint(shape, size[:, 0]))
-    dist = (0.9 + 0.5 * u[:, 5]) * extent / math.tan(math.radians(FOV_DEG) / 2) + 0.3
-    sh, ch = np.array([math.sin(a) for a in heading]), np.array([math.cos(a) for a in heading])
-    cam_h = 0.5 + 0.9 * u[:, 6]
-    cam = np.stack([pos[:, 0, 0] - sh * dist, cam_h, pos[:, 0, 1] - ch * dist], -1)
-    centre_y = 0.5 * height
-    pitch = np.array([math.atan2(cy - h, d) for cy, h, d in zip(centre_y, cam_h, dist, strict=True)])
-    pitch = pitch + (u[:, 7] - 0.5) * 0.1
-    yaw = heading + (u[:, 8] - 0.5) * 0.1
-    oyaw = np.zeros((n, MAX_OBJECTS))
-    oyaw[:, 0] = 2 * math.pi * u[:, 9]
-    tex = base.surf_tex.copy()
-    tex[:, N_ROOM] = texture
-    scale = base.surf_scale.copy()
-    scale[:, N_ROOM] = 0.35 * (0.4 + 0.2 * u[:, 10])
-    col_a = base.surf_col_a.copy()
-    col_a[:, N_ROOM] = 0.15 + 0.8 * u[:, 11:14]
-    col_b = base.surf_col_b.copy()
-    col_b[:, N_ROOM] = col_a[:, N_ROOM] * (0.25 + 0.25 * u[:, 14:15])
-    return replace(
-        base,
-        cam_pos=cam,
-        cam_yaw=yaw,
-        cam_pitch=pitch,
-        cam_roll=(u[:, 15] - 0.5) * 0.1,
-        obj_class=cls,
-        obj_pos=pos,
-        obj_yaw=oyaw,
-        obj_size=size,
-        surf_tex=tex,
-        surf_scale=scale,
-        surf_col_a=col_a,
-        surf_col_b=col_b,
-        seed=int(seed),
-        extra={"label": label, "shape": shape, "texture": texture},
-    )
-
-
-def render_crops(
-    split: str, indices: Sequence[int] | np.ndarray, seed: int, image_size: int
-) -> dict[str, np.ndarray]:
-    """Object-crop classification samples: rgb (N,3,H,W), label = shape * len(TEXTURES) + texture
-    (NUM_CROP_CLASSES classes, balanced by index), shape (OBJECT_CLASSES id), texture (TEXTURES id), mask."""
-    _check_size(image_size)
-    with _threads():
-        p = _sample_crops(split, np.asarray(indices), seed)
-        buf = _render_params(p, image_size)
-    return {
-        "rgb": buf["rgb"],
-        "label": p.extra["label"].astype(np.int64),
-        "shape": p.extra["shape"].astype(np.int64),
-        "texture": p.extra["texture"].astype(np.int64),
-        "mask": (buf["instance"] == N_ROOM).astype(np.uint8),
-        "index": p.index.astype(np.int64),
-    }
-
-
-def crop_class_splits(seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """Yosinski-style class splits of the crop set.
-
-    ``similar``: a seeded random half of the classes (A) and the rest (B). ``dissimilar``: A = rounded shapes
-    (sphere, ellipsoid, capsule, cylinder; no vertex) x all textures, B = vertexed shapes (cone, box, pyramid,
-    prism) x all textures.
-    """
-    classes = np.arange(NUM_CROP_CLASSES)
-    perm = np.random.default_rng([int(seed), 4242]).permutation(classes)
-    half = NUM_CROP_CLASSES // 2
-    rounded = np.isin(classes // len(TEXTURES), [OBJECT_CLASSES.index(s) for s in ROUNDED_SHAPES])
-    return {
-        "similar": {"A": np.sort(perm[:half]), "B": np.sort(perm[half:])},
-        "dissimilar": {"A": classes[rounded], "B": classes[~rounded]},
-    }
-
-
-def crop_task_families() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Task2Vec task family over the crop set: (name, classes used, new label per used class).
-
-    "texture|shape=s" (which texture, given shape s) and "shape|texture=m" (which shape, given texture m),
-    plus the two full attribute tasks "shape" and "texture" and the full "shape x texture" task.
-    """
-    nt = len(TEXTURES)
-    out: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for s, sname in enumerate(OBJECT_CLASSES):
-        cl = s * nt + np.arange(nt)
-        out.append((f"texture|shape={sname}", cl, np.arange(nt)))
-    for m, mname in enumerate(TEXTURES):
-        cl = np.arange(len(OBJECT_CLASSES)) * nt + m
-        out.append((f"shape|texture={mname}", cl, np.arange(len(OBJECT_CLASSES))))
-    allc = np.arange(NUM_CROP_CLASSES)
-    out.append(("shape", allc, allc // nt))
-    out.append(("texture", allc, allc % nt))
-    out.append(("shape_x_texture", allc, allc))
-    return out

@@ -10,6 +10,7 @@ the same time: the second waits and then reads what the first wrote.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +60,28 @@ def _jsonable(x: Any) -> Any:
 
 
 def code_hash(*modules: Any) -> str:
-    """Hash of the source of the given modules: part of the key of every entry their code computes, so a code
-    change recomputes instead of silently reusing what older code made."""
+    """Hash of what the given modules' code does: part of the key of every entry their code computes, so a code
+    change recomputes instead of silently reusing what older code made.
+
+    The hash is of the parsed code (its syntax tree) with docstrings left out, so editing a comment, a docstring
+    or the layout of a line keeps the store's entries; any change to a statement, a constant or a name does not."""
     h = hashlib.sha256()
     for mod in modules:
-        h.update(Path(mod.__file__).read_bytes())
+        path = Path(mod.__file__)
+        h.update(_code_fingerprint(path, path.stat().st_mtime_ns).encode())
     return h.hexdigest()[:12]
+
+
+@lru_cache(maxsize=64)
+def _code_fingerprint(path: Path, mtime_ns: int) -> str:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
 def file_sha256(path: Path) -> str:

@@ -57,3 +57,32 @@ def verdict(study_lo: float, study_hi: float, paper: float) -> str:
     if study_lo <= paper <= study_hi:
         return "within noise"
     return "study higher" if study_lo > paper else "study lower"
+
+
+def seed_interval(values: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, lo, hi): the Student-t interval of the mean of one statistic measured once per training seed (the
+    seed band); a single seed gives an infinite band."""
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if v.size == 1:
+        return m, float("-inf"), float("inf")
+    half = float(student_t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return m, m - half, m + half
+
+
+def sign_verdict(lo: float, hi: float, expected: int) -> str:
+    """The verdict on a finding that says a difference is positive (expected = +1) or negative (-1), given the
+    difference's interval: 'reproduced' when the interval excludes 0 on the expected side, 'not reproduced' when
+    it excludes 0 on the other, 'within noise' when it holds 0."""
+    if expected not in (1, -1):
+        raise ValueError(f"expected must be +1 or -1, got {expected}")
+    if not (np.isfinite(lo) or np.isfinite(hi)) or np.isnan(lo) or np.isnan(hi):
+        return "within noise" if not (np.isnan(lo) or np.isnan(hi)) else "not tested"
+    if lo > 0 or hi < 0:
+        return "reproduced" if (lo > 0) == (expected > 0) else "not reproduced"
+    return "within noise"
