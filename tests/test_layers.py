@@ -176,3 +176,10 @@ def test_paper_beside_carries_the_band_verdicts() -> None:
     verdicts = table.set_index("finding").verdict
     assert verdicts["setting"] == "setting" and (verdicts.drop("setting") == f.verdict.reindex(
         verdicts.drop("setting").index)).all()
+
+
+def test_selffer_gain_is_paired_by_seed() -> None:
+    rows = [{"split_kind": "similar", "treatment": t, "n": n, "seed": s, "top1": v + 0.1 * s}
+            for s in range(3) for t, n, v in (("baseB", 0, 0.5), ("BnB+", 2, 0.53), ("BnB+", 4, 0.55))]
+    g = layers.selffer_gain(pd.DataFrame(rows))
+    assert g["gain"] == pytest.approx(0.04) and g["lo"] == pytest.approx(0.04)  # the seed offset cancels

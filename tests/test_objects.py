@@ -91,3 +91,19 @@ def test_tiny_network_learns_above_chance() -> None:
     fit(net, x, torch.from_numpy(tr["label"]), F.cross_entropy, TrainConfig(epochs=20, batch_size=32, lr=3e-3))
     acc = float((predict(net, xt).argmax(1).numpy() == te["label"]).mean())
     assert acc > 5 / n_classes, f"top-1 {acc:.3f} against chance {1 / n_classes:.3f}"
+
+
+def test_learnability_table_rows_and_reuse(tmp_path) -> None:
+    from pathlib import Path
+
+    from taskstudy import learnability, params
+
+    root = Path(__file__).resolve().parents[1]
+    P = params.load(root / "params/smoke.yaml", [f"common.results_dir={tmp_path}", "common.workers=0"])
+    t = learnability.learnability_table(P, [96, 192])
+    assert list(t.task) == ["class", "class", "supercategory", "shape", "colour"]
+    assert list(t["training images"]) == [96, 192, 192, 192, 192]
+    assert list(t.classes) == [48, 48, 2, 8, 12]
+    assert (t["x chance"] == t["top-1"] / t.chance).all() and t["top-1"].between(0, 1).all()
+    again = learnability.learnability_table(P, [96, 192])
+    assert (again["CPU s"] == t["CPU s"]).all()  # read back from the store, not retrained

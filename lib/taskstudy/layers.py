@@ -36,7 +36,7 @@ from torch import nn
 
 from taskstudy import uncertainty
 from taskstudy.store import Store, code_hash, stable_hash
-from taskstudy.train import TrainConfig, fit_validated, predict, resolve_device, seed_everything
+from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device, seed_everything
 
 VERSION = "2"  # the store entries' format (the code itself is part of every key: data_key)
 SPLIT_KINDS = ("similar", "dissimilar")
@@ -268,6 +268,7 @@ class Unit:
     treatment: str  # "baseA", "baseB" or one of TREATMENTS
     n: int  # layers copied (0 for the bases)
     seed: int  # repeat index (0..seeds-1)
+    kernels: tuple = ()  # sorted items of train.kernels(common): precision and memory layout of the training
     device: str = "cpu"  # torch device of the run (not part of the key)
 
     def key(self) -> dict[str, Any]:
@@ -296,7 +297,7 @@ def run_unit(unit: Unit) -> dict[str, Any]:
     sets = halves(dict(unit.data), unit.store_root)[unit.split_kind]
     target = sets["A"] if unit.treatment == "baseA" else sets["B"]
     seed = _torch_seed(unit)
-    cfg = TrainConfig(epochs=unit.epochs, batch_size=unit.batch_size, lr=unit.lr, seed=seed)
+    cfg = TrainConfig(epochs=unit.epochs, batch_size=unit.batch_size, lr=unit.lr, seed=seed, **dict(unit.kernels))
     seed_everything(seed)
     net = make_net(unit, int(target["n_classes"]))
     source = SOURCE.get(unit.treatment)
@@ -326,7 +327,7 @@ def make_units(values: Mapping[str, Any], common: Any, store_root: str | Path) -
 
     def u(kind: str, treatment: str, n: int, seed: int) -> Unit:
         return Unit(str(store_root), dkey, **shared, split_kind=kind, treatment=treatment, n=n, seed=seed,
-                    device=getattr(common, "device", "cpu"))
+                    kernels=tuple(sorted(kernels(common).items())), device=getattr(common, "device", "cpu"))
 
     seeds = range(int(values["seeds"]))
     tuned = set(fine_tuned_n(values))
@@ -519,6 +520,19 @@ def _seed_stats(df: pd.DataFrame) -> dict[str, float]:
         "anbplus_boost": float((plus - base["similar"]).mean()),
         "random_worse": float((rnd.reindex(late) - anb["similar"].reindex(late)).mean()) if late else float("nan"),
     }
+
+
+def selffer_gain(df: pd.DataFrame) -> dict[str, float]:
+    """BnB+ - baseB on the random split (mean over the fine-tuned n; per seed, then mean and 95% seed band): what a
+    second round of training from a base's own layers adds. The paper finds about zero (BnB+ recovers baseB,
+    Sec. 4.1); a clearly positive value says the selffer nets gain from the retraining itself, which hides a
+    co-adaptation dip."""
+    gains = []
+    for _, d in df[df.split_kind == "similar"].groupby("seed"):
+        base = d[d.treatment == "baseB"].top1.mean()
+        gains.append(float(d[d.treatment == "BnB+"].top1.mean() - base))
+    mean, lo, hi = uncertainty.seed_interval(gains)
+    return {"gain": mean, "lo": lo, "hi": hi}
 
 
 def findings(df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -70,7 +70,8 @@ def run_row(row: Row) -> dict[str, float]:
     seed = int(stable_hash([row.seed, row.task, row.n_images], 8), 16)
     train.seed_everything(seed)
     model = layers.LayerNet(layers.NetConfig(net["layers"], net["width"], net["hidden"], row.image_size, n_classes))
-    cfg = train.TrainConfig(net["epochs"], net["batch_size"], net["lr"], seed=seed)
+    cfg = train.TrainConfig(net["epochs"], net["batch_size"], net["lr"], seed=seed, precision=net["precision"],
+                            channels_last=net["channels_last"])
     log = train.fit_validated(model, x["train"], y["train"], F.cross_entropy, cfg, (x["val"], y["val"]),
                               patience=net["patience"])
     acc = float((train.predict(model, x["test"]).argmax(1) == y["test"]).float().mean())
@@ -84,7 +85,8 @@ def learnability_table(P: Any, sizes: list[int], tasks: list[str] | tuple[str, .
     if not sizes:
         raise ValueError("learnability needs at least one training-set size")
     V, store = P.values("layer_transfer"), Store.for_params(P)
-    net = tuple(sorted((k, V[k]) for k in ("layers", "width", "hidden", "epochs", "patience", "batch_size", "lr")))
+    net = tuple(sorted([(k, V[k]) for k in ("layers", "width", "hidden", "epochs", "patience", "batch_size", "lr")]
+                       + list(train.kernels(P.common).items())))
     pool = max(sizes)
     common = {"store_root": str(store.root), "pool": pool, "n_val": V["n_val"], "n_test": V["n_test"],
               "seed": P.common.seed, "image_size": V["image_size"], "net": net}

@@ -31,7 +31,7 @@ from taskstudy import taxonomy as taxmod
 from taskstudy.models import TaskNetwork
 from taskstudy.store import Store, code_hash
 from taskstudy.task_networks import StepResult, study_tasks, task_networks, unit_seed
-from taskstudy.train import TrainConfig, fit_validated, predict, resolve_device
+from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device
 from taskstudy.transfer import FULL, SCRATCH, SPLITS, fit_readout, query_images, query_kind, transfers
 
 VERSION = "2"  # 2: readouts early-stopped on val, queries in the target's form
@@ -109,7 +109,7 @@ def imagenet_key(params: Any) -> dict[str, Any]:
     return {"world": "pretrain", "n_images": cfg.imagenet_n_images, "epochs": cfg.imagenet_epochs,
             "patience": cfg.imagenet_patience, "seed": params.common.seed, "image_size": params.common.image_size,
             "width": net.width, "depth": net.depth, "decoder_width": net.decoder_width,
-            "batch_size": net.batch_size, "lr": net.lr, "code": code_hash(scenes, objects)}
+            "batch_size": net.batch_size, "lr": net.lr, "code": code_hash(scenes, objects), **kernels(params.common)}
 
 
 def _imagenet_network(params: Any) -> TaskNetwork:
@@ -137,7 +137,8 @@ def imagenet_encoder(params: Any) -> dict[str, Any]:
         net = _imagenet_network(params)
         start = time.perf_counter()
         log = fit_validated(net, torch.from_numpy(train["rgb"]), torch.from_numpy(train["label"]), F.cross_entropy,
-                            TrainConfig(cfg.imagenet_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed),
+                            TrainConfig(cfg.imagenet_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed,
+                                        **kernels(params.common)),
                             (torch.from_numpy(val["rgb"]), torch.from_numpy(val["label"])),
                             patience=cfg.imagenet_patience, device=resolve_device(params.common.device))
         wall = time.perf_counter() - start

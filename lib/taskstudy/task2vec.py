@@ -47,7 +47,7 @@ from taskstudy.parallel import map_units
 from taskstudy.reference import beside
 from taskstudy.store import Store, code_hash, stable_hash
 from taskstudy.task_networks import unit_seed
-from taskstudy.train import TrainConfig, fit, fit_validated, seed_everything
+from taskstudy.train import TrainConfig, fit, fit_validated, kernels, seed_everything, tail_change
 
 VERSION = "1"
 SECTION = "task2vec"
@@ -378,7 +378,8 @@ def probe_key(common: Any, cfg: Any) -> dict[str, Any]:
     return {"data": _object_key(common, cfg, "train", "pretrain"), "val": _object_key(common, cfg, "val", "pretrain"),
             "width": cfg.probe_width, "depth": cfg.probe_depth, "epochs": cfg.probe_epochs,
             "patience": cfg.probe_patience, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "seed": unit_seed(common.seed, "task2vec_probe"), "code": code_hash(sys.modules[__name__])}
+            "seed": unit_seed(common.seed, "task2vec_probe"), "code": code_hash(sys.modules[__name__]),
+            **kernels(common)}
 
 
 _PROBES: dict[tuple[str, str], Probe] = {}  # probes loaded in this process, by (store root, key hash)
@@ -403,7 +404,7 @@ def train_probe(store: Store, common: Any, cfg: Any, compute: bool = True) -> Pr
         seed_everything(key["seed"])
         model = Probe(n_classes, cfg.probe_width, cfg.probe_depth)
         x, y = pretrain_tensors(store, common, cfg, "train")
-        tc = TrainConfig(cfg.probe_epochs, cfg.batch_size, cfg.lr, seed=key["seed"])
+        tc = TrainConfig(cfg.probe_epochs, cfg.batch_size, cfg.lr, seed=key["seed"], **kernels(common))
         log = fit_validated(model, x, y, F.cross_entropy, tc, pretrain_tensors(store, common, cfg, "val"),
                             patience=cfg.probe_patience)
         return {"state": model.state_dict(), "log": log.as_dict()}
@@ -429,7 +430,8 @@ def probe_accuracy(store: Store, common: Any, cfg: Any) -> dict[str, float]:
         acc = float((probe(x).argmax(1) == y).float().mean())
     log = probe.log  # type: ignore[attr-defined]
     return {"top-1": acc, "chance": 1 / objects.num_classes("pretrain"), "classes": objects.num_classes("pretrain"),
-            "epochs": len(log["val_loss"]), "best epoch": log["best_epoch"], "ceiling": cfg.probe_epochs}
+            "epochs": len(log["val_loss"]), "best epoch": log["best_epoch"], "ceiling": cfg.probe_epochs,
+            "tail change": tail_change(log)}
 
 
 def embedding_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
@@ -441,7 +443,7 @@ def embedding_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
 def expert_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
     return {"data": task_data_key(common, cfg, task), "width": cfg.expert_width, "depth": cfg.probe_depth,
             "steps": cfg.expert_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "seed": unit_seed(common.seed, "task2vec_expert", task)}
+            "seed": unit_seed(common.seed, "task2vec_expert", task), **kernels(common)}
 
 
 def errors_key(common: Any, cfg: Any, expert: str, targets: Sequence[str]) -> dict[str, Any]:
@@ -489,7 +491,8 @@ def _train_expert(store: Store, common: Any, cfg: Any, task: str) -> Probe:
     seed_everything(key["seed"])
     model = Probe(td.n_classes, cfg.expert_width, cfg.probe_depth)
     epochs = max(1, math.ceil(cfg.expert_steps * cfg.batch_size / len(td.x_train)))
-    fit(model, td.x_train, td.y_train, F.cross_entropy, TrainConfig(epochs, cfg.batch_size, cfg.lr, seed=key["seed"]))
+    fit(model, td.x_train, td.y_train, F.cross_entropy,
+        TrainConfig(epochs, cfg.batch_size, cfg.lr, seed=key["seed"], **kernels(common)))
     return model.eval()
 
 

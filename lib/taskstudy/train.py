@@ -103,6 +103,15 @@ class TrainLog:
         return asdict(self)
 
 
+def tail_change(log: dict, epochs: int = 3) -> float:
+    """Relative change of the validation loss over the last `epochs` epochs of a TrainLog (as_dict): near zero
+    when the curve has flattened, clearly negative while it is still falling."""
+    v = log["val_loss"]
+    if len(v) <= epochs:
+        return float("nan")
+    return float((v[-1] - v[-1 - epochs]) / abs(v[-1 - epochs]))
+
+
 def log_rows(log: dict) -> list[dict]:
     """A TrainLog (as_dict) as tidy rows: epoch, step, split (train / val), loss, best (the kept epoch)."""
     return [{"epoch": e, "step": e * log["steps_per_epoch"], "split": split, "loss": v, "best": e == log["best_epoch"]}
