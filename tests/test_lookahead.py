@@ -97,3 +97,45 @@ def test_task_order_and_errors(model):
     with pytest.raises(ValueError, match="before any update"):
         LookaheadAccumulator(losses_fn, lr=0.05, shared=["encoder"]).matrix()
     assert [n for n, _ in shared_parameters(model, ["encoder.0"])] == ["encoder.0.weight", "encoder.0.bias"]
+
+
+def test_adam_lookahead_is_the_optimisers_step(model):
+    """With the training optimizer passed, the lookahead's shared parameters after a step on task i are exactly
+    where torch's Adam, from the same state, moves them on task i's loss alone (heads held fixed); the SGD
+    lookahead is a different matrix; the optimizer's state is left unchanged."""
+    import copy
+
+    from taskstudy.lookahead import adam_step
+
+    opt = torch.optim.Adam(model.parameters(), lr=0.02, weight_decay=1e-3)
+    batches = list(_batches(4, seed=3))
+    for b in batches[:3]:  # a few real steps, so the moments and the step count are non-trivial
+        loss = sum(losses_fn(model, b).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state_before = copy.deepcopy(opt.state_dict())
+    batch = batches[3]
+    z = lookahead_affinity(model, batch, losses_fn, lr=0.02, shared=["encoder"], optimizer=opt)
+    assert str(opt.state_dict()) == str(state_before)
+
+    for i, task in enumerate(TASKS):  # task i's step, by a real Adam on a copy holding the same state
+        work = copy.deepcopy(model)
+        real = torch.optim.Adam(work.parameters(), lr=0.02, weight_decay=1e-3)
+        real.load_state_dict(copy.deepcopy(opt.state_dict()))
+        heads = {k: v.clone() for k, v in work.heads.state_dict().items()}
+        real.zero_grad()
+        losses_fn(work, batch)[task].backward()
+        for p in work.heads.parameters():
+            p.grad = None  # heads held fixed (Adam skips parameters without a gradient)
+        real.step()
+        work.heads.load_state_dict(heads)
+        after = losses_fn(work, batch)
+        base = losses_fn(model, batch)
+        expect = [1 - float(after[t]) / float(base[t]) for t in TASKS]
+        np.testing.assert_allclose(z[i], expect, rtol=1e-5, atol=1e-6)
+    sgd = lookahead_affinity(model, batch, losses_fn, lr=0.02, shared=["encoder"])
+    assert not np.allclose(z, sgd)
+    p = next(model.encoder.parameters())
+    assert torch.equal(adam_step(p, torch.zeros_like(p), {}, {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8,
+                                                            "weight_decay": 0.0}), p)  # zero gradient, no step

@@ -7,8 +7,10 @@ alone, theta_s' = theta_s - lr * grad_{theta_s} L_i, keeping every task head fix
 
 Positive Z_{i->j}: a step on i lowers j's loss (i helps j). The step is taken on a deep copy of the model, so the
 model's parameters and buffers (e.g. BatchNorm running statistics) are left bit-identical. TAG uses the training
-optimizer's update; here the lookahead is plain SGD with learning rate `lr`. Stochastic layers (dropout) add noise
-to the ratio: evaluate in eval mode or without them. `LookaheadAccumulator` averages Z over batches/steps.
+optimizer's update: pass the run's `torch.optim.Adam` as `optimizer` and the lookahead step is the step Adam would
+take from its current state (moments, step count, learning rate) on task i's gradient alone (`adam_step`); without
+it, the step is plain SGD with learning rate `lr`. Stochastic layers (dropout) add noise to the ratio: evaluate in
+eval mode or without them. `LookaheadAccumulator` averages Z over batches/steps.
 """
 
 from __future__ import annotations
@@ -35,6 +37,22 @@ def shared_parameters(model: nn.Module, shared: Sequence[str]) -> list[tuple[str
     return out
 
 
+def adam_step(param: torch.Tensor, grad: torch.Tensor, state: Mapping[str, Any], group: Mapping[str, Any]
+              ) -> torch.Tensor:
+    """The parameter after one step of torch.optim.Adam (no amsgrad) from optimizer `state` (exp_avg,
+    exp_avg_sq, step; empty before the first step) and param `group` (lr, betas, eps, weight_decay) on `grad`,
+    without changing the state (Kingma & Ba 2015, Algorithm 1; torch's form of the bias correction)."""
+    if group.get("amsgrad") or group.get("maximize"):
+        raise ValueError("adam_step follows plain Adam only (no amsgrad, no maximize)")
+    beta1, beta2 = group["betas"]
+    g = grad + group["weight_decay"] * param if group["weight_decay"] else grad
+    step = float(state["step"]) + 1 if "step" in state else 1.0
+    m = state["exp_avg"] * beta1 + (1 - beta1) * g if "exp_avg" in state else (1 - beta1) * g
+    v = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g if "exp_avg_sq" in state else (1 - beta2) * g * g
+    denom = (v.sqrt() / (1 - beta2**step) ** 0.5) + group["eps"]
+    return param - (group["lr"] / (1 - beta1**step)) * m / denom
+
+
 def lookahead_affinity(
     model: nn.Module,
     batch: Any,
@@ -42,18 +60,35 @@ def lookahead_affinity(
     lr: float,
     shared: Sequence[str],
     tasks: Sequence[str] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> np.ndarray:
-    """T x T matrix Z[i, j] = 1 - L_j(after an SGD step on task i) / L_j(before), tasks in `tasks` order.
+    """T x T matrix Z[i, j] = 1 - L_j(after a step on task i) / L_j(before), tasks in `tasks` order.
 
     `losses_fn(model, batch)` returns {task: scalar loss}; `tasks` defaults to its key order. `shared` lists the
-    parameter-name prefixes of the shared part (e.g. ["encoder"]). The model itself is not modified.
+    parameter-name prefixes of the shared part (e.g. ["encoder"]). The step is `optimizer`'s (a torch Adam over the
+    model's parameters: its current moments and learning rate) or, without one, SGD with `lr`. The model itself and
+    the optimizer's state are not modified.
     """
-    return _affinity(model, batch, losses_fn, lr, shared, tasks)[0]
+    return _affinity(model, batch, losses_fn, lr, shared, tasks, optimizer)[0]
+
+
+def _optimizer_slots(model: nn.Module, optimizer: torch.optim.Optimizer, shared: Sequence[str]
+                     ) -> list[tuple[dict, dict]]:
+    """(state, group) of every shared parameter of `model`, in shared_parameters order."""
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    out = []
+    for _, p in shared_parameters(model, shared):
+        if id(p) not in group_of:
+            raise ValueError("the optimizer does not hold every shared parameter of the model")
+        out.append((optimizer.state.get(p, {}), group_of[id(p)]))
+    return out
 
 
 def _affinity(
-    model: nn.Module, batch: Any, losses_fn: LossesFn, lr: float, shared: Sequence[str], tasks: Sequence[str] | None
+    model: nn.Module, batch: Any, losses_fn: LossesFn, lr: float, shared: Sequence[str], tasks: Sequence[str] | None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[np.ndarray, list[str]]:
+    slots = _optimizer_slots(model, optimizer, shared) if optimizer is not None else None
     work = copy.deepcopy(model)
     params = shared_parameters(work, shared)
     tensors = [p for _, p in params]
@@ -71,8 +106,8 @@ def _affinity(
     z = np.zeros((len(tasks), len(tasks)))
     with torch.no_grad():
         for i in range(len(tasks)):
-            for p, p0, g in zip(tensors, originals, grads[i], strict=True):
-                p.copy_(p0 - lr * g)
+            for k, (p, p0, g) in enumerate(zip(tensors, originals, grads[i], strict=True)):
+                p.copy_(adam_step(p0, g, *slots[k]) if slots is not None else p0 - lr * g)
             after = losses_fn(work, batch)
             for j, t in enumerate(tasks):
                 z[i, j] = 1.0 - float(after[t]) / base[j]
@@ -88,9 +123,10 @@ class LookaheadAccumulator:
         self._sum: np.ndarray | None = None
         self.count = 0
 
-    def update(self, model: nn.Module, batch: Any) -> np.ndarray:
-        """Add one batch's affinity matrix (returned); the first batch fixes the task order if none was given."""
-        z, self.tasks = _affinity(model, batch, self.losses_fn, self.lr, self.shared, self.tasks)
+    def update(self, model: nn.Module, batch: Any, optimizer: torch.optim.Optimizer | None = None) -> np.ndarray:
+        """Add one batch's affinity matrix (returned; the step `optimizer`'s, or SGD with `lr`); the first batch
+        fixes the task order if none was given."""
+        z, self.tasks = _affinity(model, batch, self.losses_fn, self.lr, self.shared, self.tasks, optimizer)
         self._sum = z.copy() if self._sum is None else self._sum + z
         self.count += 1
         return z

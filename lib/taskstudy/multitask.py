@@ -153,7 +153,7 @@ def network_key(u: Unit) -> dict[str, Any]:
 
 
 def lookahead_key(u: Unit) -> dict[str, Any]:
-    return {"network": network_key(u), "every": u.cfg.lookahead_every}
+    return {"network": network_key(u), "every": u.cfg.lookahead_every, "step": "adam"}  # the optimizer's update
 
 
 def _n_used(common: Any, cfg: GroupingConfig) -> int:
@@ -238,7 +238,8 @@ def _train_unit(u: Unit) -> dict[str, Any]:
             idx = order[i : i + c.batch_size]
             batch = (x_train[idx].to(device), {t: y[idx].to(device) for t, y in y_train.items()})
             if look is not None and step % c.lookahead_every == 0:
-                look.update(net, batch)  # on a copy: the network and its BatchNorm statistics are untouched
+                look.update(net, batch, opt)  # Adam's step, on a copy: the network, its BatchNorm statistics
+                # and the optimizer's state are untouched
             loss = sum(losses_fn(net, batch).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -154,7 +154,7 @@ class TaskGrouping(Section):
     epochs: int = Field(3, ge=1)  # passes over the training images per network
     early_epoch: int = Field(1, ge=1)  # epoch after which test losses are recorded (early-stopping approximation)
     batch_size: int = Field(64, ge=1)  # images per step
-    lr: float = Field(3e-3, gt=0)  # Adam learning rate; also the lookahead's SGD step
+    lr: float = Field(3e-3, gt=0)  # Adam learning rate (the lookahead takes Adam's step too)
     train_images: int = Field(1000, ge=0)  # first images of the train split used (0 = all of n_train)
     lookahead_every: int = Field(5, ge=1)  # training steps between lookahead measurements (all-tasks network)
 
