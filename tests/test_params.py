@@ -99,6 +99,21 @@ def test_section_models_match_notebook_parameters(repo_root):
         assert names == set(model.model_fields), name
 
 
+def test_one_default_per_parameter(repo_root):
+    """A chapter parameter's default is written three times (the section model in params.py, the default profile,
+    the notebook's parameters cell, which a hand run with papermill uses); all three agree (issue 19's drift)."""
+    profile = P.load(repo_root / "params/default.yaml")
+    drift = []
+    for name, model in P.SECTIONS.items():
+        values = profile.values(name)
+        cell = P.notebook_defaults(next((repo_root / "notebooks").glob(f"[0-9][0-9]_{name}.ipynb")))
+        for key, field in model.model_fields.items():
+            if not (field.default == values[key] == cell[key]):
+                drift.append(f"{name}.{key}: params.py {field.default!r}, default.yaml {values[key]!r}, "
+                             f"notebook {cell[key]!r}")
+    assert not drift, "\n".join(drift)
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["transfers.max_order=0"], "transfers.max_order"),
     (["transfers.max_order=3", "transfers.beam=2"], "exceeds 'transfers.beam'"),
