@@ -96,6 +96,28 @@ def test_screenshots_of_intro_and_a_chapter(server):
         assert (out / name).stat().st_size > 10_000
 
 
+_OVERFLOW_PROBE = """<html><body><iframe id="f" src="book/chapters/01_scenes.html" width="1400" height="1200"></iframe>
+<pre id="out">pending</pre><script>
+document.getElementById("f").onload = function () {
+  var d = this.contentDocument, t = d.querySelector("div.cell_output table.dataframe");
+  document.getElementById("out").textContent = "overflow=" + d.defaultView.getComputedStyle(t).overflowX +
+    " table_right=" + Math.round(t.getBoundingClientRect().right) +
+    " article_right=" + Math.round(d.querySelector("article").getBoundingClientRect().right);
+};</script></body></html>"""
+
+
+@pytest.mark.slow
+def test_wide_tables_scroll_inside_the_page(server):
+    """Chapter 01's task dictionary (the widest table) ends inside the page's article column at 1400 px and
+    scrolls in its own box (_static/taskstudy.css), instead of running past the right edge."""
+    html, base = server
+    (html / "overflow_probe.html").write_text(_OVERFLOW_PROBE)
+    out = load(chromium(), f"{base}/overflow_probe.html", "--dump-dom", "--virtual-time-budget=6000").stdout
+    found = re.search(r"overflow=(\w+) table_right=(\d+) article_right=(\d+)", out)
+    assert found, out[-500:]
+    assert found.group(1) == "auto" and int(found.group(2)) <= int(found.group(3)), found.group(0)
+
+
 @pytest.mark.slow
 def test_no_page_carries_error_or_stderr_output(built_study):
     for path in (built_study / "book/chapters").glob("*.ipynb"):
