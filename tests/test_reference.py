@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy import evaluate, grouping, multitask, reference, task2vec
+from taskstudy import evaluate, grouping, grouping_report, multitask, reference, task2vec
 
 CHAPTERS = ("02_task_networks", "03_transfers", "09_task2vec", "10_task_grouping")
 PAPER_TASKS = ["segment_semantic", "depth_zbuffer", "normals", "keypoints2d", "edge2d"]
@@ -67,12 +67,23 @@ def test_task2vec_paper_beside():
     assert (df["paper's number"] == "not in the sources").all()
 
 
-def _run(losses_of) -> multitask.GroupingRun:
+def _study(losses_of, seeds: int = 3) -> multitask.GroupingStudy:
+    """Three seeds of the same synthetic losses (val = test, each seed's scaled a little); a 1/k single-task network
+    has 10% more loss per k."""
     nets, costs = grouping.candidate_networks(PAPER_TASKS)
-    results = [{"losses": (ls := {t: losses_of(net, c, t) for t in net}), "early_losses": ls,
-                "size": "full" if c == 1 else "half"} for net, c in zip(nets, costs, strict=True)]
-    return multitask.GroupingRun(tasks=PAPER_TASKS, networks=nets, costs=costs, results=results,
-                                 lookahead=pd.DataFrame(), computed=[], wall_s=0.0, config=None)
+    runs = []
+    for s in range(seeds):
+        scale = 1 + 0.01 * np.random.default_rng(s).standard_normal()  # the seed: every loss a little off
+        results = [{"losses": (ls := {t: losses_of(net, c, t) * scale for t in net}),
+                    "val_losses": ls, "early_losses": ls, "size": "full" if c == 1 else "half"}
+                   for net, c in zip(nets, costs, strict=True)]
+        single = {net[0]: r for net, c, r in zip(nets, costs, results, strict=True) if len(net) == 1 and c == 1}
+        equal = {k: {t: {"losses": {t: r["losses"][t] * (1 + 0.1 * k)}} for t, r in single.items()}
+                 for k in range(2, 6)}
+        equal[1] = single
+        runs.append(multitask.GroupingRun(tasks=PAPER_TASKS, networks=nets, costs=costs, results=results,
+                                          lookahead=None, computed=[], wall_s=0.0, config=None, equal=equal, seed=s))
+    return multitask.GroupingStudy(runs={"control": runs}, computed=0, total=0, wall_s=0.0)
 
 
 def test_multitask_paper_beside_recovers_the_papers_grouping():
@@ -85,10 +96,10 @@ def test_multitask_paper_beside_recovers_the_papers_grouping():
         helped = any(partners <= g for g in groups) and partners
         return 0.6 if helped else (0.8 if partners == {"normals"} else 1.0) + 0.3 * (cost < 1) + 0.1 * len(partners)
 
-    run = _run(loss)
-    table = multitask.budget_table(run)
-    df = multitask.paper_beside(run, table, multitask.pairwise(run)).set_index("finding")
-    assert list(df.columns) == ["paper (Standley et al. 2020)", "where", "paper's number", "study", "agrees"]
-    assert "10 of 10 task pairs" in df.loc["best_grouping", "study"]
-    assert df.loc["normals_alone", "agrees"] and df.loc["equal_budget", "agrees"] is None
+    df = grouping_report.paper_beside(_study(loss)).set_index("finding")
+    assert list(df.columns) == ["paper (Standley et al. 2020)", "where", "paper's number", "study", "agrees",
+                                "verdict"]
+    assert "10/10" in df.loc["best_grouping", "study"] and df.loc["best_grouping", "verdict"] == "reproduced"
+    assert df.loc["normals_alone", "verdict"] == "reproduced"
+    assert df.loc["equal_budget", "verdict"] == "reproduced"  # 1/k networks are worse: multi-task wins
     assert np.isin(df["agrees"].dropna(), [True, False]).all()

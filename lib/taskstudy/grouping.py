@@ -322,15 +322,19 @@ def grouping_table(
     names: Sequence[str],
     budgets: Sequence[float] | None = None,
     predicted: LossTable | None = None,
+    select: LossTable | None = None,
 ) -> pd.DataFrame:
     """Per budget: the best grouping and its total loss, beside all-in-one and all-separate at equal budget.
 
     all-in-one: the best single network serving every task that fits the budget. all-separate: the best choice of
     single-task networks (of any size listed, e.g. full or half) covering every task within the budget. NaN where
     none fits. If `predicted` (an estimated loss table, e.g. `estimate_higher_order`) is given, the grouping it
-    predicts is added with its true total loss under `losses`.
+    predicts is added with its true total loss under `losses`. `select`: the losses every choice is made on (the
+    validation split's), when not `losses` themselves; every reported loss is then the chosen networks' total
+    under `losses` (the test split's), and `best_val` the choice's own total under `select`.
     """
     tasks = _check(losses, costs, None)
+    sel = losses if select is None else select
     if budgets is None:
         budgets = default_budgets(len(tasks))
     everything = [i for i, net in enumerate(losses) if set(tasks) <= set(net)]
@@ -339,14 +343,16 @@ def grouping_table(
     for b in budgets:
         row: dict = {"budget": float(b)}
         try:
-            chosen = best_grouping(losses, costs, b, tasks)
+            chosen = best_grouping(sel, costs, b, tasks)
             row.update(best=" | ".join(names[i] for i in chosen), best_loss=total_loss(losses, chosen, tasks),
-                       best_cost=math.fsum(costs[i] for i in chosen))
+                       best_cost=math.fsum(costs[i] for i in chosen), best_val=total_loss(sel, chosen, tasks))
         except GroupingError:
-            row.update(best=None, best_loss=np.nan, best_cost=np.nan)
+            row.update(best=None, best_loss=np.nan, best_cost=np.nan, best_val=np.nan)
         fit = [i for i in everything if costs[i] <= b + _COST_EPS]
-        row["all_in_one_loss"] = min((total_loss(losses, [i], tasks) for i in fit), default=np.nan)
-        row["all_separate_loss"] = _sub_best(losses, costs, b, tasks, singles)
+        row["all_in_one_loss"] = (total_loss(losses, [min(fit, key=lambda i: total_loss(sel, [i], tasks))], tasks)
+                                  if fit else np.nan)
+        sep = _sub_best(sel, costs, b, tasks, singles)
+        row["all_separate_loss"] = np.nan if sep is None else total_loss(losses, sep, tasks)
         if predicted is not None:
             try:
                 pchosen = best_grouping(predicted, costs, b, tasks)
@@ -358,13 +364,39 @@ def grouping_table(
     return pd.DataFrame(rows)
 
 
-def _sub_best(losses: LossTable, costs: Sequence[float], budget: float, tasks: list[str], allowed: list[int]) -> float:
-    """Best total loss using only the networks in `allowed` (NaN if no covering choice fits)."""
+def _sub_best(losses: LossTable, costs: Sequence[float], budget: float, tasks: list[str], allowed: list[int]
+              ) -> list[int] | None:
+    """The best choice (indices into `losses`) using only the networks in `allowed` (None if none covers)."""
     sub = [losses[i] for i in allowed]
     if not all(any(t in net for net in sub) for t in tasks):
-        return np.nan
+        return None
     try:
         chosen = best_grouping(sub, [costs[i] for i in allowed], budget, tasks)
     except GroupingError:
-        return np.nan
-    return total_loss(sub, chosen, tasks)
+        return None
+    return [allowed[k] for k in chosen]
+
+
+def tag_scores(affinity: pd.DataFrame, networks: Sequence[tuple[str, ...]]) -> list[dict[str, float]]:
+    """Task Affinity Grouping's objective as a loss table (Fifty et al. 2021, Sec. 3.3): a task in group g scores
+    minus the mean lookahead affinity onto it from the group's other tasks, affinity.loc[other, task] (rows: the
+    task stepped on, columns: the task measured); alone it scores 0. Lower is better, so `best_grouping` on this
+    table serves each task by the chosen group with the highest affinity onto it."""
+    out = []
+    for net in networks:
+        row = {}
+        for t in net:
+            others = [u for u in net if u != t]
+            row[t] = -float(np.mean([affinity.loc[u, t] for u in others])) if others else 0.0
+        out.append(row)
+    return out
+
+
+def tag_grouping(affinity: pd.DataFrame, networks: Sequence[tuple[str, ...]], costs: Sequence[float],
+                 budget: float, tasks: Sequence[str], full_cost: float = 1.0) -> list[int]:
+    """The grouping TAG picks from lookahead affinities alone: the full-size networks (TAG trains no smaller
+    ones) whose total affinity onto their tasks is highest within `budget`; indices into `networks`."""
+    full = [i for i, c in enumerate(costs) if abs(c - full_cost) < _COST_EPS]
+    scores = tag_scores(affinity, [networks[i] for i in full])
+    chosen = best_grouping(scores, [costs[i] for i in full], budget, tasks)
+    return sorted(full[k] for k in chosen)

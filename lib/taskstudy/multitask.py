@@ -3,26 +3,30 @@
 Standley et al. train one multi-task network (a shared encoder, one decoder per task) for every non-empty subset of
 five scene tasks, plus a half-size single-task network per task: 2^N - 1 + N networks (31 + 5), then choose the
 set of networks that serves every task at the lowest total loss within an inference budget (`taskstudy.grouping`).
-Each network here is one unit of `parallel.map_units`, trained on the clean RGB images of the `train` split with
-the sum of its tasks' own losses (`tasks.get_task(t).loss`) and scored per image on the `test` split.
+Each network here is one unit of `parallel.map_units`, trained by the study's one training loop
+(`train.fit_validated`: Adam, cosine decay over at most `epochs`, early stopping on the `val` split) on the clean RGB
+images of the `train` split with the unweighted sum of its tasks' own losses (`tasks.get_task(t).loss`, as the paper
+adds them), and scored on `val` (what every choice is made on) and per image on `test` (what judges the choice).
+Every network is trained once per seed (`seeds`), and each of the paper's settings (its Tables 2-4: a smaller
+network, less data, beside the control) is the same section with some values overridden (`settings`).
 
 Cost (the "budget unit"): the multiply-accumulates of one full-size encoder's forward pass on one image; decoders
-are not counted, as in the paper. Encoder MACs grow with the square of the width, so a half-size network's encoder
-has width round(w / sqrt(2)) (the width whose MACs are closest to half; `half_width`), not w / 2, which would cost
-about a quarter. The grouping charges it the nominal 0.5 units; `cost_table` reports the measured ratio.
+are not counted, as in the paper. Encoder MACs grow with the square of the width, so a network charged 1/k of a
+unit has the encoder width whose MACs are closest to 1/k of the full one (`width_for_cost`; half size: about
+w / sqrt(2)). Table 1's equal-budget comparison pits a k-task network against k single-task networks of 1/k size.
 
-Early-stopping approximation (Standley Sec. 4): every network's test losses are also recorded after
-`early_epoch` epochs, and the grouping chosen on those losses is evaluated on the final ones. Lookahead affinity
-(Fifty et al. 2021, Eq. 3): the network of all tasks averages `lookahead.LookaheadAccumulator` over every
-`lookahead_every`-th training step, stored with its result.
+Early-stopping approximation (Standley Sec. 4): every network's val losses are also recorded after `early_epoch`
+epochs. Lookahead affinity (Fifty et al. 2021, Eq. 3): the network of all tasks averages
+`lookahead.LookaheadAccumulator` over every `lookahead_every`-th training step, taking its Adam's step.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -31,41 +35,73 @@ import pandas as pd
 import torch
 from torch import nn
 
-from taskstudy import data, grouping
+from taskstudy import data, grouping, models, train
 from taskstudy import tasks as taskdict
 from taskstudy.lookahead import LookaheadAccumulator
 from taskstudy.models import Encoder, make_decoder
 from taskstudy.parallel import map_units
-from taskstudy.reference import beside, standley_best_grouping
-from taskstudy.store import Store
+from taskstudy.store import Store, code_hash, stable_hash
 from taskstudy.task_networks import unit_seed
-from taskstudy.train import resolve_device
+from taskstudy.train import TrainConfig, fit_validated, kernels, resolve_device
 
-VERSION = "1"
-SIZES = ("full", "half")
+VERSION = "2"
 HALF_COST = 0.5  # budget units charged to a half-size network (the paper's convention)
+SETTING_FIELDS = ("width", "depth", "decoder_width", "epochs", "patience", "lr", "train_images", "batch_size")
+NETWORK_SETS = ("all", "pairs")  # every candidate network, or the single-task and pair networks only
 
 
 @dataclass(frozen=True)
 class GroupingConfig:
-    """The chapter's section `task_grouping`, as plain values (picklable for Dask workers)."""
+    """One setting of the chapter's section `task_grouping`, as plain values (picklable for Dask workers)."""
 
     tasks: tuple[str, ...]  # the N tasks; every non-empty subset gets a network
     width: int = 8  # full-size encoder width w (stages of w, 2w, 4w channels)
     depth: int = 1  # BasicBlocks per encoder stage
     decoder_width: int = 16  # channels of each task decoder
-    epochs: int = 3  # passes over the training images
-    early_epoch: int = 1  # epoch after which the early-stopping losses are recorded
+    epochs: int = 12  # at most (the cosine's length); early stopping on val decides
+    patience: int = 3  # epochs without a better val loss before a network stops
+    early_epoch: int = 2  # epoch after which the early-stopping approximation records its val losses
     batch_size: int = 64  # images per step
-    lr: float = 3e-3  # Adam learning rate (also the lookahead's SGD step)
-    train_images: int = 1000  # first images of the train split used (0 = all)
+    lr: float = 1e-2  # Adam learning rate (the lookahead takes Adam's step too)
+    train_images: int = 500  # first images of the train split used (0 = all)
     lookahead_every: int = 5  # steps between lookahead measurements in the all-tasks network
+    seeds: int = 3  # every network is trained with this many seeds
+    equal_budget: bool = True  # Table 1: single-task networks of 1/k size, k = 3..N (1/2 is the half size)
+    networks: str = "all"  # "all" candidates, or "pairs": the single-task, pair and half-size networks only
 
     @classmethod
     def from_params(cls, params: Any, section: str = "task_grouping") -> GroupingConfig:
+        """The control setting: the section's own values."""
         values = dict(params.values(section))
         values["tasks"] = tuple(values["tasks"])
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+def grouping_common(params: Any, section: str = "task_grouping") -> Any:
+    """The profile's `common` with the section's `image_size` (None: the study's own): the scenes the chapter's
+    networks train and are scored on, rendered at that size (their labels exact at it, as at any size)."""
+    size = params.values(section).get("image_size")
+    return params.common if size is None else params.common.model_copy(update={"image_size": size})
+
+
+def settings(params: Any, section: str = "task_grouping") -> dict[str, GroupingConfig]:
+    """The paper's settings (its Tables 2-4): "control" (the section's values) first, then each entry of the
+    section's `settings` (name -> overrides of SETTING_FIELDS), trained on `setting_networks` and without the
+    equal-budget networks."""
+    control = GroupingConfig.from_params(params, section)
+    values = params.values(section)
+    out = {"control": control}
+    for name, overrides in (values.get("settings") or {}).items():
+        bad = sorted(set(overrides) - set(SETTING_FIELDS))
+        if bad:
+            raise ValueError(f"{section}.settings['{name}']: cannot override {bad}; a setting changes only "
+                             f"{', '.join(SETTING_FIELDS)}")
+        typed = {k: type(getattr(control, k))(v) for k, v in overrides.items()}  # YAML numbers as the field's type
+        out[name] = replace(control, **typed, networks=values.get("setting_networks", "pairs"), equal_budget=False)
+    for name, cfg in out.items():
+        if cfg.networks not in NETWORK_SETS:
+            raise ValueError(f"setting '{name}': networks must be one of {NETWORK_SETS}, got {cfg.networks!r}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- networks
@@ -105,36 +141,60 @@ def encoder_macs(width: int, depth: int, image_size: int) -> int:
     return total[0]
 
 
+def width_for_cost(width: int, depth: int, image_size: int, fraction: float) -> int:
+    """The encoder width whose MACs are closest to `fraction` of those of width `width`."""
+    full = encoder_macs(width, depth, image_size)
+    return min(range(1, width + 1), key=lambda w: abs(encoder_macs(w, depth, image_size) / full - fraction))
+
+
 def half_width(width: int, depth: int, image_size: int) -> int:
     """The encoder width whose MACs are closest to half those of width `width`."""
-    full = encoder_macs(width, depth, image_size)
-    return min(range(1, width + 1), key=lambda w: abs(encoder_macs(w, depth, image_size) / full - 0.5))
+    return width_for_cost(width, depth, image_size, 0.5)
 
 
 # --------------------------------------------------------------------------------------------------- units
 @dataclass(frozen=True)
 class Unit:
-    """One network to train: its tasks and size, and everything that determines it; picklable."""
+    """One network to train: its tasks, encoder share and seed, and everything that determines it; picklable."""
 
     tasks: tuple[str, ...]
-    size: str  # "full" or "half"
+    share: int  # the encoder costs 1/share of a full one: 1 full size, 2 half size, k: Table 1's 1/k networks
     common: Any  # params.Common
     cfg: GroupingConfig
     root: str  # the results store folder
+    seed: int = 0  # the replicate, 0 .. cfg.seeds - 1
+
+    @property
+    def size(self) -> str:
+        return {1: "full", 2: "half"}.get(self.share, f"1/{self.share}")
 
     @property
     def name(self) -> str:
-        return "+".join(self.tasks) + ("" if self.size == "full" else " (half)")
+        return "+".join(self.tasks) + ("" if self.share == 1 else f" ({self.size})")
 
     @property
     def all_tasks(self) -> bool:
-        return self.size == "full" and set(self.tasks) == set(self.cfg.tasks)
+        return self.share == 1 and set(self.tasks) == set(self.cfg.tasks)
+
+    @property
+    def lookahead(self) -> bool:
+        """Does this network measure the lookahead affinity (the all-tasks network, unless lookahead_every = 0)?"""
+        return self.all_tasks and self.cfg.lookahead_every > 0
 
 
 def unit_width(u: Unit) -> int:
-    if u.size == "full":
+    if u.share == 1:
         return u.cfg.width
-    return half_width(u.cfg.width, u.cfg.depth, u.common.image_size)
+    return width_for_cost(u.cfg.width, u.cfg.depth, u.common.image_size, 1 / u.share)
+
+
+def unit_train_seed(u: Unit) -> int:
+    """The seed of a network's initialisation and data order: the study seed, the replicate and the tasks."""
+    return unit_seed(u.common.seed, "multitask", str(u.seed), *u.tasks)
+
+
+def _n_used(common: Any, cfg: GroupingConfig) -> int:
+    return common.n_train if cfg.train_images <= 0 else min(cfg.train_images, common.n_train)
 
 
 def train_key(common: Any, cfg: GroupingConfig) -> dict[str, Any]:
@@ -142,13 +202,15 @@ def train_key(common: Any, cfg: GroupingConfig) -> dict[str, Any]:
 
 
 def network_key(u: Unit) -> dict[str, Any]:
-    """Every parameter that determines a network's result (weights and test losses)."""
+    """Every parameter that determines a network's result (weights, val and test losses), the training code
+    included; a network of the same width in two settings or at two charged shares is one entry."""
     c = u.cfg
     return {
-        "tasks": list(u.tasks), "size": u.size, "width": unit_width(u), "depth": c.depth,
-        "decoder_width": c.decoder_width, "epochs": c.epochs, "early_epoch": c.early_epoch,
-        "batch_size": c.batch_size, "lr": c.lr, "seed": u.common.seed, "train": train_key(u.common, c),
-        "test": data.split_key(u.common, "test"),
+        "tasks": list(u.tasks), "width": unit_width(u), "depth": c.depth, "decoder_width": c.decoder_width,
+        "epochs": c.epochs, "patience": c.patience, "early_epoch": c.early_epoch, "batch_size": c.batch_size,
+        "lr": c.lr, "seed": unit_train_seed(u), "train": train_key(u.common, c),
+        "val": data.split_key(u.common, "val"), "test": data.split_key(u.common, "test"), **kernels(u.common),
+        "code": code_hash(models, train, taskdict, sys.modules[__name__]),
     }
 
 
@@ -156,20 +218,21 @@ def lookahead_key(u: Unit) -> dict[str, Any]:
     return {"network": network_key(u), "every": u.cfg.lookahead_every, "step": "adam"}  # the optimizer's update
 
 
-def _n_used(common: Any, cfg: GroupingConfig) -> int:
-    return common.n_train if cfg.train_images <= 0 else min(cfg.train_images, common.n_train)
-
-
-def make_units(common: Any, cfg: GroupingConfig, root: str) -> list[Unit]:
-    """The 2^N - 1 full-size networks (by size, then task order) and N half-size single-task networks, in the
-    order of `grouping.candidate_networks`."""
+def make_units(common: Any, cfg: GroupingConfig, root: str, seed: int = 0) -> list[Unit]:
+    """One seed's networks: the 2^N - 1 full-size networks (by size, then task order) and N half-size single-task
+    networks, in the order of `grouping.candidate_networks` (with `networks="pairs"` only those of one or two
+    tasks); then, with `equal_budget`, the single-task networks of 1/k size for k = 3..N."""
     nets, costs = grouping.candidate_networks(cfg.tasks, 1.0, HALF_COST)
-    return [Unit(tuple(n), "full" if c == 1.0 else "half", common, cfg, root) for n, c in zip(nets, costs, strict=True)]
+    units = [Unit(tuple(n), 1 if c == 1.0 else 2, common, cfg, root, seed) for n, c in zip(nets, costs, strict=True)
+             if cfg.networks == "all" or len(n) <= 2]
+    if cfg.equal_budget:
+        units += [Unit((t,), k, common, cfg, root, seed) for k in range(3, len(cfg.tasks) + 1) for t in cfg.tasks]
+    return units
 
 
 def _evaluate(net: MultiTaskNetwork, x: torch.Tensor, ys: dict[str, torch.Tensor], device: torch.device,
               batch: int = 256) -> dict[str, np.ndarray]:
-    """Per-image test scores (negative per-image losses) of every task of the network."""
+    """Per-image scores (negative per-image losses) of every task of the network, in eval mode."""
     net.eval()
     out: dict[str, list[torch.Tensor]] = {t: [] for t in net.tasks}
     with torch.no_grad():
@@ -178,6 +241,10 @@ def _evaluate(net: MultiTaskNetwork, x: torch.Tensor, ys: dict[str, torch.Tensor
             for t in net.tasks:
                 out[t].append(taskdict.get_task(t).score(pred[t].cpu(), ys[t][i : i + batch]))
     return {t: torch.cat(v).numpy().astype(np.float32) for t, v in out.items()}
+
+
+def _mean_losses(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    return {t: float(-s.mean()) for t, s in scores.items()}
 
 
 @contextmanager
@@ -193,12 +260,13 @@ def _one_thread() -> Iterator[None]:
 
 
 def train_unit(u: Unit) -> dict[str, Any]:
-    """Train one network on the train split (sum of its tasks' losses) and score it on the test split, with torch
+    """Train one network (sum of its tasks' losses, early stopping on val) and score it on val and test, with torch
     on one thread (see `_one_thread`).
 
-    Returns losses (mean test loss per task), early_losses (after `early_epoch` epochs), scores (per-image test
-    scores per task), history (mean training loss per epoch), wall_s, n_params, encoder MACs, and for the network of
-    all tasks the lookahead matrix (`lookahead`, a DataFrame: rows the task stepped on, columns the task measured).
+    Returns losses (mean test loss per task), val_losses (mean val loss per task: what choices are made on),
+    early_losses (val losses after `early_epoch` epochs), scores (per-image test scores per task), log (the
+    TrainLog: train and val loss per epoch), wall_s, cpu_s, n_params, encoder MACs, and for the network of all tasks
+    the lookahead matrix (`lookahead`, a DataFrame: rows the task stepped on, columns the task measured).
     """
     with _one_thread():
         return _train_unit(u)
@@ -206,56 +274,47 @@ def train_unit(u: Unit) -> dict[str, Any]:
 
 def _train_unit(u: Unit) -> dict[str, Any]:
     store, c = Store(u.root), u.cfg
-    seed = unit_seed(u.common.seed, "multitask", u.size, *u.tasks)
-    train = data.scene_split(store, u.common, "train")
-    test = data.scene_split(store, u.common, "test")
+    seed = unit_train_seed(u)
+    splits = {s: data.scene_split(store, u.common, s) for s in ("train", "val", "test")}
     n = _n_used(u.common, c)
-    x_train = data.rgb(train)[:n]
-    y_train = {t: data.target(train, t)[:n] for t in u.tasks}
-    x_test, y_test = data.rgb(test), {t: data.target(test, t) for t in u.tasks}
+    x = {s: data.rgb(d) for s, d in splits.items()}
+    y = {s: {t: data.target(d, t) for t in u.tasks} for s, d in splits.items()}
+    x["train"], y["train"] = x["train"][:n], {t: v[:n] for t, v in y["train"].items()}
     loss_of = {t: taskdict.get_task(t).loss for t in u.tasks}
 
-    torch.manual_seed(seed)
-    width = unit_width(u)
-    device = resolve_device(u.common.device)
-    net = MultiTaskNetwork(u.tasks, width, c.depth, c.decoder_width).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=c.lr)
+    def loss_fn(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(loss_of[t](out[t], target[t]) for t in u.tasks)  # the paper's unweighted sum
 
     def losses_fn(model: nn.Module, batch: tuple[torch.Tensor, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         pred = model(batch[0])
         return {t: loss_of[t](pred[t], batch[1][t]) for t in u.tasks}
 
-    look = LookaheadAccumulator(losses_fn, c.lr, ["encoder"], list(u.tasks)) if u.all_tasks else None
-    history: list[float] = []
-    early: dict[str, float] | None = None
-    step = 0
+    torch.manual_seed(seed)
+    width = unit_width(u)
+    device = resolve_device(u.common.device)
+    net = MultiTaskNetwork(u.tasks, width, c.depth, c.decoder_width)
+    look = LookaheadAccumulator(losses_fn, c.lr, ["encoder"], list(u.tasks)) if u.lookahead else None
+    early: dict[str, float] = {}
+
+    def before_step(model: nn.Module, batch: Any, opt: torch.optim.Optimizer, step: int) -> None:
+        if look is not None and step % c.lookahead_every == 0:
+            look.update(model, batch, opt)  # Adam's step on a copy: the network and the optimizer are untouched
+
+    def after_epoch(model: nn.Module, epoch: int) -> None:
+        if epoch == c.early_epoch:
+            early.update(_mean_losses(_evaluate(model, x["val"], y["val"], device)))
+
+    cfg = TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=seed, **kernels(u.common))
     start, cpu = time.perf_counter(), time.process_time()
-    for epoch in range(c.epochs):
-        net.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        total = 0.0
-        for i in range(0, n, c.batch_size):
-            idx = order[i : i + c.batch_size]
-            batch = (x_train[idx].to(device), {t: y[idx].to(device) for t, y in y_train.items()})
-            if look is not None and step % c.lookahead_every == 0:
-                look.update(net, batch, opt)  # Adam's step, on a copy: the network, its BatchNorm statistics
-                # and the optimizer's state are untouched
-            loss = sum(losses_fn(net, batch).values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            step += 1
-        history.append(total / n)
-        if epoch + 1 == c.early_epoch and c.early_epoch < c.epochs:
-            early = {t: float(-s.mean()) for t, s in _evaluate(net, x_test, y_test, device).items()}
+    log = fit_validated(net, x["train"], y["train"], loss_fn, cfg, (x["val"], y["val"]), patience=c.patience,
+                        device=device, before_step=before_step, after_epoch=after_epoch)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    scores = _evaluate(net, x_test, y_test, device)
-    losses = {t: float(-s.mean()) for t, s in scores.items()}
+    val_losses = _mean_losses(_evaluate(net, x["val"], y["val"], device))
+    scores = _evaluate(net, x["test"], y["test"], device)
     out: dict[str, Any] = {
-        "tasks": list(u.tasks), "size": u.size, "width": width, "losses": losses,
-        "early_losses": early if early is not None else dict(losses), "scores": scores, "history": history,
-        "wall_s": wall, "cpu_s": cpu, "n_params": sum(p.numel() for p in net.parameters()),
+        "tasks": list(u.tasks), "width": width, "losses": _mean_losses(scores), "val_losses": val_losses,
+        "early_losses": early or dict(val_losses), "scores": scores, "log": log.as_dict(), "wall_s": wall,
+        "cpu_s": cpu, "n_params": sum(p.numel() for p in net.parameters()),
         "encoder_macs": encoder_macs(width, c.depth, u.common.image_size),
     }
     if look is not None:
@@ -267,44 +326,98 @@ def _train_unit(u: Unit) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- the run
 @dataclass
 class GroupingRun:
-    """Every candidate network's result, in `grouping.candidate_networks` order."""
+    """One setting and seed: every candidate network's result, in `grouping.candidate_networks` order, and
+    `equal` (Table 1's 1/k single-task networks: k -> task -> result)."""
 
     tasks: list[str]
     networks: list[tuple[str, ...]]  # the tasks of each network
     costs: list[float]  # budget units: 1 full size, HALF_COST half size
     results: list[dict[str, Any]]  # train_unit's result per network
-    lookahead: pd.DataFrame  # TAG lookahead affinity of the all-tasks network
+    lookahead: pd.DataFrame | None  # TAG lookahead affinity of the all-tasks network (None: not trained)
     computed: list[str]  # names of the networks trained in this run (the rest came from the store)
     wall_s: float
-    config: GroupingConfig
+    config: GroupingConfig | None
+    equal: dict[int, dict[str, dict[str, Any]]] | None = None
+    seed: int = 0
+    setting: str = "control"
 
     @property
     def names(self) -> list[str]:
         return grouping.network_names(self.networks, self.costs)
 
     def single_losses(self, which: str = "losses") -> dict[str, float]:
-        """Each task's loss in its own full-size single-task network."""
+        """Each task's loss (`which`: losses = test, val_losses, early_losses) in its own full-size network."""
         return {net[0]: r[which][net[0]] for net, c, r in zip(self.networks, self.costs, self.results, strict=True)
                 if len(net) == 1 and c == 1.0}
 
     def losses(self, which: str = "losses", relative: bool = False) -> list[dict[str, float]]:
-        """The loss table grouping.best_grouping takes: final test losses, or `early_losses`; with `relative`,
-        each task's loss divided by its full-size single-task network's (so every task weighs the same)."""
+        """The loss table grouping.best_grouping takes: `which` = losses (test: what judges), val_losses (what
+        chooses) or early_losses (val after `early_epoch`); with `relative`, each task's loss divided by its
+        full-size single-task network's on the same split (so every task weighs the same)."""
         ref = self.single_losses(which) if relative else dict.fromkeys(self.tasks, 1.0)
         return [{t: v / ref[t] for t, v in r[which].items()} for r in self.results]
 
 
-def train_all(params: Any, section: str = "task_grouping") -> GroupingRun:
-    """Train (or read from the store) every candidate network of the section's tasks, through map_units."""
-    common, cfg = params.common, GroupingConfig.from_params(params, section)
+@dataclass
+class GroupingStudy:
+    """Every setting's runs, one per seed: `runs[setting][seed]`; the control first."""
+
+    runs: dict[str, list[GroupingRun]]
+    computed: int  # networks trained in this execution
+    total: int  # networks in all (distinct store entries)
+    wall_s: float
+
+    @property
+    def control(self) -> list[GroupingRun]:
+        return next(iter(self.runs.values()))
+
+
+def _run(units: list[Unit], results: list[dict[str, Any]], look: pd.DataFrame | None, computed: list[str],
+         wall: float, setting: str, seed: int) -> GroupingRun:
+    cand = [(u, r) for u, r in zip(units, results, strict=True) if u.share <= 2]
+    equal: dict[int, dict[str, dict[str, Any]]] = {}
+    for u, r in zip(units, results, strict=True):
+        if u.share == 1 and len(u.tasks) == 1:
+            equal.setdefault(1, {})[u.tasks[0]] = r
+        elif len(u.tasks) == 1:
+            equal.setdefault(u.share, {})[u.tasks[0]] = r
+    cfg = units[0].cfg
+    return GroupingRun(tasks=list(cfg.tasks), networks=[u.tasks for u, _ in cand],
+                       costs=[1.0 if u.share == 1 else HALF_COST for u, _ in cand], results=[r for _, r in cand],
+                       lookahead=look, computed=computed, wall_s=wall, config=cfg, equal=equal, seed=seed,
+                       setting=setting)
+
+
+def train_all(params: Any, section: str = "task_grouping") -> GroupingStudy:
+    """Train (or read from the store) every network of every setting and seed, through one map_units."""
+    common = grouping_common(params, section)
     store = Store.for_params(params)
-    for split in ("train", "test"):  # rendered once here, read by every worker
+    for split in ("train", "val", "test"):  # rendered once here, read by every worker
         data.scene_split(store, common, split)
-    units = make_units(common, cfg, str(store.root))
+    plan = {(name, s): make_units(common, cfg, str(store.root), s)
+            for name, cfg in settings(params, section).items() for s in range(cfg.seeds)}
+
+    wall, trained = _train_missing(store, common, [u for units in plan.values() for u in units])
+    runs: dict[str, list[GroupingRun]] = {}
+    for (name, s), units in plan.items():
+        results = [store.load("mtl_network", network_key(u), VERSION) for u in units]
+        if any(r is None for r in results):
+            raise RuntimeError(f"a network of setting '{name}', seed {s} is missing from the store after training")
+        full = next((u for u in units if u.lookahead), None)
+        look = None if full is None else store.load("mtl_lookahead", lookahead_key(full), VERSION)["lookahead"]
+        computed = [u.name for u in units if stable_hash(network_key(u)) in trained]
+        runs.setdefault(name, []).append(_run(units, results, look, computed, wall, name, s))
+    total = len({stable_hash(network_key(u)) for units in plan.values() for u in units})
+    return GroupingStudy(runs=runs, computed=len(trained), total=total, wall_s=wall)
+
+
+def _train_missing(store: Store, common: Any, units: list[Unit]) -> tuple[float, set[str]]:
+    """Train the units whose results the store lacks (each distinct network once), saving each as it finishes;
+    returns the wall time and the key hashes of the networks trained."""
 
     def done(u: Unit) -> bool:
         return store.exists("mtl_network", network_key(u), VERSION) and (
-            not u.all_tasks or store.exists("mtl_lookahead", lookahead_key(u), VERSION))
+            not u.lookahead or store.exists("mtl_lookahead", lookahead_key(u), VERSION))
 
     def save(u: Unit, r: dict[str, Any]) -> None:
         look = {k: r.pop(k) for k in ("lookahead", "lookahead_updates") if k in r}
@@ -312,164 +425,35 @@ def train_all(params: Any, section: str = "task_grouping") -> GroupingRun:
         if look:
             store.save("mtl_lookahead", lookahead_key(u), look, VERSION, fmt="pt")
 
-    missing = [u for u in units if not done(u)]
+    distinct: dict[str, Unit] = {}
+    for u in units:
+        distinct.setdefault(stable_hash(network_key(u)) + ("L" if u.lookahead else ""), u)
+    missing = [u for u in distinct.values() if not done(u)]
     # Largest networks first, so that the last units to finish are small ones (better load balance).
-    missing.sort(key=lambda u: (-len(u.tasks) - (u.size == "full"), units.index(u)))
+    missing.sort(key=lambda u: -len(u.tasks) - (u.share == 1))
     start = time.perf_counter()
     map_units(train_unit, missing, workers=common.workers, address=common.cluster.address, on_result=save,
               desc="task grouping: networks")
-    results = [store.load("mtl_network", network_key(u), VERSION) for u in units]
-    if any(r is None for r in results):
-        raise RuntimeError("a network's result is missing from the store after training")
-    full = next(u for u in units if u.all_tasks)
-    look = store.load("mtl_lookahead", lookahead_key(full), VERSION)
-    return GroupingRun(
-        tasks=list(cfg.tasks), networks=[u.tasks for u in units],
-        costs=[1.0 if u.size == "full" else HALF_COST for u in units], results=results,
-        lookahead=look["lookahead"], computed=[u.name for u in missing], wall_s=time.perf_counter() - start,
-        config=cfg,
-    )
+    return time.perf_counter() - start, {stable_hash(network_key(u)) for u in missing}
 
 
-# --------------------------------------------------------------------------------------------------- tables
-def pairwise(run: GroupingRun) -> pd.DataFrame:
-    """The paper's Tables 2-4: relative change of a task's loss when trained with another (positive = helps)."""
-    single, pair = {}, {}
-    for net, cost, r in zip(run.networks, run.costs, run.results, strict=True):
-        if len(net) == 1 and cost == 1.0:
-            single[net[0]] = r["losses"][net[0]]
-        elif len(net) == 2:
-            pair[net] = r["losses"]
-    return grouping.pairwise_table(single, pair)
-
-
-def budget_table(run: GroupingRun, budgets: Sequence[float] | None = None, relative: bool = False) -> pd.DataFrame:
-    """Per budget: the best grouping, all-in-one and all-separate at equal budget, and the groupings chosen by
-    the higher-order (pairwise) and early-stopping approximations, each scored on the final losses (relative to
-    each task's single-task network with `relative`)."""
-    losses = run.losses(relative=relative)
-    budgets = list(budgets) if budgets is not None else grouping.default_budgets(len(run.tasks))
-    est = grouping.estimate_higher_order(losses, run.networks)
-    table = grouping.grouping_table(losses, run.costs, run.names, budgets, predicted=est)
-    early = run.losses("early_losses", relative=relative)
-    names, vals = [], []
-    for b in budgets:
-        try:
-            chosen = grouping.best_grouping(early, run.costs, b, run.tasks)
-            names.append(" | ".join(run.names[i] for i in chosen))
-            vals.append(grouping.total_loss(losses, chosen, run.tasks))
-        except grouping.GroupingError:
-            names.append(None)
-            vals.append(np.nan)
-    table["early"], table["early_loss"] = names, vals
-    return table
-
-
-def task_losses(run: GroupingRun, chosen: Sequence[int]) -> dict[str, float]:
-    """Each task's loss under a grouping: the lowest among the chosen networks serving it."""
-    return {t: min(run.results[i]["losses"][t] for i in chosen if t in run.results[i]["losses"]) for t in run.tasks}
-
-
-def cost_table(run: GroupingRun) -> pd.DataFrame:
-    """Per network: tasks, size, width, charged cost, measured encoder cost (MACs / full-size MACs), parameters,
-    training wall and CPU time (CPU time is what an idle machine would take per core)."""
-    full = next(r["encoder_macs"] for r in run.results if r["size"] == "full")
-    return pd.DataFrame([{
-        "network": name, "tasks": len(net), "size": r["size"], "encoder width": r["width"], "cost (units)": cost,
-        "measured encoder cost": r["encoder_macs"] / full, "parameters": r["n_params"], "train s": r["wall_s"],
-        "train CPU s": r.get("cpu_s", np.nan),
-    } for name, net, cost, r in zip(run.names, run.networks, run.costs, run.results, strict=True)])
-
-
-def compare(table: pd.DataFrame, tol: float = 1e-9) -> pd.DataFrame:
-    """Per budget: does the best grouping strictly beat all-in-one and all-separate (NaN where that baseline does
-    not fit the budget), by how much (% of the baseline's total loss), and how much worse (% of the best) the
-    groupings of the higher-order and early-stopping approximations are."""
-    out = pd.DataFrame({"budget": table["budget"], "best": table["best"]})
-    for base in ("all_in_one", "all_separate"):
-        ref = table[f"{base}_loss"]
-        out[f"beats {base.replace('_', '-')}"] = (table["best_loss"] < ref * (1 - tol)).where(ref.notna())
-        out[f"gain vs {base.replace('_', '-')} %"] = 100 * (ref - table["best_loss"]) / ref
-    for approx in ("predicted", "early"):
-        out[f"{approx} excess %"] = 100 * (table[f"{approx}_loss"] - table["best_loss"]) / table["best_loss"]
-    return out
-
-
-def budget_figure(table: pd.DataFrame, title: str, ax: Any = None) -> Any:
-    """Total test loss against budget: best grouping, the two baselines and the two approximations."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8.5, 4))
-    styles = {"best_loss": ("best grouping", "-", "o"), "all_in_one_loss": ("all-in-one", "--", "s"),
-              "all_separate_loss": ("all-separate", "--", "^"),
-              "predicted_loss": ("predicted from pairs (higher-order approx.)", ":", "x"),
-              "early_loss": ("chosen after early stopping", ":", "+")}
-    for col, (label, ls, marker) in styles.items():
-        ax.plot(table["budget"], table[col], ls=ls, marker=marker, label=label)
-    ax.set_xlabel("inference budget (full-size encoders)")
-    ax.set_ylabel("total test loss (sum over tasks)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.figure.tight_layout()
-    return ax
-
-
-def serving_networks(run: GroupingRun, chosen: Sequence[int]) -> dict[str, int]:
-    """Task -> the chosen network that serves it (the one with its lowest loss, as grouping.total_loss counts)."""
-    return {t: min((i for i in chosen if t in run.results[i]["losses"]), key=lambda i: run.results[i]["losses"][t])
-            for t in run.tasks}
-
-
-def _served_groups(serving: dict[str, int | str], size: dict[int | str, str]) -> str:
-    nets: dict[int | str, list[str]] = {}
-    for t, i in serving.items():
-        nets.setdefault(i, []).append(t)
-    return " | ".join("+".join(ts) + (" (x0.5)" if size[i] == "half" else "") for i, ts in nets.items())
-
-
-def paper_beside(run: GroupingRun, table: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
-    """Standley et al.'s findings (reference/claims.csv, reference/standley2020_best_grouping.csv) beside the
-    study's numbers: the best grouping at the paper's budget (tasks grouped by the network that serves them),
-    normals alone, the best grouping against all-in-one and all-separate, all-in-one against full-size
-    single-task networks (the claims' rows that describe the paper's setting are left out). `table`:
-    budget_table(run); `pairs`: pairwise(run). agrees None: not tested here."""
-    ref = standley_best_grouping()
-    budget = float(ref["budget"].iloc[0])
-    row = table.loc[(table["budget"] - budget).abs().idxmin()]
-    chosen = grouping.best_grouping(run.losses(), run.costs, float(row["budget"]), run.tasks)
-    serving = serving_networks(run, chosen)
-    p_serves = ref[ref["serves"]].set_index("task")
-    common = [t for t in run.tasks if t in p_serves.index]
-    p_size, s_size = dict(zip(ref["network"], ref["size"], strict=False)), {i: run.results[i]["size"] for i in chosen}
-    pairs_t = [(a, b) for k, a in enumerate(common) for b in common[k + 1:]]
-    same = sum((p_serves.at[a, "network"] == p_serves.at[b, "network"]) == (serving[a] == serving[b])
-               for a, b in pairs_t)
-    sizes = sum(p_size[p_serves.at[t, "network"]] == s_size[serving[t]] for t in common)
-    study: dict[str, tuple[str, bool | None]] = {
-        "best_grouping": (f"at {row['budget']:g} units: {_served_groups({t: serving[t] for t in common}, s_size)}; "
-                          f"{same} of {len(pairs_t)} task pairs together or apart as in the paper "
-                          f"({_served_groups(p_serves.loc[common, 'network'].to_dict(), p_size)}), {sizes} of "
-                          f"{len(common)} tasks on a network of the paper's size",
-                          bool(same == len(pairs_t) and sizes == len(common))),
-    }
-    if "normals" in pairs.index:
-        own = pairs.loc["normals"].drop("normals").dropna()
-        given = pairs["normals"].drop("normals").dropna()
-        study["normals_alone"] = (f"the best partner changes normals' loss by {100 * own.max():+.1f}% (pairwise); "
-                                  f"normals change their partners' losses by {100 * given.mean():+.1f}% on average",
-                                  bool(own.max() <= 0 and given.mean() > 0))
-    else:
-        study["normals_alone"] = ("not measured (normals are not among the tasks)", None)
-    beats = row["best_loss"] < row["all_in_one_loss"] and row["best_loss"] < row["all_separate_loss"]
-    study["beats_baselines"] = (f"at {row['budget']:g} units total loss {row['best_loss']:.4f} against "
-                                f"{row['all_in_one_loss']:.4f} (all-in-one) and {row['all_separate_loss']:.4f} "
-                                f"(all-separate)", bool(beats))
-    everything = next(i for i, net in enumerate(run.networks) if len(net) == len(run.tasks))
-    single = run.single_losses()
-    worse = sum(run.results[everything]["losses"][t] > single[t] for t in run.tasks)
-    aio, sep = sum(run.results[everything]["losses"].values()), sum(single.values())
-    study["mtl_vs_single"] = (f"all-in-one total loss {aio:.4f} against {sep:.4f} for {len(single)} full-size "
-                              f"single-task networks; worse for {worse} of {len(run.tasks)} tasks", bool(aio > sep))
-    study["equal_budget"] = ("not measured (only full- and half-size networks are trained)", None)
-    return beside("10_task_grouping", "paper (Standley et al. 2020)", study)
+def schedule_check(params: Any, section: str = "task_grouping") -> pd.DataFrame | None:
+    """Is the schedule long enough? The control's first-seed single-task networks and its all-tasks network
+    retrained on a `check_epochs`-long schedule (same early stopping, no lookahead), beside the study's: per
+    network the best val loss and the epochs run of both. None when check_epochs is 0."""
+    longer = params.values(section).get("check_epochs", 0)
+    if not longer:
+        return None
+    common, cfg = grouping_common(params, section), GroupingConfig.from_params(params, section)
+    store = Store.for_params(params)
+    pick = [u for u in make_units(common, cfg, str(store.root), 0)
+            if u.share == 1 and (len(u.tasks) == 1 or u.all_tasks)]
+    check = [replace(u, cfg=replace(cfg, epochs=longer, lookahead_every=0)) for u in pick]
+    _train_missing(store, common, pick + check)
+    rows = []
+    for a, b in zip(pick, check, strict=True):
+        ra, rb = (store.load("mtl_network", network_key(u), VERSION)["log"] for u in (a, b))
+        rows.append({"network": a.name, f"best val ({cfg.epochs} epochs)": min(ra["val_loss"]),
+                     f"best val ({longer} epochs)": min(rb["val_loss"]), f"epochs run ({cfg.epochs})": len(
+                         ra["val_loss"]), f"epochs run ({longer})": len(rb["val_loss"])})
+    return pd.DataFrame(rows).set_index("network")

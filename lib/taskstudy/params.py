@@ -151,12 +151,22 @@ class TaskGrouping(Section):
     width: int = Field(8, ge=1)  # full-size encoder width w (stages w, 2w, 4w); 1 budget unit = its MACs per image
     depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage
     decoder_width: int = Field(16, ge=1)  # channels of each task decoder (not counted in the budget)
-    epochs: int = Field(3, ge=1)  # passes over the training images per network
-    early_epoch: int = Field(1, ge=1)  # epoch after which test losses are recorded (early-stopping approximation)
+    epochs: int = Field(16, ge=1)  # at most (the cosine's length); early stopping on val decides
+    patience: int = Field(5, ge=1)  # epochs without a better val loss before a network stops
+    early_epoch: int = Field(3, ge=1)  # epoch after which val losses are recorded (early-stopping approximation)
     batch_size: int = Field(64, ge=1)  # images per step
-    lr: float = Field(3e-3, gt=0)  # Adam learning rate (the lookahead takes Adam's step too)
-    train_images: int = Field(1000, ge=0)  # first images of the train split used (0 = all of n_train)
-    lookahead_every: int = Field(5, ge=1)  # training steps between lookahead measurements (all-tasks network)
+    lr: float = Field(1e-2, gt=0)  # Adam learning rate (the lookahead takes Adam's step too)
+    train_images: int = Field(500, ge=0)  # first images of the train split used (0 = all of n_train)
+    lookahead_every: int = Field(5, ge=0)  # training steps between lookahead measurements (all-tasks network)
+    seeds: int = Field(3, ge=1)  # every network trained with this many seeds: the seed band of every comparison
+    equal_budget: bool = True  # Table 1: single-task networks of 1/k size, k = 3..N, beside the k-task networks
+    settings: dict[str, dict[str, float]] = {  # the paper's other settings: name -> overrides of the values above
+        "smaller network": {"width": 4, "decoder_width": 8},
+        "less data": {"train_images": 125, "epochs": 32, "patience": 8}}
+    setting_networks: Literal["pairs", "all"] = "pairs"  # what the other settings train: single-task and pair
+    # networks (their Tables 2-4), or every candidate
+    check_epochs: int = Field(32, ge=0)  # the control's first-seed single and all-tasks networks retrained this long
+    image_size: int | None = Field(16, ge=16, le=256)  # the chapter's scenes rendered at this size (None: common's)
 
 
 class Task2Vec(Section):

@@ -15,6 +15,10 @@ Calibration (`fit_validated`): the loss on a held-out `val` split is measured af
 the best epoch are kept, and training stops once `patience` epochs pass without improvement (early stopping,
 Prechelt 1998). The epoch budget `cfg.epochs` is then a ceiling that sets the cosine's length; the log of
 training and validation loss against steps is what the calibration figures plot.
+
+Multi-task networks train in the same loop: targets may be a dict of tensors (one per task, indexed alike) and the
+model may return a dict; `before_step` sees every batch before the optimiser steps on it (the lookahead affinity
+of chapter 10 measures there) and `after_epoch` every finished epoch.
 """
 
 from __future__ import annotations
@@ -31,7 +35,22 @@ from torch import nn
 
 from taskstudy.parallel import progress
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = torch.Tensor | dict[str, torch.Tensor]  # targets / outputs: one tensor, or one per task
+LossFn = Callable[[Batch, Batch], torch.Tensor]
+StepHook = Callable[[nn.Module, tuple[torch.Tensor, Batch], torch.optim.Optimizer, int], None]
+EpochHook = Callable[[nn.Module, int], None]
+
+
+def _take(t: Batch, idx: torch.Tensor | slice, device: torch.device) -> Batch:
+    """Rows `idx` of a tensor or of every tensor of a dict, on `device`."""
+    if isinstance(t, dict):
+        return {k: v[idx].to(device) for k, v in t.items()}
+    return t[idx].to(device)
+
+
+def _as_float(out: Batch) -> Batch:
+    """Outputs in fp32 (losses are computed in fp32 under bf16 autocast)."""
+    return {k: v.float() for k, v in out.items()} if isinstance(out, dict) else out.float()
 
 
 @dataclass(frozen=True)
@@ -120,8 +139,7 @@ def log_rows(log: dict) -> list[dict]:
 
 
 @torch.no_grad()
-@torch.no_grad()
-def mean_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn,
+def mean_loss(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn,
               batch_size: int = 256, device: torch.device | str = "cpu", precision: str = "fp32",
               channels_last: bool = False) -> float:
     """The loss over a whole split in eval mode: batch losses weighted by batch size (for the study's losses,
@@ -131,19 +149,19 @@ def mean_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, los
     device = torch.device(device)
     total, n = 0.0, inputs.shape[0]
     for i in range(0, n, batch_size):
-        x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
+        x, y = inputs[i : i + batch_size].to(device), _take(targets, slice(i, i + batch_size), device)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(x)
-        total += float(loss_fn(out.float(), y)) * len(x)
+        total += float(loss_fn(_as_float(out), y)) * len(x)
     return total / max(n, 1)
 
 
 def fit(
     model: nn.Module,
     inputs: torch.Tensor,
-    targets: torch.Tensor,
+    targets: Batch,
     loss_fn: LossFn,
     cfg: TrainConfig,
     *,
@@ -157,7 +175,8 @@ def fit(
     `params` restricts the optimised parameters (readouts on a frozen encoder); `checkpoint` makes the run
     resumable: if the file exists, training continues after its last finished epoch.
     """
-    return _fit(model, inputs, targets, loss_fn, cfg, None, None, device, checkpoint, desc, params).train_loss
+    return _fit(model, inputs, targets, loss_fn, cfg, None, None, device, checkpoint, desc, params,
+                None, None).train_loss
 
 
 def fit_validated(
@@ -166,25 +185,32 @@ def fit_validated(
     targets: torch.Tensor,
     loss_fn: LossFn,
     cfg: TrainConfig,
-    val: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, Batch],
     *,
     patience: int = 3,
     device: torch.device | str = "cpu",
     checkpoint: Path | None = None,
     desc: str | None = None,
     params: list[nn.Parameter] | None = None,
+    before_step: StepHook | None = None,
+    after_epoch: EpochHook | None = None,
 ) -> TrainLog:
     """`fit` with early stopping on a validation split: after every epoch the loss on `val` = (inputs, targets)
     is measured; training stops when `patience` epochs have not improved on the best, and the model is left with
-    the weights of its best epoch. Returns the TrainLog (curves, best epoch)."""
+    the weights of its best epoch. Returns the TrainLog (curves, best epoch).
+
+    `before_step(model, (x, y), optimizer, step)` is called with every training batch before the optimiser steps
+    on it, `after_epoch(model, epoch)` (1-based) after every epoch's validation; neither may change the model."""
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
-    return _fit(model, inputs, targets, loss_fn, cfg, val, patience, device, checkpoint, desc, params)
+    return _fit(model, inputs, targets, loss_fn, cfg, val, patience, device, checkpoint, desc, params,
+                before_step, after_epoch)
 
 
-def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, cfg: TrainConfig,
-         val: tuple[torch.Tensor, torch.Tensor] | None, patience: int | None, device: torch.device | str,
-         checkpoint: Path | None, desc: str | None, params: list[nn.Parameter] | None) -> TrainLog:
+def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn, cfg: TrainConfig,
+         val: tuple[torch.Tensor, Batch] | None, patience: int | None, device: torch.device | str,
+         checkpoint: Path | None, desc: str | None, params: list[nn.Parameter] | None,
+         before_step: StepHook | None, after_epoch: EpochHook | None) -> TrainLog:
     device = torch.device(device)
     model.to(device)
     nhwc = cfg.channels_last and inputs.dim() == 4
@@ -217,12 +243,14 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn:
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(cfg.lr, epoch * steps + j, cfg.epochs * steps)
             idx = order[i : i + cfg.batch_size]
-            x, y = inputs[idx].to(device), targets[idx].to(device)
+            x, y = inputs[idx].to(device), _take(targets, idx, device)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if before_step is not None:
+                before_step(model, (x, y), opt, epoch * steps + j)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 out = model(x)
-            loss = loss_fn(out.float(), y)
+            loss = loss_fn(_as_float(out), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -235,6 +263,8 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn:
             if not log.best_epoch or v < log.best_val:
                 log.best_epoch = epoch + 1
                 best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        if after_epoch is not None:
+            after_epoch(model, epoch + 1)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "log": log.as_dict(),
