@@ -49,6 +49,7 @@ def test_every_group_half_and_equal_budget_network_per_seed(studies) -> None:
     assert a != b  # another seed, another network
     less = first.runs["less data"]
     assert all(len(net) <= 2 for net in less[0].networks) and less[0].lookahead is None
+    assert set(less[0].costs) == {1.0}  # no half-size networks: a pairwise table's networks only
     assert less[0].config.train_images == 16 and not less[0].config.equal_budget
 
 

@@ -230,28 +230,30 @@ def convergence(runs: Sequence[GroupingRun]) -> dict[str, Any]:
 
 
 def predicted_choice(run: GroupingRun, budget: float) -> str | None:
-    """The grouping the higher-order approximation picks from the val losses of the single-task and pair
-    networks (all a `networks="pairs"` setting trains), by name; None where none fits."""
-    nets, costs = grouping.candidate_networks(run.tasks, 1.0, HALF_COST)
-    known = {(net, c): r["val_losses"] for net, c, r in zip(run.networks, run.costs, run.results, strict=True)}
-    val = [known.get((tuple(n), c), {}) if len(n) <= 2 else {} for n, c in zip(nets, costs, strict=True)]
+    """The grouping the higher-order approximation picks among full-size networks from the val losses of the
+    single-task and pair networks (all a `networks="pairs"` setting trains), by name; None where none fits."""
+    nets = [net for net, c in zip(*grouping.candidate_networks(run.tasks), strict=True) if c == 1.0]
+    known = {net: r["val_losses"] for net, c, r in zip(run.networks, run.costs, run.results, strict=True)
+             if c == 1.0 and len(net) <= 2}
+    val = [known[tuple(n)] if len(n) <= 2 else {} for n in nets]
     try:
-        chosen = grouping.best_grouping(grouping.estimate_higher_order(val, nets), costs, budget, run.tasks)
+        chosen = grouping.best_grouping(grouping.estimate_higher_order(val, nets), [1.0] * len(nets), budget,
+                                        run.tasks)
     except grouping.GroupingError:
         return None
-    names = grouping.network_names(nets, costs)
-    return " | ".join(names[i] for i in chosen)
+    return " | ".join("+".join(nets[i]) for i in chosen)
 
 
 def setting_table(study: GroupingStudy) -> pd.DataFrame:
     """Per setting: its values, the mean pairwise gain over ordered pairs (seed band), ordered pairs that help /
-    hurt beyond their seed band, and the grouping the pairwise prediction picks at the middle budget."""
+    hurt beyond their seed band, and the grouping of full-size networks the pairwise prediction picks with about
+    half as many networks as tasks (per seed; the most common)."""
     rows = []
     for name, runs in study.runs.items():
         c = runs[0].config
         pb = pairwise_band(runs)
         means = [pairwise(r).stack().mean() for r in runs]
-        mid = len(c.tasks) / 2
+        mid = float(-(-len(c.tasks) // 2))  # whole networks: a setting trains no half-size ones
         picks = [predicted_choice(r, mid) for r in runs]
         common = pd.Series(picks).value_counts()
         rows.append({"setting": name, "encoder width": c.width, "decoder width": c.decoder_width,
@@ -259,7 +261,7 @@ def setting_table(study: GroupingStudy) -> pd.DataFrame:
                      **{f"mean pairwise gain % {k}": 100 * v for k, v in band(means).items() if k != "seeds"},
                      "pairs helping": int((pb["sign"] == "helps").sum()),
                      "pairs hurting": int((pb["sign"] == "hurts").sum()), "ordered pairs": len(pb),
-                     f"predicted grouping at {mid:g} units": common.index[0] if len(common) else None,
+                     f"predicted grouping, {mid:g} networks": common.index[0] if len(common) else None,
                      "seeds predicting it": int(common.iloc[0]) if len(common) else 0})
     return pd.DataFrame(rows).set_index("setting")
 

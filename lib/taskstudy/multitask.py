@@ -67,7 +67,7 @@ class GroupingConfig:
     lookahead_every: int = 5  # steps between lookahead measurements in the all-tasks network
     seeds: int = 3  # every network is trained with this many seeds
     equal_budget: bool = True  # Table 1: single-task networks of 1/k size, k = 3..N (1/2 is the half size)
-    networks: str = "all"  # "all" candidates, or "pairs": the single-task, pair and half-size networks only
+    networks: str = "all"  # "all" candidates, or "pairs": the full-size single-task and pair networks only
 
     @classmethod
     def from_params(cls, params: Any, section: str = "task_grouping") -> GroupingConfig:
@@ -224,7 +224,7 @@ def make_units(common: Any, cfg: GroupingConfig, root: str, seed: int = 0) -> li
     tasks); then, with `equal_budget`, the single-task networks of 1/k size for k = 3..N."""
     nets, costs = grouping.candidate_networks(cfg.tasks, 1.0, HALF_COST)
     units = [Unit(tuple(n), 1 if c == 1.0 else 2, common, cfg, root, seed) for n, c in zip(nets, costs, strict=True)
-             if cfg.networks == "all" or len(n) <= 2]
+             if cfg.networks == "all" or (len(n) <= 2 and c == 1.0)]
     if cfg.equal_budget:
         units += [Unit((t,), k, common, cfg, root, seed) for k in range(3, len(cfg.tasks) + 1) for t in cfg.tasks]
     return units
