@@ -318,8 +318,9 @@ def _versus_paper(run: GroupingRun, budget: float) -> tuple[str, int, int, int, 
 def paper_beside(study: GroupingStudy) -> pd.DataFrame:
     """Standley et al.'s findings (reference/claims.csv, reference/standley2020_best_grouping.csv) beside the
     control setting's seeds: the best grouping at the paper's budget (chosen on val, per seed), normals alone, the
-    best grouping against all-in-one and all-separate, all-in-one against full-size single-task networks, and
-    multi-task networks against 1/k single-task ones at equal budget, each with its seed band and verdict."""
+    best grouping against all-in-one and all-separate, k-task networks against full-size single-task networks and
+    against 1/k single-task ones at equal budget, each with its seed band and verdict (one verdict for all k when
+    they agree, else "within noise")."""
     runs = study.control
     ref = standley_best_grouping()
     budget = float(ref["budget"].iloc[0])
@@ -354,19 +355,14 @@ def paper_beside(study: GroupingStudy) -> pd.DataFrame:
         f"{parts[1]['hi']:+.1f}] below all-separate's", v == "reproduced", v)
     n = len(runs[0].tasks)
     eq = equal_budget_bands(runs).set_index(["tasks per network", "against"])
-    full = eq.loc[(n, "vs full-size single-task")]
-    study_rows["mtl_vs_single"] = (
-        f"the all-tasks network's test losses are {full['mean']:+.1f}% [{full['lo']:+.1f}, {full['hi']:+.1f}] "
-        f"better than full-size single-task networks' (mean over tasks)", full["verdict"] == "reproduced",
-        full["verdict"])
-    eqs = [eq.loc[(k, "vs 1/k single-task (equal budget)")] for k in range(3, n + 1)]
-    verdicts = {e["verdict"] for e in eqs}
-    v = verdicts.pop() if len(verdicts) == 1 else "within noise"
-    study_rows["equal_budget"] = (
-        "multi-task against 1/k single-task networks: " + "; ".join(
-            f"k = {k}: {e['mean']:+.1f}% [{e['lo']:+.1f}, {e['hi']:+.1f}]" for k, e in zip(range(3, n + 1), eqs,
-                                                                                            strict=True)),
-        v == "reproduced", v)
+    for finding, against, ks in (("mtl_vs_single", "vs full-size single-task", range(2, n + 1)),
+                                 ("equal_budget", "vs 1/k single-task (equal budget)", range(3, n + 1))):
+        rows = [eq.loc[(k, against)] for k in ks]
+        verdicts = {r["verdict"] for r in rows}
+        v = verdicts.pop() if len(verdicts) == 1 else "within noise"
+        study_rows[finding] = (f"k-task networks {against} (relative test loss, + = multi-task better): " + "; ".join(
+            f"k = {k}: {r['mean']:+.1f}% [{r['lo']:+.1f}, {r['hi']:+.1f}]" for k, r in zip(ks, rows, strict=True)),
+            v == "reproduced", v)
     frame = beside("10_task_grouping", "paper (Standley et al. 2020)",
                    {k: (s, a) for k, (s, a, _) in study_rows.items()})
     frame["verdict"] = [study_rows[f][2] if f in study_rows else "not tested" for f in frame["finding"]]
@@ -384,8 +380,8 @@ def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> pd.Dat
     study's (> 0: it found lower losses), against the seeds' relative spread of that network's best val loss (their
     standard deviation over the mean); `converged` when the gain is within the spread."""
     study_col, long_col = check.columns[:2]
-    best = {name: [min(r.results[run.names.index(name)]["log"]["val_loss"]) for r in runs]
-            for name in check.index for run in runs[:1]}
+    names = runs[0].names
+    best = {name: [min(r.results[names.index(name)]["log"]["val_loss"]) for r in runs] for name in check.index}
     out = pd.DataFrame({
         "gain %": 100 * (check[study_col] - check[long_col]) / check[study_col],
         "seed spread %": [100 * float(np.std(best[n], ddof=1) / np.mean(best[n])) for n in check.index]})
