@@ -123,3 +123,27 @@ def test_a_verdict_outside_the_vocabulary_is_refused():
 
     with pytest.raises(ValueError, match="verdict must be one of"):
         reference.glue_finding("x", "y", "agrees")
+
+
+def test_book_check_needs_a_built_book(tmp_path):
+    from taskstudy import bookcheck
+
+    with pytest.raises(bookcheck.BookCheckError, match="no built book"):
+        bookcheck.check_book(tmp_path, browser=False)
+
+
+def test_book_check_names_an_uncaptioned_figure_and_a_stderr_output(tmp_path):
+    from taskstudy import bookcheck
+
+    pages = tmp_path / "book/_build/html/book/chapters"
+    pages.mkdir(parents=True)
+    (pages / "01_a.html").write_text('<figure><img src="../../_images/x.png"><figcaption>x</figcaption></figure>'
+                                     '<img src="../../_images/y.png">')
+    (pages / "02_b.html").write_text('<figure><img src="../../_images/z.png"><figcaption>z</figcaption></figure>')
+    assert bookcheck.caption_problems(tmp_path / "book/_build/html") == ["01_a.html: 1 of 2 figures without a caption"]
+    chapters = tmp_path / "book/chapters"
+    chapters.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="a warning")])])
+    nbformat.write(nb, chapters / "01_a.ipynb")
+    assert bookcheck.output_problems(chapters) == ["01_a.ipynb: cell 0: stderr output 'a warning'"]

@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--downstream", action="store_true", help="also rerun the chapters that read their results")
     p_run.add_argument("--force", action="store_true", help="rerun every chapter, fresh or not")
     p_run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
-    sub.add_parser("book", help="build the Jupyter Book into book/_build/html")
+    p_book = sub.add_parser("book", help="build the Jupyter Book into book/_build/html")
+    p_book.add_argument("--check", action="store_true",
+                        help="do not build: check the built book as a reader sees it (taskstudy.bookcheck)")
+    p_book.add_argument("--screenshots", metavar="DIR", help="with --check: screenshots at 1400 px into DIR")
+    p_book.add_argument("--no-browser", action="store_true", help="with --check: only the checks needing no browser")
     p_clean = sub.add_parser("clean", help="remove executed chapters and the built book")
     p_clean.add_argument("--results", action="store_true", help="also remove the profile's results store")
     p_clean.add_argument("--params", default=DEFAULT_PARAMS)
@@ -105,6 +109,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_book(args: argparse.Namespace) -> int:
     root = find_root()
+    if args.check:
+        from taskstudy import bookcheck
+
+        try:
+            problems = bookcheck.check_book(root, Path(args.screenshots) if args.screenshots else None,
+                                            browser=not args.no_browser)
+        except bookcheck.BookCheckError as e:
+            raise pipeline.ChapterError(str(e)) from e
+        print(bookcheck.report(problems))
+        return 1 if problems else 0
     missing = [c.name for c in pipeline.chapters(root) if pipeline.read_record(c, root) is None]
     if missing:
         raise pipeline.ChapterError(f"chapter(s) never run: {', '.join(missing)}; run `taskstudy run` first")
