@@ -161,7 +161,7 @@ class TaskGrouping(Section):
     seeds: int = Field(3, ge=1)  # every network trained with this many seeds: the seed band of every comparison
     equal_budget: bool = True  # Table 1: single-task networks of 1/k size, k = 3..N, beside the k-task networks
     settings: dict[str, dict[str, float]] = {  # the paper's other settings: name -> overrides of the values above
-        "smaller network": {"width": 4, "decoder_width": 8},
+        "smaller network": {"width": 4},
         "less data": {"train_images": 125, "epochs": 24, "patience": 6}}
     setting_networks: Literal["pairs", "all"] = "pairs"  # what the other settings train: the full-size single-task
     # and pair networks (their Tables 2-4), or every candidate
