@@ -161,3 +161,17 @@ def test_schedule_check_and_verdict(tmp_path: Path) -> None:
     verdict = grouping_report.schedule_verdict(check, study.control)
     assert verdict["seed spread %"].notna().all()
     assert (verdict["converged"] == (verdict["gain %"] <= verdict["seed spread %"])).all()
+
+
+def test_a_network_is_the_same_whether_or_not_its_width_was_cached(tmp_path: Path) -> None:
+    """The half-size width is found by building throw-away encoders (`encoder_macs`, cached per process): that
+    must not draw from the seeded random state, or a network's initialisation depends on what its worker did
+    before."""
+    P = _params(tmp_path)
+    common = multitask.grouping_common(P)
+    cfg = multitask.GroupingConfig.from_params(P)
+    unit = next(u for u in multitask.make_units(common, cfg, str(tmp_path / "store")) if u.share == 2)
+    multitask.encoder_macs.cache_clear()
+    cold = multitask.train_unit(unit)
+    warm = multitask.train_unit(unit)
+    assert cold["losses"] == warm["losses"] and cold["log"]["train_loss"] == warm["log"]["train_loss"]

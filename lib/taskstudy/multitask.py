@@ -125,8 +125,11 @@ class MultiTaskNetwork(nn.Module):
 
 @lru_cache(maxsize=64)
 def encoder_macs(width: int, depth: int, image_size: int) -> int:
-    """Multiply-accumulates of one encoder forward pass on one image (convolutions only)."""
-    enc = Encoder(width, depth)
+    """Multiply-accumulates of one encoder forward pass on one image (convolutions only). Builds a throw-away
+    encoder without touching torch's global random state (a caller's seeded initialisation stays the same whether
+    or not this was cached in its process)."""
+    with torch.random.fork_rng():
+        enc = Encoder(width, depth)
     total = [0]
 
     def hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
@@ -289,9 +292,9 @@ def _train_unit(u: Unit) -> dict[str, Any]:
         pred = model(batch[0])
         return {t: loss_of[t](pred[t], batch[1][t]) for t in u.tasks}
 
-    torch.manual_seed(seed)
-    width = unit_width(u)
+    width = unit_width(u)  # before seeding: nothing may draw between the seed and the initialisation
     device = resolve_device(u.common.device)
+    torch.manual_seed(seed)
     net = MultiTaskNetwork(u.tasks, width, c.depth, c.decoder_width)
     look = LookaheadAccumulator(losses_fn, c.lr, ["encoder"], list(u.tasks)) if u.lookahead else None
     early: dict[str, float] = {}
