@@ -41,10 +41,15 @@ def chromium() -> str:
     return exe
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        """No request log on stderr: the check prints its problems only."""
+
+
 @contextmanager
 def serve(html: Path) -> Iterator[str]:
     """Serve the built HTML on a free local port for the duration; yields the base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
+    handler = functools.partial(_QuietHandler, directory=str(html))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
