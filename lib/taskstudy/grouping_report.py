@@ -223,10 +223,11 @@ def convergence(runs: Sequence[GroupingRun]) -> dict[str, Any]:
     the median relative change of the val loss over the last 3 epochs (`train.tail_change`)."""
     logs = [r["log"] for run in runs for r in run.results]
     early = sum(len(g["train_loss"]) < g["max_epochs"] for g in logs)
-    tails = [train.tail_change(g) for g in logs]
+    tails = [t for t in (train.tail_change(g) for g in logs) if np.isfinite(t)]  # NaN: too few epochs to say
     return {"networks": len(logs), "stopped early": early, "at ceiling": len(logs) - early,
             "median kept epoch": float(np.median([g["best_epoch"] for g in logs])),
-            "ceiling": logs[0]["max_epochs"], "median tail change %": 100 * float(np.nanmedian(tails))}
+            "ceiling": logs[0]["max_epochs"],
+            "median tail change %": 100 * float(np.median(tails)) if tails else float("nan")}
 
 
 def predicted_choice(run: GroupingRun, budget: float) -> str | None:
