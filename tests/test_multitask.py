@@ -175,3 +175,13 @@ def test_a_network_is_the_same_whether_or_not_its_width_was_cached(tmp_path: Pat
     cold = multitask.train_unit(unit)
     warm = multitask.train_unit(unit)
     assert cold["losses"] == warm["losses"] and cold["log"]["train_loss"] == warm["log"]["train_loss"]
+
+
+def test_lookahead_agreement_and_paper_beside_from_given_tables(studies) -> None:
+    runs = studies[0].control
+    rho = grouping_report.lookahead_agreement(runs)
+    assert len(rho["per_seed"]) == len(runs) and rho["pairs"] == len(TASKS) * (len(TASKS) - 1)
+    assert all(-1 <= v <= 1 for v in rho["per_seed"]) and rho["lo"] <= rho["mean"] <= rho["hi"]
+    tables = grouping_report.budget_tables(runs)
+    given = grouping_report.paper_beside(studies[0], tables)
+    assert given.equals(grouping_report.paper_beside(studies[0]))

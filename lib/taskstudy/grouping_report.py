@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from taskstudy import grouping, train
-from taskstudy.multitask import HALF_COST, GroupingRun, GroupingStudy
+from taskstudy.multitask import GroupingRun, GroupingStudy
 from taskstudy.reference import beside, standley_best_grouping
 from taskstudy.uncertainty import seed_interval, sign_verdict
 
@@ -73,11 +73,6 @@ def compare(table: pd.DataFrame, tol: float = 1e-9) -> pd.DataFrame:
     for approx in ("predicted", "early", "tag"):
         out[f"{approx} excess %"] = 100 * (table[f"{approx}_loss"] - table["best_loss"]) / table["best_loss"]
     return out
-
-
-def task_losses(run: GroupingRun, chosen: Sequence[int]) -> dict[str, float]:
-    """Each task's test loss under a grouping: the lowest among the chosen networks serving it."""
-    return {t: min(run.results[i]["losses"][t] for i in chosen if t in run.results[i]["losses"]) for t in run.tasks}
 
 
 def cost_table(run: GroupingRun) -> pd.DataFrame:
@@ -152,6 +147,19 @@ def mean_lookahead(runs: Sequence[GroupingRun]) -> pd.DataFrame:
     """The seed mean of the all-tasks networks' lookahead affinity."""
     looks = [r.lookahead for r in runs if r.lookahead is not None]
     return sum(looks) / len(looks)
+
+
+def lookahead_agreement(runs: Sequence[GroupingRun]) -> dict[str, Any]:
+    """Per seed, Spearman's rho between the lookahead affinity and the pairwise gains over the ordered pairs, in
+    the same direction (pairwise[a, b]: b helps a; lookahead[b, a]: a step on b helps a); `band` of the seeds' rhos
+    with the per-seed values under `per_seed`."""
+    rhos = []
+    for r in runs:
+        look, pairs = r.lookahead, pairwise(r)
+        mask = ~np.eye(len(look), dtype=bool)
+        helped = pairs.loc[look.index, look.columns].to_numpy().T[mask]
+        rhos.append(float(pd.Series(look.to_numpy()[mask]).corr(pd.Series(helped), method="spearman")))
+    return {**band(rhos), "per_seed": rhos, "pairs": int(mask.sum())}
 
 
 def budget_tables(runs: Sequence[GroupingRun], budgets: Sequence[float] | None = None,
@@ -316,12 +324,12 @@ def _versus_paper(run: GroupingRun, budget: float) -> tuple[str, int, int, int, 
     return _served_groups({t: serving[t] for t in common}, s_size), same, len(pairs_t), sizes, len(common)
 
 
-def paper_beside(study: GroupingStudy) -> pd.DataFrame:
+def paper_beside(study: GroupingStudy, tables: pd.DataFrame | None = None) -> pd.DataFrame:
     """Standley et al.'s findings (reference/claims.csv, reference/standley2020_best_grouping.csv) beside the
     control setting's seeds: the best grouping at the paper's budget (chosen on val, per seed), normals alone, the
     best grouping against all-in-one and all-separate, k-task networks against full-size single-task networks and
     against 1/k single-task ones at equal budget, each with its seed band and verdict (one verdict for all k when
-    they agree, else "within noise")."""
+    they agree, else "within noise"). `tables`: `budget_tables(study.control)` when the caller has it."""
     runs = study.control
     ref = standley_best_grouping()
     budget = float(ref["budget"].iloc[0])
@@ -347,7 +355,7 @@ def paper_beside(study: GroupingStudy) -> pd.DataFrame:
             f"on average", v == "reproduced", v)
     else:
         study_rows["normals_alone"] = ("not measured (normals are not among the tasks)", None, "not tested")
-    tables = budget_tables(runs, [budget])
+    tables = budget_tables(runs, [budget]) if tables is None else tables[tables["budget"] == budget]
     parts = [band(tables[c].to_numpy(dtype=float), +1) for c in ("gain vs all-in-one %", "gain vs all-separate %")]
     v = parts[0]["verdict"] if parts[0]["verdict"] == parts[1]["verdict"] else "within noise"
     study_rows["beats_baselines"] = (
@@ -370,10 +378,6 @@ def paper_beside(study: GroupingStudy) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["HALF_COST", "band", "budget_figure", "budget_table", "budget_tables", "calibration_rows",
-           "comparison_bands", "compare", "convergence", "cost_table", "equal_budget", "equal_budget_bands",
-           "grouping_stability", "mean_lookahead", "mean_pairwise", "pairwise", "pairwise_band", "paper_beside",
-           "serving_networks", "setting_table", "task_losses"]
 
 
 def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> pd.DataFrame:
@@ -388,3 +392,10 @@ def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> pd.Dat
         "seed spread %": [100 * float(np.std(best[n], ddof=1) / np.mean(best[n])) for n in check.index]})
     out["converged"] = out["gain %"] <= out["seed spread %"]
     return out
+
+
+__all__ = ["COMPARISONS", "band", "budget_figure", "budget_table", "budget_tables", "calibration_rows",
+           "comparison_bands", "compare", "convergence", "cost_table", "equal_budget", "equal_budget_bands",
+           "grouping_stability", "lookahead_agreement", "mean_lookahead", "mean_pairwise", "pairwise",
+           "pairwise_band", "paper_beside", "predicted_choice", "schedule_verdict", "serving_networks",
+           "setting_table"]
