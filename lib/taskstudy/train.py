@@ -207,6 +207,13 @@ def fit_validated(
                 before_step, after_epoch)
 
 
+def _fused(params: list[nn.Parameter]) -> bool | None:
+    """Adam's fused kernel (one pass over all parameters) where torch has it for these parameters: 5-8% faster
+    steps than the default on this study's CPU (measured on a readout and a Step I network)."""
+    return True if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) \
+        else None
+
+
 def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn, cfg: TrainConfig,
          val: tuple[torch.Tensor, Batch] | None, patience: int | None, device: torch.device | str,
          checkpoint: Path | None, desc: str | None, params: list[nn.Parameter] | None,
@@ -218,8 +225,12 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn
         model.to(memory_format=torch.channels_last)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
+    if nhwc:  # laid out once: the batches indexed from it stay NHWC (no per-step copy)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if val is not None and val[0].dim() == 4:
+            val = (val[0].contiguous(memory_format=torch.channels_last), val[1])
     trainable = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused(trainable))
     n = inputs.shape[0]
     steps = -(-n // cfg.batch_size)
     log = TrainLog(steps_per_epoch=steps, max_epochs=cfg.epochs)
