@@ -218,12 +218,20 @@ class Robustness(Section):
     n_perm: int = Field(2000, ge=10)  # permutations behind the rank-correlation p-value
 
 
+class Estimators(Section):
+    max_samples: int = Field(8000, ge=16)  # (cell, label) samples per pair for LogME, H-score and the linear probe
+    budgets: list[int] = [1, 2, 4, 8]  # supervision budgets of the BIP solved on each estimator's scores
+    n_boot: int = Field(1000, ge=10)  # bootstrap resamples of the targets behind each agreement band
+    taxonomy_boot: int = Field(200, ge=10)  # bootstrap resamples of the test images behind each Gain/Quality band
+    variations: bool = True  # also on chapter 12's runs (its seeds and variations): do the standings hold?
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
     "affinity": Affinity, "taxonomy": Taxonomy, "novel_tasks": NovelTasks, "task_tree": TaskTree,
     "layer_transfer": LayerTransfer, "task_grouping": TaskGrouping, "task2vec": Task2Vec,
-    "agreement": Agreement, "performance": Performance, "robustness": Robustness,
+    "agreement": Agreement, "performance": Performance, "robustness": Robustness, "estimators": Estimators,
 }
 
 
