@@ -229,6 +229,25 @@ def test_early_stopping_keeps_the_best_val_epoch_and_stops_after_patience(tmp_pa
     assert all(torch.equal(u, v) for u, v in zip(net.state_dict().values(), b.state_dict().values(), strict=True))
 
 
+def test_early_stopping_reads_only_the_first_val_images_when_told():
+    """TrainConfig.val_images (common.val_stop_images): the val loss of every epoch is the first k images' loss;
+    images after them (here a wrong label) change nothing."""
+    x, y, xv, yv = _overfit_problem()
+    k = len(xv) // 2
+    spoiled = yv.clone()
+    spoiled[k:] += 100.0
+    loss = nn.functional.mse_loss
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=1e-2, seed=0, val_images=k)
+    a, b = _net(), _net()
+    log_a = fit_validated(a, x, y, loss, cfg, (xv, yv), patience=10)
+    log_b = fit_validated(b, x, y, loss, cfg, (xv, spoiled), patience=10)
+    assert log_a.val_loss == log_b.val_loss
+    assert log_a.best_val == pytest.approx(mean_loss(a, xv[:k], yv[:k], loss))  # the kept weights
+    full = fit_validated(_net(), x, y, loss, TrainConfig(epochs=6, batch_size=8, lr=1e-2, seed=0), (xv, spoiled),
+                         patience=10)
+    assert full.val_loss[-1] > 10 * log_b.val_loss[-1]
+
+
 # --- uncertainty of the headline numbers --------------------------------------------------------------------------
 
 def test_bootstrap_intervals_cover_the_rate_and_shrink_with_more_images():

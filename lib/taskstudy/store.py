@@ -65,10 +65,16 @@ def code_hash(*modules: Any) -> str:
 
     The hash is of the parsed code (its syntax tree) with docstrings left out, so editing a comment, a docstring
     or the layout of a line keeps the store's entries; any change to a statement, a constant or a name does not."""
+    files = tuple((path, path.stat().st_mtime_ns) for path in (Path(mod.__file__) for mod in modules))
+    return _combined_hash(files)
+
+
+@lru_cache(maxsize=256)
+def _combined_hash(files: tuple[tuple[Path, int], ...]) -> str:
+    """code_hash of files at their modification times (memoised: store keys ask for it thousands of times)."""
     h = hashlib.sha256()
-    for mod in modules:
-        path = Path(mod.__file__)
-        h.update(_code_fingerprint(path, path.stat().st_mtime_ns).encode())
+    for path, mtime_ns in files:
+        h.update(_code_fingerprint(path, mtime_ns).encode())
     return h.hexdigest()[:12]
 
 

@@ -11,10 +11,11 @@ Speed: `precision="bf16"` runs forward passes under bfloat16 autocast and `chann
 NHWC (on this study's CPU the two together train a Step I network 2.7x faster than fp32 NCHW; the performance
 chapter measures it, and results stay within the seed band). Inference (`predict`, `mean_loss`) stays fp32.
 
-Calibration (`fit_validated`): the loss on a held-out `val` split is measured after every epoch, the weights of
-the best epoch are kept, and training stops once `patience` epochs pass without improvement (early stopping,
-Prechelt 1998). The epoch budget `cfg.epochs` is then a ceiling that sets the cosine's length; the log of
-training and validation loss against steps is what the calibration figures plot.
+Calibration (`fit_validated`): the loss on a held-out `val` split (its first `val_images` images: on this study's
+short runs, validation of a whole 500-image split cost a quarter of a readout's training) is measured after every
+epoch, the weights of the best epoch are kept, and training stops once `patience` epochs pass without improvement
+(early stopping, Prechelt 1998). The epoch budget `cfg.epochs` is then a ceiling that sets the cosine's length;
+the log of training and validation loss against steps is what the calibration figures plot.
 
 Multi-task networks train in the same loop: targets may be a dict of tensors (one per task, indexed alike) and the
 model may return a dict; `before_step` sees every batch before the optimiser steps on it (the lookahead affinity
@@ -62,11 +63,14 @@ class TrainConfig:
     seed: int = 0  # initialisation and shuffling
     precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast (losses and weights stay fp32)
     channels_last: bool = False  # image batches and conv weights in NHWC layout (faster CPU convolutions)
+    val_images: int | None = None  # early stopping reads the first val_images of the val split (None: all of it)
 
 
 def kernels(common: object) -> dict[str, object]:
-    """The TrainConfig fields that choose kernels, from a profile's `common` (precision, channels_last)."""
-    return {"precision": getattr(common, "precision", "fp32"), "channels_last": getattr(common, "channels_last", False)}
+    """The TrainConfig fields a profile's `common` sets for every network: the kernels (precision, channels_last)
+    and how many val images early stopping reads (val_images, from common.val_stop_images)."""
+    return {"precision": getattr(common, "precision", "fp32"), "channels_last": getattr(common, "channels_last", False),
+            "val_images": getattr(common, "val_stop_images", None)}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -225,6 +229,8 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn
         model.to(memory_format=torch.channels_last)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
+    if val is not None and cfg.val_images is not None:  # a fixed sample of val: the splits are random renders
+        val = (val[0][: cfg.val_images], _take(val[1], slice(0, cfg.val_images), val[0].device))
     if nhwc:  # laid out once: the batches indexed from it stay NHWC (no per-step copy)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
         if val is not None and val[0].dim() == 4:

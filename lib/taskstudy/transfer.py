@@ -338,33 +338,47 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
            [f"{u.target}<-{SCRATCH}" for u in done if u.scratch]
 
 
+def score_tables(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True,
+                 splits: Sequence[str] = ("val", "test")) -> dict[str, pd.DataFrame]:
+    """`score_table` for several splits, reading every stored result once."""
+    bad = [s for s in splits if s not in ("val", "test")]
+    if bad:
+        raise ValueError(f"scores exist for the val and test splits, not {bad[0]!r}")
+    fields = {split: "scores" if split == "test" else "val_scores" for split in splits}
+    store = Store.for_params(params)
+    names: list[tuple[str, str, int]] = []
+    results: list[dict[str, Any]] = []
+    for target, sets in plan.items():
+        for s in sets:
+            names.append((target, sources_key(s), len(s)))
+            results.append(store.load("readout", readout_key(params, target, s), VERSION))
+        if with_baselines:
+            names.append((target, SCRATCH, 0))
+            results.append(store.load("scratch", scratch_key(params, target), VERSION))
+            full = store.load("network_scores",
+                              scores_key(params.common, params.section("task_networks"), target), NET_VERSION)
+            names.append((target, FULL, 0))
+            results.append({f: full[f]["network"] for f in fields.values()})
+    tables = {}
+    for split, f in fields.items():
+        arrays = [np.asarray(r[f], np.float64) for r in results]
+        sizes = [len(a) for a in arrays]
+        table = pd.DataFrame({
+            "target": np.repeat([n[0] for n in names], sizes), "sources": np.repeat([n[1] for n in names], sizes),
+            "order": np.repeat([n[2] for n in names], sizes).astype(np.int64),
+            "image": np.concatenate([np.arange(k) for k in sizes]) if sizes else np.array([], np.int64),
+            "score": np.concatenate(arrays) if arrays else np.array([], np.float64)})
+        table.attrs["split"] = split
+        tables[split] = table
+    return tables
+
+
 def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True,
                 split: str = "test") -> pd.DataFrame:
     """Per-image scores (target, sources, order, image, score) on `split` ("val": selection, "test":
     evaluation) of every readout in `plan`, plus the `scratch` and `full` baselines of each target. The split is
     recorded in the table's attrs["split"]."""
-    if split not in ("val", "test"):
-        raise ValueError(f"scores exist for the val and test splits, not {split!r}")
-    field_ = "scores" if split == "test" else "val_scores"
-    store = Store.for_params(params)
-    frames = []
-
-    def add(target: str, name: str, order: int, scores: np.ndarray) -> None:
-        frames.append(pd.DataFrame({"target": target, "sources": name, "order": order,
-                                    "image": np.arange(len(scores)), "score": scores.astype(np.float64)}))
-
-    for target, sets in plan.items():
-        for s in sets:
-            r = store.load("readout", readout_key(params, target, s), VERSION)
-            add(target, sources_key(s), len(s), r[field_])
-        if with_baselines:
-            add(target, SCRATCH, 0, store.load("scratch", scratch_key(params, target), VERSION)[field_])
-            full = store.load("network_scores",
-                              scores_key(params.common, params.section("task_networks"), target), NET_VERSION)
-            add(target, FULL, 0, full[field_]["network"])
-    table = pd.concat(frames, ignore_index=True)
-    table.attrs["split"] = split
-    return table
+    return score_tables(params, plan, with_baselines, (split,))[split]
 
 
 def training_logs(params: Any, plan: dict[str, list[tuple[str, ...]]], with_scratch: bool = True) -> pd.DataFrame:
@@ -529,7 +543,7 @@ def transfers(params: Any, targets: list[str] | None = None, baselines: bool = T
     higher = {t: beam_sets(first_val, t, cfg.beam, cfg.max_order) for t in targets}
     computed += _run_units(params, higher, set(), "higher-order")
     plan = {t: first[t] + higher[t] for t in targets}
-    tables = {split: score_table(params, plan, with_baselines=baselines, split=split) for split in ("val", "test")}
+    tables = score_tables(params, plan, with_baselines=baselines)
     key = {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
            "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]}
     store.save("transfer_scores", key if baselines else {**key, "baselines": False}, tables["test"], VERSION,
