@@ -324,7 +324,7 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
     rows.append(row("Step II", "as built vs naive (speed-up)", tr["speedup"], ">= 3x", tr["speedup"] >= 3))
     rows.append(row("Step II", "readouts per minute, as built", tr["readouts_per_min_built"]))
     rows.append(row("Step II", "largest |mean score| difference, built vs naive", tr["max_score_diff"]))
-    tn = bench_training(P, repeats=1 if quick else 3)
+    tn = bench_training(P, repeats=1 if quick else 2)
     rows.append(row("training", f"task network images/s, {tn['chosen']} (median; min {tn['min']:.0f}, max "
                     f"{tn['max']:.0f})", tn["median"]))
     for name, rate in tn["kernels"].items():

@@ -283,8 +283,11 @@ def on_grouping_tasks(P: Any, truth: pd.DataFrame, estimates: Estimates) -> pd.D
         return sub.mask(np.eye(len(tasks), dtype=bool))
 
     ref = off_diagonal(truth)
-    rows = [{"estimator": n, "mean rho": float(rb.per_target_rho(ref, off_diagonal(m)).mean()),
-             "top-1": float(_top1(ref, off_diagonal(m)).mean())} for n, m in matrices.items()]
+    rows = []
+    for n, m in matrices.items():
+        rho = rb.per_target_rho(ref, off_diagonal(m))
+        rows.append({"estimator": n, "targets": int(rho.notna().sum()), "mean rho": float(rho.mean()),
+                     "top-1": float(_top1(ref, off_diagonal(m)).mean())})
     return pd.DataFrame(rows).set_index("estimator")
 
 

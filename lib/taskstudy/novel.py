@@ -118,36 +118,51 @@ def _imagenet_network(params: Any) -> TaskNetwork:
                        net_cfg.decoder_width)
 
 
-def imagenet_encoder(params: Any) -> dict[str, Any]:
-    """Train (or read from the store) the "ImageNet-like" network: the study's Encoder with a classification
-    decoder, on `imagenet_n_images` images of the object world's pretrain classes (no class or image of the
-    chapters' tasks), early-stopped on a validation split a fifth the size, scored on a test split as large.
-    Returns state (the whole network), log, test_accuracy, chance, epochs, wall_s."""
+def train_imagenet(params: Any) -> dict[str, Any]:
+    """Train the "ImageNet-like" network (no store): the study's Encoder with a classification decoder, on
+    `imagenet_n_images` images of the object world's pretrain classes (no class or image of the chapters' tasks),
+    early-stopped on a validation split a fifth the size, scored on a test split as large. Returns state (the
+    whole network), log, test_accuracy, chance, epochs, wall_s."""
     store = Store.for_params(params)
     cfg, net_cfg = _cfg(params), params.section("task_networks")
-    key = imagenet_key(params)
+    seed = unit_seed(params.common.seed, IMAGENET)
+    size, n_classes = params.common.image_size, objects.num_classes("pretrain")
+    n_eval = max(n_classes, cfg.imagenet_n_images // 5)
+    train, val, test = (data.object_split(store, split, n, params.common.seed, size, "pretrain")
+                        for split, n in (("train", cfg.imagenet_n_images), ("val", n_eval), ("test", n_eval)))
+    torch.manual_seed(seed)
+    net = _imagenet_network(params)
+    start = time.perf_counter()
+    log = fit_validated(net, torch.from_numpy(train["rgb"]), torch.from_numpy(train["label"]), F.cross_entropy,
+                        TrainConfig(cfg.imagenet_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed,
+                                    **kernels(params.common)),
+                        (torch.from_numpy(val["rgb"]), torch.from_numpy(val["label"])),
+                        patience=cfg.imagenet_patience, device=resolve_device(params.common.device))
+    wall = time.perf_counter() - start
+    pred = predict(net, torch.from_numpy(test["rgb"])).argmax(1).numpy()
+    return {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "log": log.as_dict(), "wall_s": wall,
+            "test_accuracy": float((pred == test["label"]).mean()), "n_test": len(test["label"]),
+            "chance": 1 / n_classes, "classes": n_classes, "epochs": log.epochs_run}
 
-    def compute() -> dict[str, Any]:
-        seed = unit_seed(params.common.seed, IMAGENET)
-        size, n_classes = params.common.image_size, objects.num_classes("pretrain")
-        n_eval = max(n_classes, cfg.imagenet_n_images // 5)
-        train, val, test = (data.object_split(store, split, n, params.common.seed, size, "pretrain")
-                            for split, n in (("train", cfg.imagenet_n_images), ("val", n_eval), ("test", n_eval)))
-        torch.manual_seed(seed)
-        net = _imagenet_network(params)
-        start = time.perf_counter()
-        log = fit_validated(net, torch.from_numpy(train["rgb"]), torch.from_numpy(train["label"]), F.cross_entropy,
-                            TrainConfig(cfg.imagenet_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed,
-                                        **kernels(params.common)),
-                            (torch.from_numpy(val["rgb"]), torch.from_numpy(val["label"])),
-                            patience=cfg.imagenet_patience, device=resolve_device(params.common.device))
-        wall = time.perf_counter() - start
-        pred = predict(net, torch.from_numpy(test["rgb"])).argmax(1).numpy()
-        return {"state": {k: v.cpu() for k, v in net.state_dict().items()}, "log": log.as_dict(), "wall_s": wall,
-                "test_accuracy": float((pred == test["label"]).mean()), "n_test": len(test["label"]),
-                "chance": 1 / n_classes, "classes": n_classes, "epochs": log.epochs_run}
 
-    return store.get_or_compute("imagenet_encoder", key, compute, VERSION, fmt="pt")
+def imagenet_encoder(params: Any) -> dict[str, Any]:
+    """The ImageNet-like network (`train_imagenet`), read from the store or trained here and stored."""
+    return Store.for_params(params).get_or_compute("imagenet_encoder", imagenet_key(params),
+                                                   lambda: train_imagenet(params), VERSION, fmt="pt")
+
+
+def _imagenet_on_a_worker(params: Any) -> Any:
+    """Start the ImageNet-like network's training on a Dask worker (None when it is stored already or the profile
+    runs in-process), so that it fills the workers' idle turns of Steps I-II instead of running after them."""
+    from taskstudy.parallel import get_client
+
+    common = params.common
+    if not (common.workers or common.cluster.address):
+        return None
+    if Store.for_params(params).exists("imagenet_encoder", imagenet_key(params), VERSION):
+        return None
+    return get_client(common.workers, common.cluster.address).submit(train_imagenet, params, pure=False,
+                                                                     retries=2)
 
 
 def _load_imagenet(params: Any) -> torch.nn.Module:
@@ -266,8 +281,11 @@ def novel_tasks(params: Any, targets: Sequence[str] | None = None) -> StepResult
     missing = [s for s in SELF_SUPERVISED if s not in study_tasks(params.common)]
     if missing:
         raise ValueError(f"the self-supervised sources {missing} are not in common.tasks")
+    pending = _imagenet_on_a_worker(params)
     step1 = task_networks(params, tasks=targets)
     step2 = transfers(params, targets=targets)
+    if pending is not None:  # the client writes the store, as for every unit
+        Store.for_params(params).save("imagenet_encoder", imagenet_key(params), pending.result(), VERSION, fmt="pt")
     net = imagenet_encoder(params)
     scores = pd.concat([step2.results["scores"], imagenet_scores(params, targets)], ignore_index=True)
     scores.attrs["split"] = "test"

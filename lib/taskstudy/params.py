@@ -42,7 +42,7 @@ class Common(Section):
     split_seed: int | None = None  # seed of the rendered scene splits; None = `seed` (set it to vary one alone)
     image_size: int = Field(32, ge=16, le=256)  # scene images are image_size x image_size pixels
     n_train: int = Field(2000, ge=1)  # scenes in the task-network (Step I) split
-    n_transfer: int = Field(500, ge=1)  # scenes in the transfer (Step II readout) split, smaller as in the paper
+    n_transfer: int = Field(400, ge=1)  # scenes in the transfer (Step II readout) split, smaller as in the paper
     n_val: int = Field(500, ge=1)  # scenes in the val split: early stopping, beam search, AHP, BIP (selection)
     n_test: int = Field(500, ge=1)  # scenes in the test split: Gain, Quality, significance (evaluation only)
     val_stop_images: int | None = Field(256, ge=8)  # early stopping reads the first N val images; None = all
@@ -64,7 +64,7 @@ class Scenes(Section):
     n_show: int = Field(3, ge=1)  # scenes shown in each gallery of task labels
     bench_scenes: int = Field(512, ge=1)  # scenes rendered per repeat to measure throughput (at 32 px)
     bench_sizes: list[int] = [32, 64, 128]  # image sizes whose throughput the chapter reports
-    bench_repeats: int = Field(3, ge=1)  # repeats of each throughput measurement (min/median/max)
+    bench_repeats: int = Field(2, ge=1)  # repeats of each throughput measurement (min/median/max)
     learnability_sizes: list[int] = [1024, 2048]  # object-world training-set sizes of the learnability table
 
 
