@@ -157,6 +157,9 @@ def test_standing_agreement_is_one_for_the_same_order():
                          index=["A", "B", "C"])
     tau = es.standing_agreement(table)
     assert tau["seed 1"] == pytest.approx(1.0) and tau["other"] == pytest.approx(-1.0)
+    table.loc["D"] = [0.0, np.nan, -0.5]  # an estimator one run cannot rate is left out of that run's tau
+    tau = es.standing_agreement(table)
+    assert tau["seed 1"] == pytest.approx(1.0) and tau["other"] == pytest.approx(0.0)  # 3 pairs agree, 3 do not
 
 
 def test_estimate_reads_the_val_split_only(monkeypatch, repo_root):

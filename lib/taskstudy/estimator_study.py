@@ -306,10 +306,13 @@ def across_variations(P: Any, runs: Mapping[str, rb.Run], names: Iterable[str] =
 
 def standing_agreement(table: pd.DataFrame, reference: str = rb.BASE) -> pd.Series:
     """Kendall's tau between the estimators' order (by mean rho) in each run and in the reference run: 1 = the
-    same order of estimators, -1 = reversed."""
-    ref = table[reference]
-    return pd.Series({c: float(kendalltau(ref, table[c]).statistic) for c in table.columns if c != reference},
-                     name="tau", dtype=float)
+    same order of estimators, -1 = reversed; over the estimators both runs rate (H-score rates no target of a run
+    without discrete targets)."""
+    out = {}
+    for c in (c for c in table.columns if c != reference):
+        both = table[[reference, c]].dropna()
+        out[c] = float(kendalltau(both[reference], both[c]).statistic) if len(both) >= 3 else np.nan
+    return pd.Series(out, name="tau", dtype=float)
 
 
 __all__ = ["CEILING", "CHANCE", "TRUTH", "Estimates", "across_variations", "agreement", "ceiling", "cost_table",
