@@ -212,8 +212,8 @@ def fit_validated(
 
 
 def _fused(params: list[nn.Parameter]) -> bool | None:
-    """Adam's fused kernel (one pass over all parameters) where torch has it for these parameters: 5-8% faster
-    steps than the default on this study's CPU (measured on a readout and a Step I network)."""
+    """Adam's fused kernel (one pass over all parameters) where torch has it for these parameters. Measured with
+    NHWC inputs laid out once, two processes side by side: a readout's fit 12% faster, a Step I network's the same."""
     return True if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) \
         else None
 
