@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from taskstudy import ahp, data, evaluate, transfer
+from taskstudy import ahp, data, evaluate, transfer, uncertainty
 from taskstudy import estimators as est
 from taskstudy import robustness as rb
 from taskstudy import tasks as taskdict
@@ -130,26 +130,23 @@ def per_target(truth: pd.DataFrame, estimates: Estimates) -> pd.DataFrame:
                          for name in estimates.scores.estimator.unique()}).T
 
 
-def _band(values: np.ndarray, stat: Any, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+def _band(values: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """The 95% bootstrap interval of the mean over the targets an estimator rates (uncertainty.mean_interval)."""
     values = values[~np.isnan(values)]
-    if len(values) < 2:
-        return np.nan, np.nan
-    boots = [stat(rng.choice(values, len(values))) for _ in range(n_boot)]
-    return float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+    return uncertainty.mean_interval(values, n_boot, seed) if len(values) >= 2 else (np.nan, np.nan)
 
 
 def agreement(truth: pd.DataFrame, estimates: Estimates, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per estimator: the mean and median over targets of its per-target rho with the ground truth (95% bootstrap
     band over targets for the mean), the pooled rho over every (target, source) cell of its rank affinity, and
     top-1 agreement (the fraction of targets whose best source it names, with its band)."""
-    rng = np.random.default_rng(seed)
     rhos = per_target(truth, estimates)
     rows = []
     for name in rhos.index:
         r = rhos.loc[name].to_numpy(float)
         top = _top1(truth, estimates.matrix(name)).to_numpy(float)
-        lo, hi = _band(r, np.mean, n_boot, rng)
-        tlo, thi = _band(top, np.mean, n_boot, rng)
+        lo, hi = _band(r, n_boot, seed)
+        tlo, thi = _band(top, n_boot, seed)
         rows.append({"estimator": name, "targets": int(np.isfinite(r).sum()), "mean rho": float(np.nanmean(r)),
                      "mean rho lo": lo, "mean rho hi": hi, "median rho": float(np.nanmedian(r)),
                      "pooled rho": rb.pooled_rho(truth, rank_affinity(estimates.matrix(name))),
