@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -141,21 +142,79 @@ DASK_MEAN_TOL = 0.1  # |mean difference| / per-image standard deviation, per (ta
 DASK_MEDIAN_TOL = 1e-3  # median per-image |difference|
 
 
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory) -> Iterator[str]:
+    """A scheduler and two single-threaded workers started the way a cluster user starts them (`dask scheduler`,
+    `dask worker --nworkers 2 --nthreads 1`, on 127.0.0.1), in processes of their own; yields the address."""
+    import json
+
+    from distributed import Client
+
+    folder = tmp_path_factory.mktemp("cluster")
+    info = folder / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--dashboard-address", ":0", "--scheduler-file", str(info)], **quiet)]
+    try:
+        wait_for(lambda: info.exists() and "address" in info.read_text(), timeout=60)
+        address = json.loads(info.read_text())["address"]
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                       "--host", "127.0.0.1", "--no-dashboard"], cwd=folder, **quiet))
+        with Client(address) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        from taskstudy.parallel import close_clients
+
+        close_clients()
+        for proc in reversed(procs):
+            kill_tree(proc, signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
 @pytest.mark.slow
-def test_dask_runs_are_byte_identical_and_match_in_process_runs(tmp_path, reference):
-    """Two runs on a LocalCluster of single-threaded workers give byte-identical tables; against the in-process
-    run (two torch threads: other summation orders) every unit's mean score agrees to DASK_MEAN_TOL."""
+def test_cli_cluster_workers_take_the_fast_malloc_path(cli_cluster):
+    """Workers the study did not start carry the nanny's MALLOC_TRIM_THRESHOLD_ (mmap for every large tensor,
+    1.65x slower training); the client's worker plugin restores glibc's thresholds and one torch thread."""
+    import functools
+
+    import torch
+
+    from taskstudy.parallel import get_client, large_buffers_mmapped
+
+    client = get_client(0, cli_cluster)
+    assert set(client.run(functools.partial(os.getenv, "MALLOC_TRIM_THRESHOLD_")).values()) == {"65536"}
+    assert not any(client.run(large_buffers_mmapped).values())
+    assert set(client.run(torch.get_num_threads).values()) == {1}
+
+
+@pytest.mark.slow
+def test_dask_runs_are_byte_identical_and_match_in_process_runs(tmp_path, reference, cli_cluster):
+    """A run on a LocalCluster of single-threaded workers and a run on a cluster started from the command line
+    (`cli_cluster`, one of whose workers is killed mid-run: it is replaced and its unit retried) give
+    byte-identical tables; against the in-process run (two torch threads: other summation orders) every unit's
+    mean score agrees to DASK_MEAN_TOL."""
     import io
 
     import numpy as np
     import pandas as pd
+    from distributed import Client
 
-    runs = []
-    for name in ("a", "b"):
-        s = copy_study(tmp_path / name)
-        code, _, err = finish(start(s, [*RUN, "-p", "common.workers=2"]))
+    a, b = copy_study(tmp_path / "a"), copy_study(tmp_path / "b")
+    code, _, err = finish(start(a, [*RUN, "-p", "common.workers=2"]))
+    assert code == 0, err
+    with Client(cli_cluster) as client:
+        proc = start(b, [*RUN, "-p", f"common.cluster.address={cli_cluster}"])
+        busy = lambda: [w for w, keys in client.processing().items() if keys]  # noqa: E731
+        wait_for(lambda: (entries(b, "task_network") and busy()) or proc.poll() is not None)
+        assert proc.poll() is None, "the run finished before a worker could be killed"
+        victim = busy()[0]
+        os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)  # the worker dies mid-unit
+        code, _, err = finish(proc)
         assert code == 0, err
-        runs.append(tables(s))
+        client.wait_for_workers(2, timeout=60)
+        assert victim not in client.scheduler_info()["workers"]  # replaced by a new worker process
+    runs = [tables(a), tables(b)]
     assert runs[0] and runs[0] == runs[1]
     assert set(runs[0]) == set(reference)
     keys = ["target", "sources", "image"]

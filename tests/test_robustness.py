@@ -210,3 +210,27 @@ def test_stability_targets_and_per_target_seed_rho():
     met = rb.stability_targets(spread)
     assert met.loc["lowest target rho", "worst seed pair"] == pytest.approx(-1.0)
     assert not met.loc["lowest target rho", "met"] and met.loc["median target rho", "met"]
+
+
+@pytest.mark.slow
+def test_variations_side_by_side_on_a_cluster_equal_one_by_one(tmp_path):
+    """`run_variations` runs the variations concurrently on the cluster's workers: each unit is trained once, and
+    every run's affinities and chosen sources equal those of the variations run one after another (both on Dask
+    workers, whose single-threaded training is deterministic)."""
+    from taskstudy.parallel import close_clients
+
+    def load(folder: str) -> params.StudyParams:
+        return params.load(ROOT / "params/smoke.yaml", [f"common.results_dir={tmp_path / folder}", "common.workers=2",
+                                                        "common.n_transfer=16", "common.n_val=16", "common.n_test=16"])
+
+    one, side = load("one"), load("side")
+    try:
+        serial = {name: rb.run_variation(one, name, ov, [1, 2]) for name, ov in rb.variations(one).items()}
+        together = rb.run_variations(side, rb.variations(side), [1, 2])
+    finally:
+        close_clients()
+    assert list(together) == list(serial)
+    assert sum(r.trained for r in together.values()) == sum(r.trained for r in serial.values()) > 0
+    for name, run in serial.items():
+        pd.testing.assert_frame_equal(together[name].affinity, run.affinity)
+        assert together[name].policies == run.policies

@@ -25,6 +25,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from scipy import stats
 from taskstudy import ahp, data, objects, params, scenes, taxonomy, transfer, tree
 from taskstudy import task_networks as step1
 from taskstudy.agreement import permutation_p
+from taskstudy.parallel import map_units
 from taskstudy.paths import find_root
 from taskstudy.scenes import OBJECT_CLASSES
 from taskstudy.store import Store, code_hash
@@ -114,6 +116,19 @@ def run_variation(P: Any, name: str, overrides: Sequence[str], budgets: Iterable
     trained = len(nets.computed) + len(step2.computed)
     return Run(name, list(overrides), affinity, policies(affinity, budgets), trained, total - trained,
                time.perf_counter() - start, step1.study_tasks(Q.common))
+
+
+def run_variations(P: Any, plan: Mapping[str, Sequence[str]], budgets: Iterable[int]) -> dict[str, Run]:
+    """Every variation of `plan` (name -> overrides), side by side on a Dask cluster: one client thread per
+    variation submits its units to the same workers, so that one run's last task network does not leave a worker
+    idle while the next run waits for it. Units two variations share are claimed once (the store's locks); the
+    runs and their numbers are those of running them one after another. In-process (no workers): one by one."""
+    budgets = list(budgets)
+    if not (P.common.workers or P.common.cluster.address):
+        return {name: run_variation(P, name, ov, budgets) for name, ov in plan.items()}
+    with ThreadPoolExecutor(max_workers=len(plan)) as pool:
+        futures = {name: pool.submit(run_variation, P, name, ov, budgets) for name, ov in plan.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def main_run(P: Any, budgets: Iterable[int]) -> Run:
@@ -312,25 +327,39 @@ def _probe_code() -> str:
     return code_hash(sys.modules[__name__], task2vec)
 
 
+def _probe_key(P: Any, source: str) -> dict[str, Any]:
+    cfg = P.section("robustness")
+    return {"encoder": transfer.encoder_key(P, source), "outside": outside_key(P), "grid": cfg.probe_grid,
+            "weight_decay": cfg.probe_wd, "steps": cfg.probe_steps, "code": _probe_code()}
+
+
+def _probe_unit(unit: tuple[Any, str]) -> float:
+    """One encoder's outside probe accuracy (a unit of parallel.map_units: the outside set is read from the store)."""
+    P, source = unit
+    cfg = P.section("robustness")
+    return probe_accuracy(transfer.frozen_encoder(P, source), outside_data(P), cfg.probe_grid, cfg.probe_wd,
+                          cfg.probe_steps)
+
+
 def outside_ranking(P: Any, sources: Sequence[str]) -> pd.DataFrame:
     """Sec. 5.1: probe accuracy on the outside set of every source's frozen Step I encoder (and the random
-    encoder), one store entry per encoder. Columns: source, accuracy, rank (1 = best), computed (now or read)."""
-    cfg, store = P.section("robustness"), Store.for_params(P)
-    okey = outside_key(P)
-    d: dict[str, Any] | None = None
-    rows = []
-    for s in [*sources, transfer.RANDOM]:
-        key = {"encoder": transfer.encoder_key(P, s), "outside": okey, "grid": cfg.probe_grid,
-               "weight_decay": cfg.probe_wd, "steps": cfg.probe_steps, "code": _probe_code()}
-        r = store.load("outside_probe", key, VERSION)
-        computed = r is None
-        if computed:
-            d = d or outside_data(P)
-            acc = probe_accuracy(transfer.frozen_encoder(P, s), d, cfg.probe_grid, cfg.probe_wd, cfg.probe_steps)
-            r = {"accuracy": acc}
-            store.save("outside_probe", key, r, VERSION, fmt="json")
-        rows.append({"source": s, "accuracy": float(r["accuracy"]), "computed": computed})
-    out = pd.DataFrame(rows)
+    encoder), one store entry per encoder, the missing ones fitted on the cluster's workers. Columns: source,
+    accuracy, rank (1 = best), computed (now or read)."""
+    store = Store.for_params(P)
+    names = [*sources, transfer.RANDOM]
+    found = {s: store.load("outside_probe", _probe_key(P, s), VERSION) for s in names}
+    missing = [s for s in names if found[s] is None]
+    if missing:
+        outside_data(P)  # rendered (or read) once here, so the workers read it from the store
+
+        def save(unit: tuple[Any, str], acc: float) -> None:
+            found[unit[1]] = {"accuracy": acc}
+            store.save("outside_probe", _probe_key(P, unit[1]), found[unit[1]], VERSION, fmt="json")
+
+        map_units(_probe_unit, [(P, s) for s in missing], workers=P.common.workers,
+                  address=P.common.cluster.address, on_result=save, desc="outside probes")
+    out = pd.DataFrame([{"source": s, "accuracy": float(found[s]["accuracy"]), "computed": s in missing}
+                        for s in names])
     out["rank"] = out["accuracy"].rank(ascending=False, method="average")
     return out
 

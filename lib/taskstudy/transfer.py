@@ -40,7 +40,7 @@ import torch
 from taskstudy import data
 from taskstudy import tasks as taskdict
 from taskstudy.models import Encoder, make_readout
-from taskstudy.parallel import map_claimed
+from taskstudy.parallel import map_claimed, map_units
 from taskstudy.store import Store, code_hash
 from taskstudy.task_networks import VERSION as NET_VERSION
 from taskstudy.task_networks import (
@@ -137,22 +137,32 @@ def frozen_encoder(params: Any, source: str) -> Encoder:
     return net.encoder.eval()
 
 
+def _source_features(unit: tuple[Any, str, tuple[tuple[str, str], ...]]) -> dict[tuple[str, str], torch.Tensor]:
+    """E_s(I) of one source for each (split, query) asked (a unit of parallel.map_units), float16."""
+    params, source, todo = unit
+    encoder, device = frozen_encoder(params, source), resolve_device(params.common.device)
+    return {(split, query): predict(encoder, encoder_view(params, source, split, query), device=device).half()
+            for split, query in todo}
+
+
 def cache_features(params: Any, sources: list[str], queries: tuple[str, ...] = ("rgb",)) -> int:
     """E_s(I) of every source on the transfer, val and test splits, for every query form, computed once into the
-    store (float16). Returns how many were computed now."""
+    store (float16), one unit per source on the cluster's workers. Returns how many were computed now."""
     store = Store.for_params(params)
-    computed = 0
-    device = resolve_device(params.common.device)
+    units = []
     for s in sources:
-        for query in queries:
-            for split in SPLITS:
-                key = features_key(params, s, split, query)
-                if store.exists("features", key, VERSION):
-                    continue
-                z = predict(frozen_encoder(params, s), encoder_view(params, s, split, query), device=device)
-                store.save("features", key, {"z": z.half()}, VERSION, fmt="pt")
-                computed += 1
-    return computed
+        todo = tuple((split, query) for query in queries for split in SPLITS
+                     if not store.exists("features", features_key(params, s, split, query), VERSION))
+        if todo:
+            units.append((params, s, todo))
+
+    def save(unit: tuple[Any, str, tuple[tuple[str, str], ...]], z: dict[tuple[str, str], torch.Tensor]) -> None:
+        for (split, query), zs in z.items():
+            store.save("features", features_key(params, unit[1], split, query), {"z": zs}, VERSION, fmt="pt")
+
+    map_units(_source_features, units, workers=params.common.workers, address=params.common.cluster.address,
+              on_result=save, desc="Step II: frozen features")
+    return sum(len(u[2]) for u in units)
 
 
 def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str, Any]:
@@ -187,12 +197,18 @@ def scratch_key(params: Any, target: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TargetUnit:
-    """The readouts of one target still missing from the store (picklable for Dask workers)."""
+    """Readouts of one target still missing from the store, or its scratch network (picklable for Dask workers)."""
 
     params: Any  # StudyParams
     target: str
     source_sets: tuple[tuple[str, ...], ...]
     scratch: bool  # also train the from-scratch network (Gain's reference)
+    part: int = 0  # which chunk of the target's readouts (its lock's name)
+
+
+#: Readouts per unit of Step II: small units keep both workers busy to the end of a phase (a unit of a whole
+#: target's 22 readouts took 25-60 s, and the last one left a worker idle that long).
+UNIT_READOUTS = 6
 
 
 @lru_cache(maxsize=96)
@@ -310,7 +326,8 @@ def beam_sets(first_order: pd.DataFrame, target: str, beam: int, max_order: int)
 
 def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], phase: str) -> list[str]:
     """Train the readouts in `plan` (target -> source sets) and the scratch networks of `scratch` that are not in
-    the store yet, one unit per target, each claimed by a lock per (target, phase) against concurrent runs."""
+    the store yet: each scratch network one unit (first, as the longest), each target's readouts in units of at
+    most UNIT_READOUTS, each unit claimed by a lock per (target, phase, part) against concurrent runs."""
     store = Store.for_params(params)
     small = params.subset("task_networks", "transfers")
 
@@ -318,9 +335,12 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
         sets = tuple(s for s in u.source_sets
                      if not store.exists("readout", readout_key(params, u.target, s), VERSION))
         need_scratch = u.scratch and not store.exists("scratch", scratch_key(params, u.target), VERSION)
-        return TargetUnit(small, u.target, sets, need_scratch) if sets or need_scratch else None
+        return TargetUnit(small, u.target, sets, need_scratch, u.part) if sets or need_scratch else None
 
-    units = [left(TargetUnit(small, t, tuple(sets), t in scratch)) for t, sets in plan.items()]
+    units = [left(TargetUnit(small, t, (), True, -1)) for t in plan if t in scratch]
+    for t, sets in plan.items():
+        units += [left(TargetUnit(small, t, tuple(sets[i:i + UNIT_READOUTS]), False, i // UNIT_READOUTS))
+                  for i in range(0, len(sets), UNIT_READOUTS)]
 
     def save(u: TargetUnit, r: dict[str, Any]) -> None:
         for sources, (scores, info) in r["readouts"].items():
@@ -331,7 +351,8 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
             store.save("scratch", scratch_key(params, u.target), {"scores": scores, **info}, VERSION, fmt="pt")
 
     done = map_claimed(target_unit, [u for u in units if u is not None],
-                       lambda u: store.lock("transfer_unit", {"target": u.target, "phase": phase}, VERSION),
+                       lambda u: store.lock("transfer_unit", {"target": u.target, "phase": phase, "part": u.part},
+                                            VERSION),
                        left, on_result=save, workers=params.common.workers, address=params.common.cluster.address,
                        desc=f"Step II: {phase} readouts")
     return [f"{u.target}<-{sources_key(s)}" for u in done for s in u.source_sets] + \
