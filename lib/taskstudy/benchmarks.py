@@ -153,6 +153,44 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
             "max_score_diff": max(abs(built[k] - naive[k]) for k in built)}
 
 
+def bench_grouped(params, targets: list[str], n_readouts: int = 6, threads: int = 1) -> list[dict]:
+    """Step II's readouts of one target one by one (train.fit_validated) against side by side (grouped), for each
+    target: n_readouts readouts on random frozen features of the profile's shape (the transfer split's size and
+    labels), BENCH_EPOCHS epochs without early stopping, the profile's kernels, one thread (a worker's)."""
+    from taskstudy import data, grouped, transfer
+    from taskstudy.store import Store
+    from taskstudy.train import TrainConfig, fit_validated, kernels
+
+    torch.set_num_threads(threads)
+    store, cfg = Store.for_params(params), params.section("transfers")
+    split = {s: data.scene_split(store, params.common, s) for s in ("transfer", "val")}
+    c, h = 4 * params.section("task_networks").width, params.common.image_size // 4
+    tc = TrainConfig(BENCH_EPOCHS, cfg.batch_size, cfg.lr, seed=0, **kernels(params.common))
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for target in targets:
+        t = tasks.get_task(target)
+        y = {s: data.target(d, target) for s, d in split.items()}
+        z = {s: [torch.randn(len(y[s]), c, h, h, generator=g) for _ in range(n_readouts)] for s in split}
+
+        def readouts(target: str = target) -> list[torch.nn.Module]:
+            torch.manual_seed(0)
+            return [transfer.build_readout(params, target, c) for _ in range(n_readouts)]
+
+        rs, start = readouts(), time.perf_counter()
+        for r, m in enumerate(rs):
+            fit_validated(m, z["transfer"][r], y["transfer"], t.loss, tc, (z["val"][r], y["val"]),
+                          patience=BENCH_EPOCHS)
+        alone = time.perf_counter() - start
+        rs, start = readouts(), time.perf_counter()
+        grouped.fit_readouts(rs, z["transfer"], y["transfer"], t.per_image_loss, tc, (z["val"], y["val"]),
+                             patience=BENCH_EPOCHS)
+        together = time.perf_counter() - start
+        rows.append({"target": target, "readouts": n_readouts, "alone_s": alone, "together_s": together,
+                     "speedup": alone / together})
+    return rows
+
+
 def matmul_gflops(n: int = 1024, repeats: int = 5, threads: int = 2) -> float:
     """The machine's float32 matmul rate (GFLOP/s, best of `repeats`): the physical limit training is held to."""
     torch.set_num_threads(threads)
@@ -324,6 +362,9 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
     rows.append(row("Step II", "as built vs naive (speed-up)", tr["speedup"], ">= 3x", tr["speedup"] >= 3))
     rows.append(row("Step II", "readouts per minute, as built", tr["readouts_per_min_built"]))
     rows.append(row("Step II", "largest |mean score| difference, built vs naive", tr["max_score_diff"]))
+    for r in bench_grouped(P, TARGETS[-1:] if quick else [TARGETS[0], TARGETS[-1]]):
+        rows.append(row("Step II", f"{r['readouts']} readouts of {r['target']} side by side vs one by one (speed-up)",
+                        r["speedup"], wall_s=r["together_s"]))
     tn = bench_training(P, repeats=1 if quick else 2)
     rows.append(row("training", f"task network images/s, {tn['chosen']} (median; min {tn['min']:.0f}, max "
                     f"{tn['max']:.0f})", tn["median"]))

@@ -146,35 +146,53 @@ def _val_losses(model: GroupedReadouts, x: torch.Tensor, y: torch.Tensor, loss: 
     return total / max(x.shape[0], 1)
 
 
+def _regroup(model: GroupedReadouts, opt: torch.optim.Optimizer, members: Sequence[nn.Module], keep: list[int],
+             cfg: TrainConfig) -> tuple[GroupedReadouts, torch.optim.Optimizer]:
+    """A group of the members at positions `keep` of `model` (members[p] the readout at position p), with their
+    current weights, statistics and Adam state: the readouts that stopped leave, the others go on as before (each
+    grouped tensor is R equal chunks along its first dimension, one per member)."""
+    for p in keep:
+        members[p].load_state_dict(model.readout_state(p))
+    smaller = GroupedReadouts([members[p] for p in keep]).to(next(model.parameters()).device)
+    params = list(smaller.parameters())
+    new_opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused(params))
+    for old, new in zip(model.parameters(), params, strict=True):
+        if opt.state.get(old):
+            new_opt.state[new] = {k: v.clone() if v.dim() == 0 else torch.cat([v.chunk(model.R, 0)[p] for p in keep])
+                                  for k, v in opt.state[old].items()}
+    return smaller, new_opt
+
+
 def fit_readouts(readouts: Sequence[nn.Module], inputs: Sequence[torch.Tensor], targets: torch.Tensor,
                  loss: PerImageLoss, cfg: TrainConfig, val: tuple[Sequence[torch.Tensor], torch.Tensor],
                  patience: int, device: torch.device | str = "cpu") -> list[TrainLog]:
     """Train readouts[r] on inputs[r] (one target's labels `targets` for all), each early-stopped on its own val
     loss (val = (inputs per readout, labels)), as train.fit_validated would train each one alone with batch order
-    cfg.seed; each readout is left with the weights of its best epoch. Returns one TrainLog per readout."""
+    cfg.seed; each readout is left with the weights of its best epoch. A readout that stops leaves the group (the
+    others go on in a smaller one), so the group costs what its readouts would cost one by one, less the overhead.
+    Returns one TrainLog per readout."""
     if patience < 1:
         raise ValueError(f"patience must be >= 1, got {patience}")
     device = torch.device(device)
     model = GroupedReadouts(readouts).to(device)
-    R, n = model.R, targets.shape[0]
-    x, xv, yv = torch.cat(list(inputs), 1), torch.cat(list(val[0]), 1), val[1]
+    n, yv = targets.shape[0], val[1]
     if cfg.val_images is not None:
-        xv, yv = xv[: cfg.val_images], _take(yv, slice(0, cfg.val_images), yv.device)
+        yv = _take(yv, slice(0, cfg.val_images), yv.device)
+    xs, xvs = list(inputs), [v[: cfg.val_images] if cfg.val_images is not None else v for v in val[0]]
     targets, yv = model.layout(targets), model.layout(yv)
     # NCHW whatever cfg.channels_last says: grouped readouts step faster in it (43 against 53 ms for six normals
     # readouts, batch 64, one thread)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused(params))
     steps = -(-n // cfg.batch_size)
-    logs = [TrainLog(steps_per_epoch=steps, max_epochs=cfg.epochs) for _ in range(R)]
-    best: list[State | None] = [None] * R
+    logs = [TrainLog(steps_per_epoch=steps, max_epochs=cfg.epochs) for _ in readouts]
+    best: list[State | None] = [None] * len(readouts)
+    members = list(range(len(readouts)))  # the readouts in the group, by position
+    x, xv = torch.cat(xs, 1), torch.cat(xvs, 1)
     for epoch in range(cfg.epochs):
-        active = [not (log.best_epoch and epoch - log.best_epoch >= patience) for log in logs]
-        if not any(active):
-            break
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        total = torch.zeros(R)
+        total = torch.zeros(model.R)
         for j, i in enumerate(range(0, n, cfg.batch_size)):
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(cfg.lr, epoch * steps + j, cfg.epochs * steps)
@@ -182,20 +200,26 @@ def fit_readouts(readouts: Sequence[nn.Module], inputs: Sequence[torch.Tensor], 
             xb, yb = x[idx].to(device), targets[idx].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 out = model(xb)
-            per = _per_readout(loss, out, yb, R)
+            per = _per_readout(loss, out, yb, model.R)
             opt.zero_grad(set_to_none=True)
             per.sum().backward()
             opt.step()
             total += per.detach().cpu() * len(idx)
         v = _val_losses(model, xv, yv, loss, cfg.precision, device)
-        for r in range(R):
-            if not active[r]:
-                continue
-            logs[r].train_loss.append(float(total[r]) / n)
-            logs[r].val_loss.append(float(v[r]))
-            if not logs[r].best_epoch or float(v[r]) < logs[r].best_val:
+        for p, r in enumerate(members):
+            logs[r].train_loss.append(float(total[p]) / n)
+            logs[r].val_loss.append(float(v[p]))
+            if not logs[r].best_epoch or float(v[p]) < logs[r].best_val:
                 logs[r].best_epoch = epoch + 1
-                best[r] = model.readout_state(r)
+                best[r] = model.readout_state(p)
+        keep = [p for p, r in enumerate(members) if epoch + 1 - logs[r].best_epoch < patience]
+        if not keep:
+            break
+        if len(keep) < len(members):  # some stopped: the rest train on in a group of their own
+            model, opt = _regroup(model, opt, [readouts[r] for r in members], keep, cfg)
+            members = [members[p] for p in keep]
+            x, xv = torch.cat([xs[r] for r in members], 1), torch.cat([xvs[r] for r in members], 1)
     for r, readout in enumerate(readouts):
-        readout.load_state_dict(best[r] if best[r] is not None else model.readout_state(r))
+        if best[r] is not None:
+            readout.load_state_dict(best[r])
     return logs

@@ -19,9 +19,10 @@ network trained from scratch on the transfer split: the reference of Gain); `ful
 trained on the full split: the reference of Quality, and the paper's `self` candidate of Steps III-IV) comes from
 Step I's scores.
 
-Units: the missing readouts of one target (one order at a time) run through parallel.map_units; every readout
-is its own store entry keyed by (target, sources, the sources' network keys, readout parameters), so adding a
-task trains only the readouts that involve it.
+Units: the readouts of one target (one order at a time) in units of at most UNIT_READOUTS, trained side by side
+(taskstudy.grouped), and each scratch network, run through parallel.map_units; every readout is its own store
+entry keyed by (target, sources, the sources' network keys, readout parameters), so adding a task trains only the
+units holding readouts that involve it (a unit trains as a whole, and saves only what the store lacks).
 """
 
 from __future__ import annotations
