@@ -21,15 +21,11 @@ study: $(STAMP)
 	$(BIN)/taskstudy run --params $(PARAMS)
 	$(BIN)/taskstudy book
 
-# two pytest workers (pytest-xdist): the suite is mostly one-core work (papermill kernels, serial chapters); tests that
-# share a costly fixture carry one xdist_group, so it is built once
-XDIST  := -n 2 --dist loadgroup
-
 test: $(STAMP)
-	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-quick: $(STAMP)   # unit tests only: no end-to-end pipeline, browser, reliability or benchmark runs
-	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --params $(PARAMS)

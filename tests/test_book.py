@@ -13,9 +13,6 @@ from conftest import ROOT
 
 from taskstudy import bookcheck
 
-# pytest-xdist (make test): the tests sharing the costly fixtures below run on one worker
-pytestmark = pytest.mark.xdist_group("built")
-
 
 def chromium() -> str:
     """Debian's chromium, installed through apt when missing."""

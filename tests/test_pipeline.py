@@ -44,7 +44,6 @@ def add_chapter(study: Path, name: str, depends: str | None = None, extra: str =
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("built")  # the session's built study, with the book tests
 def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     # 1. Every chapter of a fresh copy ran on smoke params (the shared fixture) and is a page of the built book.
     study = tmp_path / "study"

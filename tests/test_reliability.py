@@ -15,9 +15,6 @@ from pathlib import Path
 import pytest
 from conftest import BIN, copy_study
 
-# pytest-xdist (make test): the tests sharing the costly fixtures below run on one worker
-pytestmark = pytest.mark.xdist_group("reliability")
-
 FOUR = "common.tasks=[autoencoding, normals, depth_zbuffer, class_scene]"
 RUN = ["run", "02", "03", "--params", "params/smoke.yaml", "--quiet", "-p", FOUR,
        "-p", "common.n_train=400", "-p", "task_networks.epochs=3", "-p", "transfers.beam=2"]
@@ -231,7 +228,6 @@ def test_dask_runs_are_byte_identical_and_match_in_process_runs(tmp_path, refere
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("built")  # the session's built study, with the book tests
 def test_sigkill_during_book_build_then_rebuild(tmp_path, built_study):
     """A book build killed half-way leaves nothing that stops the next `taskstudy book`."""
     import shutil
