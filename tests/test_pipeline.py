@@ -55,6 +55,21 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     assert "missing" not in listing and "stale" not in listing
     assert "every chapter is fresh" in taskstudy("run", *SMOKE, cwd=study).stdout
 
+    # The run put chapters side by side (two lanes), never one beside an `alone` chapter, and accounted each one's
+    # CPU (kernel + units) without showing the account cell on its page.
+    recs = {p.stem: json.loads(p.read_text()) for p in (study / "book/_runs").glob("*.json")}
+    chs = {c.name: c for c in pipeline.chapters(study)}
+    spans = {n: (r["started"], r["finished"]) for n, r in recs.items()}
+
+    def beside(n: str) -> list[str]:
+        return [m for m in spans if m != n and spans[m][0] < spans[n][1] and spans[n][0] < spans[m][1]]
+
+    assert any(beside(n) for n in spans)
+    assert all(not beside(n) for n in spans if chs[n].alone) and any(c.alone for c in chs.values())
+    assert all(spans[d][1] <= spans[n][0] for n in spans for d in chs[n].depends)  # read only finished chapters
+    assert len({r["run"] for r in recs.values()}) == 1 and all(r["cpu_s"] > 0 for r in recs.values())
+    assert all(pipeline.ACCOUNT_TAG not in (study / f"book/chapters/{n}.ipynb").read_text() for n in recs)
+
     # 2. One chapter rerun with a new value: only it is executed, and the value is on the rebuilt page.
     before = records(study)
     taskstudy("run", "overview", *SMOKE, "-p", "overview.packages=[filelock]", "--quiet", cwd=study)
@@ -120,6 +135,71 @@ def test_failing_chapter_names_cell_and_keeps_notebook(study):
     assert "chapter 91_broken failed in cell" in proc.stderr and "RuntimeError: boom in chapter" in proc.stderr
     assert (study / "book/_runs/91_broken.ipynb").is_file()
     assert not (study / "book/chapters/91_broken.ipynb").exists()
+
+
+def _fake_chapters(spec: dict[str, tuple[str, ...]], alone: tuple[str, ...] = ()) -> list[pipeline.Chapter]:
+    return [pipeline.Chapter(n, i, n, Path(f"{n}.ipynb"), deps, n in alone) for i, (n, deps) in enumerate(spec.items())]
+
+
+def _timeline(todo: list[pipeline.Chapter], lanes: int, fail: str = "") -> tuple[dict, BaseException | None]:
+    import threading
+    import time
+
+    spans, lock = {}, threading.Lock()
+
+    def run_one(c: pipeline.Chapter) -> dict:
+        t0 = time.perf_counter()
+        time.sleep(0.05 + 0.02 * (c.number % 3))
+        if c.name == fail:
+            raise pipeline.ChapterError(f"chapter {c.name} failed")
+        with lock:
+            spans[c.name] = (t0, time.perf_counter())
+        return {"chapter": c.name}
+
+    try:
+        pipeline.run_chapters(todo, run_one, lanes)
+    except pipeline.ChapterError as e:
+        return spans, e
+    return spans, None
+
+
+def test_run_chapters_side_by_side_keeps_dependencies_lanes_and_alone_chapters():
+    todo = _fake_chapters({"a": (), "b": ("a",), "c": (), "d": ("b", "c"), "e": (), "f": (), "t": ()}, alone=("t",))
+    spans, err = _timeline(todo, lanes=2)
+    assert err is None and set(spans) == {c.name for c in todo}
+    for c in todo:
+        assert all(spans[d][1] <= spans[c.name][0] for d in c.depends)  # started after what it reads finished
+    edges = sorted([(t0, 1) for t0, _ in spans.values()] + [(t1, -1) for _, t1 in spans.values()])
+    at_once = max(sum(x for _, x in edges[: i + 1]) for i in range(len(edges)))
+    assert at_once == 2  # two lanes, both used
+    t0, t1 = spans["t"]
+    assert all(b <= t0 or a >= t1 for n, (a, b) in spans.items() if n != "t")  # nothing beside `alone`
+    one, _ = _timeline(todo, lanes=1)
+    ordered = sorted(one, key=lambda n: one[n][0])
+    assert all(one[a][1] <= one[b][0] for a, b in zip(ordered, ordered[1:], strict=False))  # one after another
+
+
+def test_run_chapters_after_a_failure_finishes_the_running_and_starts_nothing():
+    todo = _fake_chapters({"a": (), "b": (), "c": ("a",), "d": ()})
+    spans, err = _timeline(todo, lanes=2, fail="a")
+    assert isinstance(err, pipeline.ChapterError) and "chapter a failed" in str(err)
+    assert "b" in spans  # ran beside the failing one and finished
+    assert "c" not in spans and "d" not in spans  # reads the failed chapter; ready after the failure: not started
+
+
+def test_account_cell_reports_the_kernels_cpu_and_leaves_the_page():
+    nb = pipeline.with_account_cell(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]))
+    cell = nb.cells[-1]
+    namespace: dict = {}
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(cell.source, namespace)  # what the kernel runs
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=out.getvalue())]
+    account = pipeline.pop_account(nb)
+    assert len(nb.cells) == 1 and set(account) == {"kernel_cpu_s", "units_cpu_s"} and account["kernel_cpu_s"] > 0
 
 
 def test_chapter_discovery_and_selection(repo_root):

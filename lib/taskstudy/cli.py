@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--downstream", action="store_true", help="also rerun the chapters that read their results")
     p_run.add_argument("--force", action="store_true", help="rerun every chapter, fresh or not")
     p_run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    p_run.add_argument("--lanes", type=int, default=2, metavar="N",
+                       help="chapters run side by side at most (independent ones, on the shared workers; 1: one "
+                            "after another, with a per-cell progress bar; default 2)")
     p_book = sub.add_parser("book", help="build the Jupyter Book into book/_build/html")
     p_book.add_argument("--check", action="store_true",
                         help="do not build: check the built book as a reader sees it (taskstudy.bookcheck)")
@@ -97,13 +100,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"running {len(todo)} chapter(s) with profile '{params.profile}'; log: {log_path}")
     # several chapters share one Dask cluster (one start-up, one clean shutdown); a single chapter starts its own
     share = len(todo) > 1 and not params.common.cluster.address
+    lanes = max(1, args.lanes)
+    pipeline.ensure_kernel()  # once, before any lane starts a kernel
+    os.chdir(root)  # papermill changes the working directory of the process for each kernel start: make it a no-op
+    os.environ[pipeline.RUN_ENV] = f"{time.time():.3f}"  # the kernels' records name this run (chapter 14 reads it)
+    if lanes > 1:  # kernels side by side share the cores: two kernels of two OpenMP threads each on two cores ran
+        # chapter 09 (smoke) 12x slower than alone (spinning threads); one each, 1.2x (measured)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // lanes)))
+    started = time.time()
     with parallel.shared_cluster(params.common.workers if share else 0) as client:
-        bar = tqdm(todo, desc="chapters", unit="chapter")
-        for c in bar:
-            bar.set_postfix_str(c.name)
-            rec = pipeline.execute(c, params, chs, root, progress=not args.quiet, workers=client)
-            tqdm.write(f"  {c.name}: done in {rec['wall_s']:.1f} s")
-    print(f"executed chapters are in {root / 'book' / 'chapters'}; build the book with `taskstudy book`")
+        bar = tqdm(total=len(todo), desc="chapters", unit="chapter")
+        running: list[str] = []
+
+        def start(c: pipeline.Chapter) -> None:
+            running.append(c.name)
+            bar.set_postfix_str(", ".join(running))
+
+        def done(c: pipeline.Chapter, rec: dict) -> None:
+            running.remove(c.name)
+            bar.set_postfix_str(", ".join(running))
+            bar.update()
+            tqdm.write(f"  {c.name}: done in {rec['wall_s']:.1f} s ({rec.get('cpu_s', 0):.0f} CPU-s)")
+
+        progress = not args.quiet and lanes == 1  # two chapters' cell bars would overwrite each other
+        pipeline.run_chapters(todo, lambda c: pipeline.execute(c, params, chs, root, progress, client), lanes,
+                              on_start=start, on_done=done)
+        bar.close()
+    print(f"{len(todo)} chapter(s) in {time.time() - started:.0f} s, at most {lanes} side by side; executed chapters "
+          f"are in {root / 'book' / 'chapters'}; build the book with `taskstudy book`")
     return 0
 
 

@@ -57,7 +57,9 @@ def environment_table(packages: list[str]) -> pd.DataFrame:
 
 
 def run_records() -> pd.DataFrame:
-    """The record of each chapter's last execution (book/_runs/*.json): wall time, peak memory, profile."""
+    """The record of each chapter's last execution (book/_runs/*.json): wall time, CPU seconds (its kernel's and its
+    units'), peak memory, profile, and the `taskstudy run` it was part of ("run": that run's start time; "start",
+    "end": the chapter's, in seconds since the epoch)."""
     import time
 
     rows = []
@@ -66,6 +68,8 @@ def run_records() -> pd.DataFrame:
         if rec is None:
             continue
         rows.append({"chapter": c.name, "profile": rec["profile"], "wall s": rec["wall_s"],
-                     "peak memory MB": rec.get("peak_rss_mb"),
-                     "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime(rec["finished"]))})
-    return pd.DataFrame(rows)
+                     "CPU s": rec.get("cpu_s"), "peak memory MB": rec.get("peak_rss_mb"),
+                     "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime(rec["finished"])),
+                     "run": rec.get("run"), "start": rec["started"], "end": rec["finished"]})
+    return pd.DataFrame(rows, columns=["chapter", "profile", "wall s", "CPU s", "peak memory MB", "finished", "run",
+                                       "start", "end"])

@@ -4,7 +4,8 @@ Step II is N^2 readouts, Standley is 2^N groupings, Yosinski is 4L runs; each un
 arguments and upstream store entries. `map_units` runs them in-process (`workers=0`), on a Dask LocalCluster
 of single-threaded worker processes (torch set to one thread each), or on an existing Dask scheduler
 (`cluster.address`). Workers only return results; the caller (the client) writes the store, through
-`on_result` as each unit finishes, so an interrupted run keeps every finished unit.
+`on_result` as each unit finishes, so an interrupted run keeps every finished unit. Each unit run on a worker
+reports the CPU seconds it took (`cpu_account`: a chapter's cost is its kernel's CPU plus its units').
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import atexit
 import contextlib
 import logging
 import os
+import resource
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -186,6 +190,32 @@ def close_clients() -> None:
 atexit.register(close_clients)
 
 
+_UNITS_CPU = {"s": 0.0, "units": 0}
+_UNITS_CPU_LOCK = threading.Lock()
+
+
+class _CpuTimed:
+    """`fn`, returning (its result, the CPU seconds of the thread that ran it): a worker runs one unit per
+    thread with one torch thread, so that is the unit's CPU cost, whatever else shares the machine."""
+
+    def __init__(self, fn: Callable[[Any], Any]):
+        self.fn = fn
+
+    def __call__(self, unit: Any) -> tuple[Any, float]:
+        t0 = time.thread_time()
+        result = self.fn(unit)
+        return result, time.thread_time() - t0
+
+
+def cpu_account() -> dict[str, float]:
+    """This process's CPU seconds so far: its own (every thread, in-process units included) and those of the units
+    it sent to workers. `pipeline.execute` reads it from a chapter's kernel at the chapter's end."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    with _UNITS_CPU_LOCK:
+        return {"kernel_cpu_s": round(own.ru_utime + own.ru_stime, 2), "units_cpu_s": round(_UNITS_CPU["s"], 2),
+                "units_sent": _UNITS_CPU["units"]}
+
+
 def map_units(
     fn: Callable[[U], R],
     units: Sequence[U],
@@ -218,12 +248,17 @@ def map_units(
         from dask.distributed import as_completed
 
         client = get_client(workers, address)
-        futures = client.map(fn, units, pure=False, retries=retries)
+        name = getattr(fn, "__name__", "unit")
+        futures = client.map(_CpuTimed(fn), units, key=[f"{name}-{uuid.uuid4().hex}" for _ in units],
+                             retries=retries)
         index = {f.key: i for i, f in enumerate(futures)}
         try:
             for fut in as_completed(futures):
                 i = index[fut.key]
-                results[i] = fut.result()
+                results[i], cpu = fut.result()
+                with _UNITS_CPU_LOCK:
+                    _UNITS_CPU["s"] += cpu
+                    _UNITS_CPU["units"] += 1
                 if on_result:
                     on_result(units[i], results[i])
                 bar.update()

@@ -1,16 +1,19 @@
 """The chapter pipeline: which chapters exist, which are stale, papermill execution, the book build.
 
 Chapters are the notebooks `notebooks/NN_name.ipynb` (ordered by NN); chapter `NN_name` reads params section
-`name`. A chapter's upstream chapters are named in its parameters cell by a comment line
-`# depends: 02_task_networks, 03_transfers`. Executed notebooks go to book/chapters/, which _toc.yml takes by
-glob, so a new notebook is listed, run and put in the book with no other change. A chapter is *fresh* when its
-executed notebook exists and was made from the same notebook source, library code, params (common, its own
-section and its upstream chapters' sections) and profile; *stale* when any of those changed; *missing* when
-never run.
+`name`. A chapter's upstream chapters are named in its parameters cell by a comment line `# depends:
+02_task_networks, 03_transfers`; a chapter whose numbers are timings of this machine says `# runs: alone`.
+`run_chapters` runs independent chapters side by side (on the run's shared workers), each as soon as the chapters
+it reads have finished, and an `alone` chapter with nothing beside it. Executed notebooks go to book/chapters/,
+which _toc.yml takes by glob, so a new notebook is listed, run and put in the book with no other change. A chapter
+is *fresh* when its executed notebook exists and was made from the same notebook source, library code, params
+(common, its own section and its upstream chapters' sections) and profile; *stale* when any of those changed;
+*missing* when never run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 KERNEL = "taskstudy"
 NAME = re.compile(r"^(\d\d)_([a-z][a-z0-9_]*)$")
 DEPENDS = re.compile(r"^#\s*depends\s*:\s*(.*)$", re.MULTILINE)
+ALONE = re.compile(r"^#\s*runs\s*:\s*alone\b", re.MULTILINE)
+RUN_ENV = "TASKSTUDY_RUN"  # "<start time>": the `taskstudy run` a kernel belongs to (inherited by the kernels)
 
 
 class ChapterError(RuntimeError):
@@ -48,6 +53,7 @@ class Chapter:
     section: str  # "transfers": its params section
     path: Path  # notebooks/03_transfers.ipynb
     depends: tuple[str, ...]  # names of the chapters whose results it reads
+    alone: bool = False  # its numbers are timings: nothing runs beside it
 
 
 def runs_dir(root: Path | None = None) -> Path:
@@ -78,7 +84,7 @@ def chapters(root: Path | None = None) -> list[Chapter]:
         dm = DEPENDS.search(src)
         if dm:
             deps = tuple(d.strip() for d in dm.group(1).split(",") if d.strip())
-        out.append(Chapter(p.stem, int(m.group(1)), m.group(2), p, deps))
+        out.append(Chapter(p.stem, int(m.group(1)), m.group(2), p, deps, bool(ALONE.search(src))))
     names = [c.name for c in out]
     for c in out:
         for d in c.depends:
@@ -302,20 +308,23 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     """Run one chapter with papermill into book/chapters/ (atomically); on failure keep the executed notebook
     under book/_runs/ and raise ChapterError naming the cell and the error. `workers`: the client of the run's
     shared Dask cluster, whose workers count towards the chapter's peak memory (their peak since the run began)."""
+    import nbformat
     import papermill as pm
 
     runs = runs_dir(root)
     runs.mkdir(parents=True, exist_ok=True)
     partial = runs / f".{chapter.name}.{owner_tag()}.ipynb"  # per process: two runs of one chapter may overlap
+    source = runs / f".{chapter.name}.{owner_tag()}.input.ipynb"  # the notebook and its CPU account cell
     failed = runs / f"{chapter.name}.ipynb"
     target = chapters_dir(root) / f"{chapter.name}.ipynb"
     started = time.time()
     injected = chapter_parameters(chapter, params, root)
     os.environ["TQDM_DISABLE"] = "1"  # progress bars belong to the terminal, not to the book's pages
+    nbformat.write(with_account_cell(nbformat.read(chapter.path, as_version=4)), source)
     try:
         with faults.papermill_writes(chapter.name, partial):  # a no-op unless the reliability tests kill here
             pm.execute_notebook(
-                str(chapter.path),
+                str(source),
                 str(partial),
                 parameters=injected,
                 kernel_name=ensure_kernel(),
@@ -324,6 +333,9 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
                 log_output=True,
             )
     except pm.PapermillExecutionError as e:
+        if _INTERRUPTED["flag"]:  # Ctrl-C reached the kernel as a KeyboardInterrupt in a cell
+            partial.unlink(missing_ok=True)
+            raise KeyboardInterrupt from None
         os.replace(partial, failed)
         raise ChapterError(
             f"chapter {chapter.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
@@ -332,12 +344,14 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     except BaseException:
         partial.unlink(missing_ok=True)  # interrupted: no half-written notebook left behind
         raise
+    finally:
+        source.unlink(missing_ok=True)
     if _INTERRUPTED["flag"]:  # a Ctrl-C that papermill's client swallowed
         partial.unlink(missing_ok=True)
         raise KeyboardInterrupt
-    import nbformat
-
-    nbformat.write(present(nbformat.read(partial, as_version=4), chapter, injected, params.profile), partial)
+    nb = nbformat.read(partial, as_version=4)
+    cpu = pop_account(nb)
+    nbformat.write(present(nb, chapter, injected, params.profile), partial)
     target.parent.mkdir(parents=True, exist_ok=True)
     faults.point("notebook.move", chapter.name)
     os.replace(partial, target)
@@ -351,6 +365,9 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
         "started": started,
         "finished": time.time(),
         "wall_s": round(time.time() - started, 2),
+        "run": os.environ.get(RUN_ENV),  # the `taskstudy run` it was part of (its start time)
+        **cpu,  # kernel_cpu_s, units_cpu_s: what it cost, whatever ran beside it
+        "cpu_s": round(cpu.get("kernel_cpu_s", 0.0) + cpu.get("units_cpu_s", 0.0), 2),
         "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # largest kernel
                                  parallel.workers_peak_rss_mb(workers)), 1),
     }
@@ -358,6 +375,108 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
 
     atomic_write(_record_path(chapter, root), json.dumps(record, indent=1).encode())
     return record
+
+
+ACCOUNT_TAG = "taskstudy-cpu-account"
+ACCOUNT_SOURCE = "import json\nfrom taskstudy import parallel\nprint(json.dumps(parallel.cpu_account()))"
+
+
+def with_account_cell(nb: Any) -> Any:
+    """`nb` with a last cell printing the kernel's CPU account (`parallel.cpu_account`); `pop_account` takes it
+    out of the executed notebook, so the page never shows it."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(ACCOUNT_SOURCE)
+    cell.metadata["tags"] = [ACCOUNT_TAG]
+    nb.cells.append(cell)
+    return nb
+
+
+def pop_account(nb: Any) -> dict[str, float]:
+    """Remove the account cell from an executed notebook and return what it printed ({} if it is not there)."""
+    for i, cell in enumerate(nb.cells):
+        if ACCOUNT_TAG in cell.get("metadata", {}).get("tags", []):
+            del nb.cells[i]
+            text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+            try:
+                return {k: v for k, v in json.loads(text.strip().splitlines()[-1]).items() if k.endswith("_s")}
+            except (ValueError, IndexError):
+                return {}
+    return {}
+
+
+def _interrupt_kernels() -> None:
+    """Send SIGINT to the Jupyter kernels this process started (a Ctrl-C that reached only this process)."""
+    import signal
+
+    import psutil
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if any("ipykernel" in a for a in child.cmdline()):
+                child.send_signal(signal.SIGINT)
+
+
+def run_chapters(todo: Sequence[Chapter], run_one: Callable[[Chapter], dict[str, Any]], lanes: int = 1,
+                 on_start: Callable[[Chapter], None] | None = None,
+                 on_done: Callable[[Chapter, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Execute `todo` with up to `lanes` chapters at once (each `run_one(chapter)` in a thread: its kernel is a
+    process of its own). A chapter starts when the chapters of `todo` it depends on have finished; ready chapters
+    start in order of how many chapters of `todo` wait on them (then book order), and a chapter marked `alone`
+    runs with nothing beside it (they come last). After a failure nothing new starts: the running chapters
+    finish (their results are kept) and the first error is raised. Returns the records in the order finished."""
+    import queue
+    import threading
+
+    names = {c.name for c in todo}
+    waiting = {c.name: len(downstream(todo, [c])) for c in todo}
+    pending = sorted(todo, key=lambda c: (c.alone, -waiting[c.name], c.number))
+    running: dict[str, Chapter] = {}
+    done: set[str] = set()
+    finished: queue.Queue = queue.Queue()
+    records: list[dict[str, Any]] = []
+    error: BaseException | None = None
+
+    def lane(c: Chapter) -> None:
+        try:
+            finished.put((c, run_one(c), None))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            finished.put((c, None, e))
+
+    try:
+        while True:
+            while error is None and pending and len(running) < max(1, lanes):
+                ready = [c for c in pending if not any(d in names and d not in done for d in c.depends)]
+                if not ready or any(r.alone for r in running.values()) or (ready[0].alone and running):
+                    break
+                c = ready[0]
+                pending.remove(c)
+                running[c.name] = c
+                if on_start:
+                    on_start(c)
+                threading.Thread(target=lane, args=(c,), name=f"chapter {c.name}", daemon=True).start()
+            if not running:
+                break
+            c, rec, exc = finished.get()
+            del running[c.name]
+            if exc is not None:
+                error = error or exc
+                continue
+            done.add(c.name)
+            records.append(rec)
+            if on_done:
+                on_done(c, rec)
+    except KeyboardInterrupt:
+        _INTERRUPTED["flag"] = True
+        _interrupt_kernels()
+        deadline = time.time() + 60
+        while running and time.time() < deadline:  # let each chapter remove its half-written notebook
+            with contextlib.suppress(queue.Empty):
+                del running[finished.get(timeout=1)[0].name]
+        raise
+    if error is not None:
+        raise error
+    return records
 
 
 def sweep(root: Path | None = None, results: Path | None = None) -> list[Path]:

@@ -345,3 +345,30 @@ def object_gallery(images: np.ndarray, labels: np.ndarray, names: Sequence[str],
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def chapter_costs(runs: pd.DataFrame, per_chapter: pd.DataFrame, title: str) -> plt.Figure:
+    """Left: each chapter's last run as a bar from its start to its end (seconds since its `taskstudy run` began;
+    chapters side by side overlap), shaded by the cores it kept busy (CPU-s / wall s). Right: its CPU-seconds, with
+    the targets of the chapters that have one (benchmarks.chapter_targets)."""
+    runs = runs.reset_index(drop=True)
+    origin = pd.to_numeric(runs["run"], errors="coerce").fillna(runs["start"]).astype(float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.3 * len(runs) + 1.5), sharey=True,
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    cores = (runs["CPU s"] / runs["wall s"]).fillna(0).clip(0, 2)
+    cmap = plt.get_cmap("Blues")
+    for i, r in runs.iterrows():
+        left.barh(i, r["end"] - r["start"], left=r["start"] - origin[i], color=cmap(0.3 + 0.35 * cores[i]))
+    left.set_yticks(range(len(runs)), runs["chapter"])
+    left.invert_yaxis()
+    left.set_xlabel("seconds since the run began (darker: more cores busy)")
+    left.set_title(title)
+    right.barh(range(len(runs)), runs["CPU s"].fillna(0), color="tab:blue")
+    at = [runs.index[runs["chapter"] == c][0] for c in per_chapter["chapter"]]
+    right.scatter(per_chapter["target_cpu_s"], at, marker="|", s=300, color="tab:red", zorder=3,
+                  label="the chapter's target (CPU-s)")
+    right.set_xlabel("CPU-seconds (kernel and units)")
+    if len(per_chapter):
+        right.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
