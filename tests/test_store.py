@@ -57,6 +57,31 @@ def test_truncated_entry_is_detected_and_recomputed(tmp_path):
     assert s.load("e", {"p": 1}) is not None  # the recomputed entry is valid
 
 
+class _Planted:
+    """What a hostile hand could pickle into a results folder: unpickling it runs code."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["PLANTED_MARKER"]),))
+
+
+def test_entry_naming_code_is_refused_and_recomputed(tmp_path, monkeypatch, caplog):
+    marker = tmp_path / "code ran"
+    monkeypatch.setenv("PLANTED_MARKER", str(marker))
+    s = Store(tmp_path / "store")
+    s.save("e", {"p": 1}, {"w": torch.ones(2), "payload": _Planted()}, fmt="pt")  # the sidecar's checksum matches
+    calls = []
+    out = s.get_or_compute("e", {"p": 1}, lambda: calls.append(1) or {"w": torch.zeros(2)})
+    assert not marker.exists()  # nothing of the entry ran
+    assert calls == [1] and s.stats["unsafe"] == 1 and torch.equal(out["w"], torch.zeros(2))
+    assert "refused to load" in caplog.text and "names code" in caplog.text
+    # what the study stores does load: tensors, numbers, strings, containers, numpy arrays and scalars
+    data = {"state": {"w": torch.ones(3)}, "log": {"val": [0.5, 0.25]}, "scores": np.arange(4.0),
+            "best": np.float64(0.5), "name": "normals", "shape": (2, 3)}
+    s.save("ok", {"p": 1}, data, fmt="pt")
+    back = s.load("ok", {"p": 1})
+    assert np.array_equal(back["scores"], data["scores"]) and back["best"] == 0.5 and back["shape"] == (2, 3)
+
+
 def test_edited_entry_checksum_mismatch(tmp_path):
     s = Store(tmp_path)
     s.save("e", {"p": 1}, pd.DataFrame({"a": [1.0, 2.0]}))

@@ -62,14 +62,13 @@ def bench_render(
 
 def render_rows(P, sizes: tuple[int, ...] | None = None, n: int | None = None,
                 repeats: int | None = None) -> list[dict]:
-    """bench_render with the `scenes` section's settings (chapter 01's) unless given, measured once per version of
-    the renderer's code and kept in the store: chapter 14 reads the rows chapter 01 measured in the same run
-    instead of rendering the same scenes again."""
+    """bench_render with the `performance` section's settings (chapter 14's, which runs with nothing beside it)
+    unless given, measured once per version of the renderer's code and kept in the store."""
     from taskstudy import scenes as scenes_mod
     from taskstudy import tasks as tasks_mod
     from taskstudy.store import Store, code_hash
 
-    cfg = P.values("scenes")
+    cfg = P.values("performance")
     sizes, n = tuple(sizes or cfg["bench_sizes"]), n or cfg["bench_scenes"]
     repeats = repeats or cfg["bench_repeats"]
     key = {"sizes": list(sizes), "n": n, "repeats": repeats, "batch_size": min(256, n), "threads": 2,
@@ -353,7 +352,7 @@ def run_suite(P, quick: bool = False) -> pd.DataFrame:
     from taskstudy.store import Store
 
     rows = []
-    for r in render_rows(P, (32,), 256, 1) if quick else render_rows(P):  # chapter 01's measurement
+    for r in render_rows(P, (32,), 256, 1) if quick else render_rows(P):
         ok = r["median"] >= TARGET_32PX if r["image_size"] == 32 else None
         rows.append(row("renderer", f"scenes/s at {r['image_size']} px (median; min {r['min']:.0f}, "
                         f"max {r['max']:.0f})", r["median"], ">= 1000 at 32 px" if ok is not None else "", ok))
@@ -454,6 +453,11 @@ def study_report(study: dict) -> str:
             f"(target for the default profile: {STUDY_TARGET_MIN:.0f} minutes, {'met' if checks[whole] else 'NOT met'}"
             f"); largest process: {study['peak_mb']:.0f} MB (target: {PEAK_TARGET_MB:.0f} MB, "
             f"{'met' if checks[memory] else 'NOT met'}).")
+
+
+def render_rate(table: pd.DataFrame, size: int = 32) -> float:
+    """The renderer's median scenes/s at `size` px as run_suite measured it."""
+    return float(table.loc[table.measure.str.startswith(f"scenes/s at {size} px"), "value"].iloc[0])
 
 
 def suite_gflops(table: pd.DataFrame) -> float:

@@ -218,7 +218,8 @@ def network_key(u: Unit) -> dict[str, Any]:
 
 
 def lookahead_key(u: Unit) -> dict[str, Any]:
-    return {"network": network_key(u), "every": u.cfg.lookahead_every, "step": "adam"}  # the optimizer's update
+    # "step": the optimizer's update; "stored": the matrix as plain values and labels (store.load_weights reads it)
+    return {"network": network_key(u), "every": u.cfg.lookahead_every, "step": "adam", "stored": "values"}
 
 
 def make_units(common: Any, cfg: GroupingConfig, root: str, seed: int = 0) -> list[Unit]:
@@ -407,11 +408,22 @@ def train_all(params: Any, section: str = "task_grouping") -> GroupingStudy:
         if any(r is None for r in results):
             raise RuntimeError(f"a network of setting '{name}', seed {s} is missing from the store after training")
         full = next((u for u in units if u.lookahead), None)
-        look = None if full is None else store.load("mtl_lookahead", lookahead_key(full), VERSION)["lookahead"]
+        look = None if full is None else _frame(store.load("mtl_lookahead", lookahead_key(full), VERSION)["lookahead"])
         computed = [u.name for u in units if stable_hash(network_key(u)) in trained]
         runs.setdefault(name, []).append(_run(units, results, look, computed, wall, name, s))
     total = len({stable_hash(network_key(u)) for units in plan.values() for u in units})
     return GroupingStudy(runs=runs, computed=len(trained), total=total, wall_s=wall)
+
+
+def _frame_values(frame: pd.DataFrame) -> dict[str, Any]:
+    """A labelled matrix as data only (values, labels, axis names), for an entry that loads without running code."""
+    return {"values": frame.to_numpy(), "index": list(frame.index), "columns": list(frame.columns),
+            "names": [frame.index.name, frame.columns.name]}
+
+
+def _frame(stored: dict[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(stored["values"], index=pd.Index(stored["index"], name=stored["names"][0]),
+                        columns=pd.Index(stored["columns"], name=stored["names"][1]))
 
 
 def _train_missing(store: Store, common: Any, units: list[Unit]) -> tuple[float, set[str]]:
@@ -424,6 +436,8 @@ def _train_missing(store: Store, common: Any, units: list[Unit]) -> tuple[float,
 
     def save(u: Unit, r: dict[str, Any]) -> None:
         look = {k: r.pop(k) for k in ("lookahead", "lookahead_updates") if k in r}
+        if "lookahead" in look:
+            look["lookahead"] = _frame_values(look["lookahead"])
         store.save("mtl_network", network_key(u), r, VERSION, fmt="pt")
         if look:
             store.save("mtl_lookahead", lookahead_key(u), look, VERSION, fmt="pt")

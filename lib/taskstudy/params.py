@@ -62,9 +62,6 @@ class Overview(Section):
 
 class Scenes(Section):
     n_show: int = Field(3, ge=1)  # scenes shown in each gallery of task labels
-    bench_scenes: int = Field(512, ge=1)  # scenes rendered per repeat to measure throughput (at 32 px)
-    bench_sizes: list[int] = [32, 64, 128]  # image sizes whose throughput the chapter reports
-    bench_repeats: int = Field(2, ge=1)  # repeats of each throughput measurement (min/median/max)
     learnability_sizes: list[int] = [1024, 2048]  # object-world training-set sizes of the learnability table
 
 
@@ -96,6 +93,9 @@ class Transfers(Section):
 
 class Performance(Section):
     quick: bool = False  # fewer sizes and repeats in the benchmark suite
+    bench_scenes: int = Field(512, ge=1)  # scenes rendered per repeat to measure throughput (at 32 px)
+    bench_sizes: list[int] = [32, 64, 128]  # image sizes whose throughput the renderer's benchmark reports
+    bench_repeats: int = Field(2, ge=1)  # repeats of each throughput measurement (min/median/max)
 
 
 class Affinity(Section):

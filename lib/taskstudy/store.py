@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -121,9 +122,38 @@ def _encode(obj: Any, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def _numpy_globals() -> list[Any]:
+    """What a pickled numpy array or scalar names: allowed beside torch's own tensors and containers."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")] if hasattr(np, "dtypes") else []
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+class UnsafeEntry(ValueError):
+    """An entry that names code (a class or function outside tensors, numbers, strings, containers, arrays)."""
+
+
+def load_weights(source: Any) -> Any:
+    """torch.load that runs no code (weights_only=True): tensors, numbers, strings, lists, dicts and numpy arrays.
+    Anyone who can write into a results folder could otherwise run code in every process that reads it; an entry
+    naming anything else raises UnsafeEntry. Used for the store's .pt entries and the training checkpoints."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(source, weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"(Unsupported global: GLOBAL \S+|but got <[^>]+>)", str(e))
+        raise UnsafeEntry(f"refused to load {source}: it names code, not only data "
+                          f"({named.group(1) if named else type(e).__name__})") from None
+
+
 def _decode(path: Path, fmt: str) -> Any:
     if fmt == "pt":
-        return torch.load(path, weights_only=False)
+        return load_weights(path)
     if fmt == "npz":
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -192,6 +222,11 @@ class Store:
             if digest != meta["sha256"]:
                 raise CorruptEntry(f"checksum mismatch ({digest[:12]} != {meta['sha256'][:12]})")
             obj = _decode(data_path, meta["format"])
+        except UnsafeEntry as e:  # written by another hand: never unpickled, recomputed
+            self.stats["unsafe"] += 1
+            log.warning("store entry %s/%s %s: recomputing", name, key, e)
+            self.remove(name, key)
+            return None
         except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed
             self.stats["corrupt"] += 1
             log.warning("store entry %s/%s is corrupt (%s): recomputing", name, key, e)

@@ -243,7 +243,9 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn
     best_state: dict | None = None
     start = 0
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        from taskstudy.store import load_weights
+
+        state = load_weights(checkpoint)
         if state.get("config") == asdict(cfg) and state.get("patience") == patience:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
