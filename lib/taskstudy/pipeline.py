@@ -23,6 +23,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -314,7 +315,8 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     runs = runs_dir(root)
     runs.mkdir(parents=True, exist_ok=True)
     partial = runs / f".{chapter.name}.{owner_tag()}.ipynb"  # per process: two runs of one chapter may overlap
-    source = runs / f".{chapter.name}.{owner_tag()}.input.ipynb"  # the notebook and its CPU account cell
+    tmp = tempfile.TemporaryDirectory(prefix="taskstudy-")  # outside the study: a killed run leaves nothing there
+    source = Path(tmp.name) / chapter.path.name  # the notebook and its CPU account cell
     failed = runs / f"{chapter.name}.ipynb"
     target = chapters_dir(root) / f"{chapter.name}.ipynb"
     started = time.time()
@@ -345,7 +347,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
         partial.unlink(missing_ok=True)  # interrupted: no half-written notebook left behind
         raise
     finally:
-        source.unlink(missing_ok=True)
+        tmp.cleanup()
     if _INTERRUPTED["flag"]:  # a Ctrl-C that papermill's client swallowed
         partial.unlink(missing_ok=True)
         raise KeyboardInterrupt
