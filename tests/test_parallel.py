@@ -32,3 +32,20 @@ def test_existing_scheduler_address():
         out = map_units(square_with_threads, [3, 4], address=cluster.scheduler_address)
         close_clients()
     assert [r[0] for r in out] == [9, 16]
+
+
+def test_a_claim_rechecks_what_another_run_finished_meanwhile(tmp_path):
+    """The caller saw units 1-3 missing; before this run claims them, another one finished unit 2 and let go of
+    its lock. The claim checks again: unit 2 is not computed twice (its entries not rewritten)."""
+    import filelock
+
+    from taskstudy.parallel import map_claimed
+
+    finished_elsewhere = {2}
+    ran = []
+    done = map_claimed(lambda u: ran.append(u) or u, [1, 2, 3], lambda u: filelock.FileLock(tmp_path / f"{u}.lock"),
+                       lambda u: None if u in finished_elsewhere else u, on_result=lambda u, r: None)
+    assert ran == [1, 3] and done == [1, 3]
+    for u in (1, 2, 3):  # every claim was let go: another holder can take each lock at once
+        with filelock.FileLock(tmp_path / f"{u}.lock", thread_local=False).acquire(timeout=0):
+            pass

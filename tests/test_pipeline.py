@@ -40,6 +40,7 @@ def add_chapter(study: Path, name: str, depends: str | None = None, extra: str =
         )
     ]
     nb.cells[0].source = f"# A new chapter {name}"
+    nb.metadata = {}  # as nbformat writes a notebook made outside JupyterLab: no kernelspec, no language
     nbformat.write(nb, study / "notebooks" / f"{name}.ipynb")
 
 

@@ -283,7 +283,9 @@ def map_claimed(
 
     Each unit is claimed by a file lock (`lock_of(unit)`, a filelock.FileLock) held while it runs here; a unit
     whose lock another process holds is set aside, waited for after the others, and then run only for what
-    `still_missing(unit)` says is left (None: the other process finished it). Returns the units run here.
+    `still_missing(unit)` says is left (None: the other process finished it); a unit claimed at once is checked the
+    same way first (another process may have finished it and let go of its lock since the caller looked), so no
+    finished unit is computed, or its entries rewritten, twice. Returns the units run here.
     """
     import filelock
 
@@ -292,9 +294,14 @@ def map_claimed(
         lock = lock_of(u)
         try:
             lock.acquire(timeout=0)
-            held.append((u, lock))
         except filelock.Timeout:
             deferred.append((u, lock))
+            continue
+        left = still_missing(u)  # claimed: finished meanwhile by another run (or thread) that held the lock before?
+        if left is None:
+            lock.release()
+        else:
+            held.append((left, lock))
     try:
         map_units(fn, [u for u, _ in held], on_result=on_result, **kwargs)
     finally:

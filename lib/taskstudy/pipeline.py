@@ -330,6 +330,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
                 str(partial),
                 parameters=injected,
                 kernel_name=ensure_kernel(),
+                language="python",  # a notebook written outside JupyterLab (nbformat) names no kernel language
                 cwd=str(root),
                 progress_bar=progress,
                 log_output=True,

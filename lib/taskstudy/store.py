@@ -132,6 +132,9 @@ def _numpy_globals() -> list[Any]:
     return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 
 
+_ALLOWED: list[bool] = []
+
+
 class UnsafeEntry(ValueError):
     """An entry that names code (a class or function outside tensors, numbers, strings, containers, arrays)."""
 
@@ -142,9 +145,11 @@ def load_weights(source: Any) -> Any:
     naming anything else raises UnsafeEntry. Used for the store's .pt entries and the training checkpoints."""
     import pickle
 
+    if not _ALLOWED:  # once per process, for every thread: torch's safe_globals() context is not thread-safe
+        torch.serialization.add_safe_globals(_numpy_globals())  # (a thread leaving it drops another's allowlist)
+        _ALLOWED.append(True)
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(source, weights_only=True)
+        return torch.load(source, weights_only=True)
     except pickle.UnpicklingError as e:
         named = re.search(r"(Unsupported global: GLOBAL \S+|but got <[^>]+>)", str(e))
         raise UnsafeEntry(f"refused to load {source}: it names code, not only data "
