@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"running {len(todo)} chapter(s) with profile '{params.profile}'; log: {log_path}")
     # several chapters share one Dask cluster (one start-up, one clean shutdown); a single chapter starts its own
     share = len(todo) > 1 and not params.common.cluster.address
-    lanes = max(1, args.lanes)
+    lanes = max(1, min(args.lanes, len(todo)))  # one chapter alone keeps every core's threads
     pipeline.ensure_kernel()  # once, before any lane starts a kernel
     os.chdir(root)  # papermill changes the working directory of the process for each kernel start: make it a no-op
     os.environ[pipeline.RUN_ENV] = f"{time.time():.3f}"  # the kernels' records name this run (chapter 14 reads it)
