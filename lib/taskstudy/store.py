@@ -132,7 +132,9 @@ def _numpy_globals() -> list[Any]:
     return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 
 
-_ALLOWED: list[bool] = []
+# Allowed for every thread of the process, once: torch's safe_globals() context is not thread-safe (a thread
+# leaving it drops the allowlist of another still loading).
+torch.serialization.add_safe_globals(_numpy_globals())
 
 
 class UnsafeEntry(ValueError):
@@ -145,9 +147,6 @@ def load_weights(source: Any) -> Any:
     naming anything else raises UnsafeEntry. Used for the store's .pt entries and the training checkpoints."""
     import pickle
 
-    if not _ALLOWED:  # once per process, for every thread: torch's safe_globals() context is not thread-safe
-        torch.serialization.add_safe_globals(_numpy_globals())  # (a thread leaving it drops another's allowlist)
-        _ALLOWED.append(True)
     try:
         return torch.load(source, weights_only=True)
     except pickle.UnpicklingError as e:
