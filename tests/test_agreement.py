@@ -129,3 +129,16 @@ def test_symmetry_of_directed_relations():
     m = pd.DataFrame(np.arange(16.0).reshape(4, 4), index=TASKS, columns=TASKS)
     assert agreement.symmetry(agreement.relations(m + m.T, TASKS, ordered=True)) == pytest.approx(1.0)
     assert agreement.symmetry(agreement.relations(m - m.T, TASKS, ordered=True)) == pytest.approx(-1.0)
+
+
+def test_agreement_summary_names_the_closest_and_weakest_pairs():
+    import pandas as pd
+
+    from taskstudy.agreement import agreement_summary
+
+    table = pd.DataFrame({"method a": ["Taskonomy", "Taskonomy", "Standley"],
+                          "method b": ["Task2Vec", "Standley", "lookahead"],
+                          "spearman": [0.1, -0.3, 0.5], "p spearman": [0.4, 0.04, 0.01], "pairs": [10, 10, 10]})
+    s = agreement_summary(table)
+    assert s["best"] == "Standley and lookahead" and s["worst"] == "Taskonomy and Standley"
+    assert s["n_sig"] == 2 and s["same_run_place"] == 1 and abs(s["mean_rho"] - 0.1) < 1e-12

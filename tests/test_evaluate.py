@@ -104,3 +104,58 @@ def test_taxonomy_is_bip_policy(scores):
     P = affinity_matrix(scores, max_order=1)
     tax = solve_taxonomy(transfers_from_affinity(P), 2)
     assert len(tax.sources) == 2 and {"a", "b", "c"} & tax.sources and {"d", "e"} & tax.sources
+
+
+def test_gain_quality_trends_judge_rises_against_their_intervals():
+
+    from taskstudy.evaluate import gain_quality_trends
+    from taskstudy.uncertainty import change_verdict
+
+    rows = []
+    for b in (1, 2, 4):
+        for o in (1, 2):
+            q = 0.2 + 0.1 * b + 0.01 * o  # Quality rises with the budget, beyond its +-0.02 band
+            g = 0.5  # Gain is flat
+            rows.append({"budget": b, "order": o, "quality": q, "quality_lo": q - 0.02, "quality_hi": q + 0.02,
+                         "gain": g, "gain_lo": g - 0.1, "gain_hi": g + 0.1})
+    t = gain_quality_trends(pd.DataFrame(rows))
+    ranks = t[t["rho"].notna()].set_index(["metric", "along"])
+    assert ranks.at[("quality", "budget"), "verdict"] == "rises"
+    assert ranks.at[("gain", "budget"), "verdict"] == "does not rise" and ranks.at[("gain", "budget"), "rho"] == 0
+    changes = t[t["rho"].isna()].set_index(["metric", "along"])
+    assert changes.at[("quality", "budget"), "verdict"] == "a rise beyond noise"
+    assert changes.at[("quality", "order"), "verdict"] == "within noise"  # +0.01 inside a 0.04-wide band
+    assert changes.at[("gain", "budget"), "verdict"] == "within noise"
+    assert change_verdict(0.5, 0.6, 0.3, 0.4) == "a fall beyond noise"
+
+
+def test_transfer_claims_compare_the_paper_and_the_study_per_claim():
+    from taskstudy.evaluate import transfer_claims, verdict_counts
+
+    cols = pd.MultiIndex.from_tuples([(m, w) for m in ("best gain", "best quality", "random gain")
+                                      for w in ("paper", "study", "verdict")]
+                                     + [("rank rho (quality)", "study vs paper")])
+    rows = [[0.9, 0.8, "within noise", 0.2, 0.6, "study higher", 0.1, 0.7, "study higher", 0.4],
+            [0.7, 0.6, "within noise", 0.3, 0.7, "study higher", 0.2, 0.9, "study higher", -0.2],
+            [0.8, 0.4, "study lower", 0.1, 0.2, "within noise", 0.3, 0.1, "within noise", 0.3]]
+    beside = pd.DataFrame(rows, columns=cols)
+    claims = transfer_claims(beside)
+    assert claims.at["the best transfer beats scratch on most targets", "paper"] == 3
+    assert claims.at["the best transfer beats scratch on most targets", "study"] == 2
+    assert claims["agree"].tolist() == [True, False, False, True]  # the study's Quality and random Gain are high
+    counts = verdict_counts(beside)
+    assert counts.at["best gain", "within noise"] == 2 and counts.at["random gain", "study higher"] == 2
+
+
+def test_paper_gain_quality_by_order_states_each_number_against_the_interval(scores):
+    from taskstudy.evaluate import paper_gain_quality_by_order
+
+    affinity = affinity_matrix(scores, max_order=2)
+    tr = transfers_from_affinity(affinity)
+    paper = pd.DataFrame([{"task": t, "order": o, "metric": m, "value": v}
+                          for t in ("a", "d", "zz") for o in (1, 2) for m, v in (("gain", 0.99), ("quality", 0.5))])
+    side = paper_gain_quality_by_order(scores, tr, paper, budget=2, orders=[1, 2], n_boot=200, seed=0)
+    assert side.attrs["shared"] == ["a", "d"] and list(side.index) == [1, 2]  # zz: not in the study
+    assert (side["paper gain"] == 0.99).all() and side["study gain"].between(0, 1).all()
+    assert set(side["gain verdict"]) <= {"within noise", "study higher", "study lower"}
+    assert (side["study gain"] < 0.99).all() == (side["gain verdict"] == "study lower").all()

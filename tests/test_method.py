@@ -327,3 +327,11 @@ def test_calibration_curves_divide_each_curve_by_its_own_minimum():
     fig = plots.calibration_curves(pd.DataFrame(rows), unit="sources", col="target")
     lows = [min(line.get_ydata()) for ax in fig.axes for line in ax.get_lines() if len(line.get_ydata()) == 4]
     assert lows and all(v == pytest.approx(1.0) for v in lows)  # each facet's curve ends at 1, not at 10
+
+
+def test_ceiling_verdict_reads_the_interval_of_the_change():
+    from taskstudy.task_networks import ceiling_verdict
+
+    assert ceiling_verdict(-0.2, -0.05).startswith("still improving")
+    assert ceiling_verdict(-0.02, 0.03) == "converged: within noise"
+    assert ceiling_verdict(0.01, 0.04).startswith("the longer schedule is worse")

@@ -223,3 +223,22 @@ def test_committed_notebooks_are_stripped(repo_root):
         nb = nbformat.read(p, as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), p
         assert nb.metadata.kernelspec.name == pipeline.KERNEL, p
+
+
+def test_a_study_chapter_gets_only_the_profile_and_overrides(study):
+    from taskstudy import params as P
+
+    chs = {c.name: c for c in pipeline.chapters(study)}
+    prof = P.load(study / "params/smoke.yaml", ["transfers.epochs=3"])
+    got = pipeline.chapter_parameters(chs["03_transfers"], prof, study)
+    assert got == {"params_file": "params/smoke.yaml", "overrides": ["transfers.epochs=3"]}
+    assert {c.name for c in chs.values() if c.scenes_only} == {"01_scenes", "06_novel_tasks"}
+    on_folder = P.load(study / "params/smoke.yaml", ["common.dataset=taskonomy", "common.taskonomy_root=/x"])
+    assert pipeline.skipped_for_data(list(chs.values()), on_folder) == [chs["01_scenes"], chs["06_novel_tasks"]]
+    assert pipeline.skipped_for_data(list(chs.values()), prof) == []
+    nb = nbformat.read(chs["03_transfers"].path, as_version=4)  # a default written back into the cell
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\nepochs = 8"
+    nbformat.write(nb, chs["03_transfers"].path)
+    with pytest.raises(pipeline.ChapterError, match=r"defines \['epochs'\].*keep only params_file and overrides"):
+        pipeline.chapter_parameters(chs["03_transfers"], prof, study)

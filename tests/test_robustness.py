@@ -234,3 +234,16 @@ def test_variations_side_by_side_on_a_cluster_equal_one_by_one(tmp_path):
     for name, run in serial.items():
         pd.testing.assert_frame_equal(together[name].affinity, run.affinity)
         assert together[name].policies == run.policies
+
+
+def test_outside_beside_states_each_verdict():
+    import pandas as pd
+
+    from taskstudy.robustness import outside_beside
+
+    agree = pd.DataFrame({"rho": [0.6, 0.2, -0.7], "p": [0.01, 0.3, 0.02], "n": [12, 12, 12]},
+                         index=["class_object", "class_scene", "other"])
+    side = outside_beside(agree, ["class_object", "class_scene", "other"])
+    assert side.verdict.tolist() == ["reproduced", "not reproduced: positive but not significant at 0.05",
+                                     "not reproduced: significantly negative"]
+    assert side.at["class_scene", "outside set (paper)"] == "MIT Places" and side.at["other", "sources"] == 12

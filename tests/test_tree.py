@@ -101,3 +101,15 @@ def test_reference_path_override(tmp_path, monkeypatch):
     assert list(P.index) == ["a"] and list(P.columns) == ["a", "b"]
     with pytest.raises(ValueError, match="unknown kind"):
         load_paper_affinities("losses")
+
+
+def test_separation_of_two_families():
+    from taskstudy.tree import separates, separation
+
+    t = task_tree(two_family_affinity())
+    fam = {"x1": "3D", "x2": "3D", "x3": "3D", "y1": "2D", "y2": "2D"}
+    sep = separation(t, fam, 2)
+    assert sep["3D tasks"] == 3 and sep["2D tasks"] == 2 and sep["ARI on 3D+2D tasks"] == pytest.approx(1.0)
+    assert separates(sep) and sep["between 3D and 2D"] > sep["within 3D"]
+    mixed = separation(t, {"x1": "3D", "y1": "3D", "x2": "2D", "y2": "2D", "x3": "2D"}, 2)
+    assert not separates(mixed) and mixed["ARI on 3D+2D tasks"] < 0.5

@@ -115,3 +115,19 @@ def disagreements(rel: Mapping[str, pd.Series], top: int = 3) -> pd.DataFrame:
 def consensus(rel: Mapping[str, pd.Series]) -> pd.Series:
     """The mean rank of every pair over the methods that rate it (lower = related by more methods)."""
     return ranks(rel).mean(axis=1).sort_values(kind="stable")
+
+
+def agreement_summary(table: pd.DataFrame) -> dict[str, object]:
+    """The headline of `rank_agreement`'s table: mean Spearman rho over the pairs of methods, the closest and the
+    weakest pair, how many correlations are significant at 0.05 (permutation p), and where the two methods measured
+    in the same multi-task training (Standley's pairs and the lookahead) place among the pairs (None if absent)."""
+    valid = table.dropna(subset=["spearman"])
+    best, worst = valid.loc[valid.spearman.idxmax()], valid.loc[valid.spearman.idxmin()]
+    same = valid[valid[["method a", "method b"]].apply(set, axis=1) == {"Standley", "lookahead"}]
+    return {"n_cmp": len(valid), "mean_rho": float(valid.spearman.mean()),
+            "best": f"{best['method a']} and {best['method b']}", "best_rho": float(best.spearman),
+            "best_p": float(best["p spearman"]), "worst": f"{worst['method a']} and {worst['method b']}",
+            "worst_rho": float(worst.spearman), "worst_p": float(worst["p spearman"]),
+            "n_sig": int((valid["p spearman"] < 0.05).sum()),
+            "same_run_rho": float(same.spearman.iloc[0]) if len(same) else None,
+            "same_run_place": int((valid.spearman > same.spearman.iloc[0]).sum()) + 1 if len(same) else None}

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from taskstudy import parallel, pipeline
 from taskstudy import params as params_mod
+from taskstudy.errors import RealDataError
 from taskstudy.paths import RootNotFound, find_root
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -89,6 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = params_mod.load(args.params, args.overrides)  # validated before any kernel starts
     chs = pipeline.chapters(root)
     todo = pipeline.plan(params, args.chapters, args.downstream, args.force, root)
+    if params.common.dataset == "taskonomy":  # the folder is there, before any kernel starts
+        from taskstudy import taskonomy_data
+
+        taskonomy_data.root_of(params.common)
+    for c in pipeline.skipped_for_data(todo, params):
+        print(f"{c.name}: needs the rendered scenes (`# needs: scenes`); skipped on common.dataset="
+              f"{params.common.dataset}")
+        todo.remove(c)
     if not todo:
         print("every chapter is fresh; nothing to run (use --force to rerun)")
         return 0
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"list": cmd_list, "run": cmd_run, "book": cmd_book, "clean": cmd_clean}
     try:
         return commands[args.command](args)
-    except (params_mod.ParamsError, pipeline.ChapterError, RootNotFound) as e:
+    except (params_mod.ParamsError, pipeline.ChapterError, RootNotFound, RealDataError) as e:
         print(f"taskstudy: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

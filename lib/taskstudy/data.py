@@ -11,6 +11,7 @@ CIFAR-100) is in `taskstudy.realdata`.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,12 @@ def split_seed(common: Any) -> int:
 
 
 def split_key(common: Any, split: str) -> dict[str, Any]:
+    """What determines a split: the rendered world's generator parameters and code, or (`common.dataset:
+    taskonomy`) the Taskonomy folder's (`taskonomy_data.split_key`)."""
+    if getattr(common, "dataset", "scenes") == "taskonomy":
+        from taskstudy import taskonomy_data
+
+        return taskonomy_data.split_key(common, split, split_size(common, split), split_seed(common))
     return {"split": split, "n": split_size(common, split), "seed": split_seed(common),
             "image_size": common.image_size, "code": code_version()}
 
@@ -69,15 +76,20 @@ def _compact(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def scene_split(store: Store, common: Any, split: str) -> dict[str, np.ndarray]:
-    """The whole split (render buffers kept for the chapters and every task's label), from the store."""
+    """The whole split (render buffers kept for the chapters and every task's label), from the store; with
+    `common.dataset: taskonomy`, the split read from the Taskonomy folder (its buildings, the tasks it serves)."""
     key = split_key(common, split)
-    return _cached_split(store.root, tuple(sorted(key.items())))
+    return _cached_split(store.root, json.dumps(key, sort_keys=True))
 
 
 @lru_cache(maxsize=6)
-def _cached_split(root: Path, key_items: tuple) -> dict[str, np.ndarray]:
-    key = dict(key_items)
+def _cached_split(root: Path, key_json: str) -> dict[str, np.ndarray]:
+    key = json.loads(key_json)
     store = Store(root)
+    if key.get("dataset") == "taskonomy":
+        from taskstudy import taskonomy_data
+
+        return store.get_or_compute("taskonomy", key, lambda: taskonomy_data.load_split(key), fmt="npz")
 
     def render() -> dict[str, np.ndarray]:
         return _compact(scenes.generate_split(key["split"], key["n"], key["seed"], key["image_size"]))

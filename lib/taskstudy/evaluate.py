@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -360,4 +361,113 @@ def paper_transfer_beside(scores: pd.DataFrame, val_scores: pd.DataFrame | None 
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     out.index.name = "target"
+    return out
+
+
+def _trend(gq: pd.DataFrame, metric: str, by: str, fixed: str) -> tuple[float, int, int]:
+    """Median over the `fixed` axis of Spearman(metric, by); how often the largest `by` beats the smallest; how many
+    comparisons (a constant metric: rho 0, no rise)."""
+    from scipy.stats import spearmanr
+
+    rhos, rises, n = [], 0, 0
+    for _, g in gq.dropna(subset=[metric]).groupby(fixed):
+        if g[by].nunique() > 1:
+            rhos.append(0.0 if g[metric].nunique() == 1 else float(spearmanr(g[by], g[metric]).statistic))
+            g = g.sort_values(by)
+            rises += int(g[metric].iloc[-1] > g[metric].iloc[0] + 1e-9)
+            n += 1
+    return (float(np.median(rhos)) if rhos else float("nan")), rises, n
+
+
+def gain_quality_trends(gq: pd.DataFrame) -> pd.DataFrame:
+    """Do Gain and Quality rise with the budget and with the order (the paper's Fig. 9)? Per metric and axis: the
+    median Spearman rho over the other axis, how many of those comparisons end higher than they start, and the
+    verdict ("rises" when rho > 0 and more than half end higher). Then, against the bootstrap intervals of
+    `gain_quality_table(..., n_boot > 0)`: order 1 from the smallest to the largest budget, and at the largest
+    budget from order 1 to the highest order (`uncertainty.change_verdict`)."""
+    from taskstudy.uncertainty import change_verdict
+
+    rows = []
+    for metric in ("gain", "quality"):
+        for by, fixed in (("budget", "order"), ("order", "budget")):
+            rho, rises, n = _trend(gq, metric, by, fixed)
+            if n:
+                rows.append({"metric": metric, "along": by, "rho": rho, "rises": rises, "comparisons": n,
+                             "verdict": "rises" if rho > 0 and rises > n / 2 else "does not rise"})
+    ok = gq.dropna(subset=["gain", "quality"])
+    lo_b, hi_b, hi_o = ok.budget.min(), ok.budget.max(), ok.order.max()
+    at = ok.set_index(["budget", "order"])
+    changes = [("budget", (lo_b, 1), (hi_b, 1))] + ([("order", (hi_b, 1), (hi_b, hi_o))] if hi_o > 1 else [])
+    for along, a, b in changes:
+        if a not in at.index or b not in at.index:
+            continue
+        for metric in ("quality", "gain"):
+            x, y = at.loc[a], at.loc[b]
+            rows.append({"metric": metric, "along": along, "from": f"budget {a[0]}, order {a[1]}",
+                         "to": f"budget {b[0]}, order {b[1]}", "start": x[metric], "end": y[metric],
+                         "start interval": (x[f"{metric}_lo"], x[f"{metric}_hi"]),
+                         "end interval": (y[f"{metric}_lo"], y[f"{metric}_hi"]),
+                         "verdict": change_verdict(x[f"{metric}_lo"], x[f"{metric}_hi"], y[f"{metric}_lo"],
+                                                   y[f"{metric}_hi"])})
+    return pd.DataFrame(rows)
+
+
+def verdict_counts(beside: pd.DataFrame) -> pd.DataFrame:
+    """`paper_transfer_beside`'s verdicts counted per measure (rows: measures; columns: verdicts)."""
+    verdicts = beside.xs("verdict", axis=1, level=1)
+    return verdicts.apply(lambda col: col.value_counts()).fillna(0).astype(int).T
+
+
+def transfer_claims(beside: pd.DataFrame) -> pd.DataFrame:
+    """The paper's qualitative Step II claims (Sec. 4.1), each checked on the paper's published numbers and on the
+    study's, over the targets both have (`paper_transfer_beside`): does each hold, and do the two agree. Per claim
+    the number it rests on for each side (count of targets, or a median)."""
+    n = len(beside)
+    med = beside.median(numeric_only=True)
+
+    def count(m: str, who: str) -> int:
+        return int((beside[(m, who)] > 0.5).sum())
+
+    rho = float(beside[("rank rho (quality)", "study vs paper")].median())
+    rows = [
+        ("the best transfer beats scratch on most targets", count("best gain", "paper"),
+         count("best gain", "study"), lambda v: v > n / 2),
+        ("the best transfer falls short of the task network on most targets", count("best quality", "paper"),
+         count("best quality", "study"), lambda v: v < n / 2),
+    ]
+    out = [{"claim": c, "paper": p, "study": s, "paper holds": f(p), "study holds": f(s)} for c, p, s, f in rows]
+    out.append({"claim": "the random encoder's Gain is below the best transfer's (medians)",
+                "paper": f"{med[('random gain', 'paper')]:.2f} < {med[('best gain', 'paper')]:.2f}",
+                "study": f"{med[('random gain', 'study')]:.2f} < {med[('best gain', 'study')]:.2f}",
+                "paper holds": bool(med[("random gain", "paper")] < med[("best gain", "paper")]),
+                "study holds": bool(med[("random gain", "study")] < med[("best gain", "study")])})
+    out.append({"claim": "the sources rank in the paper's order (median rho > 0)", "paper": "-",
+                "study": f"{rho:.2f}", "paper holds": True, "study holds": bool(rho > 0)})
+    table = pd.DataFrame(out).set_index("claim")
+    table["agree"] = table["paper holds"] == table["study holds"]
+    table.attrs["targets"] = n
+    return table
+
+
+def paper_gain_quality_by_order(scores: pd.DataFrame, transfers: pd.DataFrame, paper: pd.DataFrame, budget: float,
+                                orders: Sequence[int], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The paper's mean Gain and Quality per transfer order (`paper`: tidy task, order, metric, value) beside the
+    study's BIP policy at `budget`, on the tasks both have, each study mean with its 95% bootstrap interval and the
+    verdict of the paper's number against it (`uncertainty.verdict`). attrs["shared"]: those tasks."""
+    from taskstudy.uncertainty import verdict
+
+    shared = sorted(set(paper.task.dropna()) & set(transfers.target))
+    rows = []
+    for o in orders:
+        tax = solve_taxonomy(transfers, budget, max_order=o)
+        study = policy_gain_quality(scores, tax).loc[shared]
+        ci = policy_interval(scores, tax, n_boot=n_boot, seed=seed, targets=shared)
+        pp = paper[paper.task.isin(shared) & (paper.order == o)].groupby("metric").value.mean()
+        row: dict[str, Any] = {"order": o}
+        for m in ("gain", "quality"):
+            row |= {f"paper {m}": pp[m], f"study {m}": study[m].mean(), f"study {m} 95%":
+                    f"[{ci[m][0]:.2f}, {ci[m][1]:.2f}]", f"{m} verdict": verdict(*ci[m], pp[m])}
+        rows.append(row)
+    out = pd.DataFrame(rows).set_index("order")
+    out.attrs["shared"] = shared
     return out

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from taskstudy.paths import find_root, notebooks_dir
 
@@ -53,6 +53,14 @@ class Common(Section):
     precision: Literal["fp32", "bf16"] = "bf16"  # Steps I-II training forward passes: fp32, or bfloat16 autocast
     channels_last: bool = True  # Steps I-II training batches in NHWC layout (faster convolutions on the CPU)
     results_dir: str = "results"  # the results store, relative to the study root; entries under <dir>/<profile>/
+    dataset: Literal["scenes", "taskonomy"] = "scenes"  # Steps I-IV on rendered scenes, or on Taskonomy folders
+    taskonomy_root: str | None = None  # with dataset taskonomy: the folder (absolute, or relative to the study root)
+
+    @model_validator(mode="after")
+    def _taskonomy_needs_root(self) -> Common:
+        if self.dataset == "taskonomy" and not self.taskonomy_root:
+            raise ValueError("common.dataset is 'taskonomy': set common.taskonomy_root to the Taskonomy folder")
+        return self
 
 
 class Overview(Section):
@@ -74,6 +82,8 @@ class TaskNetworks(Section):
     batch_size: int = Field(64, ge=1)  # images per step
     lr: float = Field(2e-3, gt=0)  # Adam learning rate
     n_show: int = Field(3, ge=1)  # test scenes whose predictions the chapter shows
+    check_epochs: int = Field(32, ge=0)  # convergence check: check_tasks retrained this long (patience scaled); 0 = off
+    check_tasks: list[str] = ["edge2d", "normals"]  # the networks the convergence check retrains
 
 
 class Transfers(Section):
@@ -484,8 +494,9 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> StudyParams:
 
 
 def chapter_params(params_file: str | Path, overrides: Iterable[str], section: str, **values: Any) -> StudyParams:
-    """What a chapter notebook calls first: the profile, `taskstudy run`'s overrides, then the notebook's own
-    parameter values (so plain `papermill ... -p epochs 20` works too)."""
+    """What a chapter notebook calls first: the profile and `taskstudy run`'s overrides (a hand run with papermill
+    passes them as `-p overrides '["transfers.epochs=20"]'`); `values`: a user's chapter without a section model
+    passes its parameters cell's values, which apply last. The chapter then reads `P.section(section)`."""
     extra = [f"{section}.{k}={json.dumps(v)}" for k, v in values.items()]
     return load(params_file, [*overrides, *extra])
 

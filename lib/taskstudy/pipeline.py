@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from taskstudy import faults, parallel
-from taskstudy.params import StudyParams, _suggest, notebook_defaults
+from taskstudy.params import RESERVED, SECTIONS, StudyParams, _suggest, notebook_defaults
 from taskstudy.paths import build_dir, chapters_dir, find_root, notebooks_dir, owner_tag, sweep_orphans
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ KERNEL = "taskstudy"
 NAME = re.compile(r"^(\d\d)_([a-z][a-z0-9_]*)$")
 DEPENDS = re.compile(r"^#\s*depends\s*:\s*(.*)$", re.MULTILINE)
 ALONE = re.compile(r"^#\s*runs\s*:\s*alone\b", re.MULTILINE)
+SCENES_ONLY = re.compile(r"^#\s*needs\s*:\s*scenes\b", re.MULTILINE)  # it needs the renderer, not only data
 RUN_ENV = "TASKSTUDY_RUN"  # "<start time>": the `taskstudy run` a kernel belongs to (inherited by the kernels)
 
 
@@ -55,6 +56,7 @@ class Chapter:
     path: Path  # notebooks/03_transfers.ipynb
     depends: tuple[str, ...]  # names of the chapters whose results it reads
     alone: bool = False  # its numbers are timings: nothing runs beside it
+    scenes_only: bool = False  # it needs the renderer (`# needs: scenes`): skipped on other data
 
 
 def runs_dir(root: Path | None = None) -> Path:
@@ -85,7 +87,8 @@ def chapters(root: Path | None = None) -> list[Chapter]:
         dm = DEPENDS.search(src)
         if dm:
             deps = tuple(d.strip() for d in dm.group(1).split(",") if d.strip())
-        out.append(Chapter(p.stem, int(m.group(1)), m.group(2), p, deps, bool(ALONE.search(src))))
+        out.append(Chapter(p.stem, int(m.group(1)), m.group(2), p, deps, bool(ALONE.search(src)),
+                           bool(SCENES_ONLY.search(src))))
     names = [c.name for c in out]
     for c in out:
         for d in c.depends:
@@ -205,13 +208,18 @@ def ensure_kernel() -> str:
 
 def chapter_parameters(chapter: Chapter, params: StudyParams, root: Path | None = None) -> dict[str, Any]:
     """What papermill injects: the params file (relative to the study root when inside it: the kernel runs
-    there, and a page shows no path of the machine that built it), the overrides and the chapter's own values."""
-    own = params.values(chapter.section)
+    there, and a page shows no path of the machine that built it) and the overrides. A chapter of the study reads
+    its section from them (its defaults live in taskstudy.params, once); a user's chapter without a section model
+    there keeps its defaults in its parameters cell, and gets the profile's values injected as well."""
     defaults = notebook_defaults(chapter.path)
-    missing = [k for k in own if k not in defaults]
-    if missing:
+    builtin = chapter.section in SECTIONS
+    own = {} if builtin else params.values(chapter.section)
+    extra = [k for k in defaults if k not in RESERVED] if builtin else [k for k in own if k not in defaults]
+    if extra:
         raise ChapterError(
-            f"{chapter.path}: params section '{chapter.section}' has {missing} but the parameters cell does not"
+            f"{chapter.path}: the parameters cell defines {extra}, which live in the params section "
+            f"'{chapter.section}' (taskstudy.params); keep only params_file and overrides there" if builtin else
+            f"{chapter.path}: params section '{chapter.section}' has {extra} but the parameters cell does not"
         )
     file = params.file.resolve()
     if root is not None and file.is_relative_to(root.resolve()):
@@ -219,7 +227,22 @@ def chapter_parameters(chapter: Chapter, params: StudyParams, root: Path | None 
     return {"params_file": str(file), "overrides": list(params.overrides), **own}
 
 
-def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str) -> Any:
+def data_note(params: StudyParams) -> str | None:
+    """One admonition for the page of a chapter run on other data than the rendered scenes (None on scenes)."""
+    if params.common.dataset == "scenes":
+        return None
+    from taskstudy import taskonomy_data
+
+    root = taskonomy_data.root_of(params.common)
+    fixture = (root / taskonomy_data.FIXTURE_MARK).is_file()
+    what = ("a fixture written by `taskstudy.taskonomy_fixture` (the study's rendered scenes in the release's files "
+            "and encodings): its numbers are a fixture's, not the study's or the paper's" if fixture else
+            "its numbers are that data's, not the rendered study's")
+    return (f"```{{note}}\nThis chapter ran on a Taskonomy-format folder (`common.dataset: taskonomy`, folder "
+            f"`{root.name}`), split by building: {what}.\n```")
+
+
+def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str, note: str | None = None) -> Any:
     """The executed notebook as a book page (Jupyter Book 1 cell tags): every code input collapsed behind a toggle
     (`hide-input`), the parameters cell and papermill's injected one removed, and in their place one small table of
     what the chapter ran with (profile, params file, overrides, the section's values); papermill's recorded input
@@ -247,6 +270,10 @@ def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str) -
     md = nbformat.v4.new_markdown_cell(f"```{{admonition}} Parameters of this run\n:class: dropdown\n{table}\n```")
     md.metadata["tags"] = ["chapter-parameters"]
     nb.cells.insert(at if at is not None else min(1, len(nb.cells)), md)
+    if note:
+        banner = nbformat.v4.new_markdown_cell(note)
+        banner.metadata["tags"] = ["chapter-data"]
+        nb.cells.insert(nb.cells.index(md), banner)
     return nb
 
 
@@ -354,7 +381,8 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
         raise KeyboardInterrupt
     nb = nbformat.read(partial, as_version=4)
     cpu = pop_account(nb)
-    nbformat.write(present(nb, chapter, injected, params.profile), partial)
+    shown = {**injected, **params.values(chapter.section)}  # the page's table: every value the chapter ran with
+    nbformat.write(present(nb, chapter, shown, params.profile, data_note(params)), partial)
     target.parent.mkdir(parents=True, exist_ok=True)
     faults.point("notebook.move", chapter.name)
     os.replace(partial, target)
@@ -503,15 +531,21 @@ def plan(params: StudyParams, wanted: Sequence[str] = (), with_downstream: bool 
     chs = chapters(root)
     if wanted:
         todo = select(chs, wanted)
-        return downstream(chs, todo) if with_downstream else todo
-    if force:
-        return chs
-    todo = []
-    for c in chs:
-        if status(c, params, chs, root) != "fresh" or any(u.name in {t.name for t in todo}
-                                                          for u in upstream(chs, c)):
-            todo.append(c)
+        todo = downstream(chs, todo) if with_downstream else todo
+    elif force:
+        todo = chs
+    else:
+        todo = []
+        for c in chs:
+            if status(c, params, chs, root) != "fresh" or any(u.name in {t.name for t in todo}
+                                                              for u in upstream(chs, c)):
+                todo.append(c)
     return todo
+
+
+def skipped_for_data(todo: Sequence[Chapter], params: StudyParams) -> list[Chapter]:
+    """The chapters of `todo` that need the renderer (`# needs: scenes`) when the study runs on other data."""
+    return [] if params.common.dataset == "scenes" else [c for c in todo if c.scenes_only]
 
 
 def build_book(root: Path | None = None, strict: bool = True) -> Path:

@@ -196,6 +196,24 @@ def taxonomy_graph(policy: dict[str, tuple[str, ...]], supervised: Sequence[str]
     return ax
 
 
+def gain_quality_bands(gq: pd.DataFrame) -> plt.Figure:
+    """Mean Gain and Quality of the BIP's policy against the budget, one line per max order, with the 95% bootstrap
+    bands of evaluate.gain_quality_table(n_boot > 0) (the paper's Fig. 9, averaged over targets)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
+    for ax, metric in zip(axes, ("gain", "quality"), strict=True):
+        for (o, g), ls in zip(gq.groupby("order"), ("-", "--", ":", "-."), strict=False):
+            line, = ax.plot(g.budget, g[metric], marker="o", ls=ls, label=f"order <= {o}")
+            ax.fill_between(g.budget, g[f"{metric}_lo"], g[f"{metric}_hi"], color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("supervision budget (source tasks)")
+        ax.set_ylabel(f"mean {metric} (win rate)")
+        ax.set_title(f"{metric.capitalize()}: win rate against " + ("scratch" if metric == "gain" else
+                                                                      "full supervision"))
+        ax.set_ylim(0, 1)
+    axes[0].legend()
+    fig.tight_layout()
+    return fig
+
+
 def significance_strip(sig: pd.DataFrame, metric: str = "quality", ax: plt.Axes | None = None) -> plt.Axes:
     """Fig. 11: per budget, the mean `metric` (quality or gain) of the random feasible policies (points and a box)
     and of the taxonomy (a red diamond)."""
@@ -370,5 +388,38 @@ def chapter_costs(runs: pd.DataFrame, per_chapter: pd.DataFrame, title: str) -> 
     right.set_xlabel("CPU-seconds (kernel and units)")
     if len(per_chapter):
         right.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rank_agreement_bars(per_target: pd.DataFrame, title: str) -> plt.Figure:
+    """Per target, Spearman's rho between the study's and the paper's affinities of the sources (tree.rank_agreement
+    rows), green when positive."""
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(per_target) + 1.2))
+    ax.barh(per_target.target, per_target.rho, color=np.where(per_target.rho > 0, "tab:green", "tab:red"))
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("Spearman rho, study vs paper affinities of the sources")
+    ax.set_ylabel("target task")
+    ax.set_title(title)
+    return fig
+
+
+def win_matrices(scores: pd.DataFrame, targets: Sequence[str]) -> plt.Figure:
+    """Step III for each target: the first-order win matrix W (share of images on which source i beats j) and the
+    AHP weights it gives (ahp.win_matrix, ahp.ahp_weights)."""
+    from taskstudy import ahp
+
+    fig, axes = plt.subplots(len(targets), 2, figsize=(15, 6.2 * len(targets)), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1]})
+    for (ax_w, ax_p), t in zip(axes, targets, strict=True):
+        W, names = ahp.win_matrix(scores, t, ahp.candidate_sets(scores, t, max_order=1))
+        heatmap(pd.DataFrame(W, index=names, columns=names), f"win matrix W for target {t}", ax=ax_w, fmt=".1f",
+                cmap="vlag", vmin=0, vmax=1)
+        ax_w.set_xlabel("source j")
+        ax_w.set_ylabel("source i (share of images where i beats j)")
+        pd.Series(ahp.ahp_weights(W), index=names).sort_values().plot.barh(ax=ax_p, color="tab:blue")
+        ax_p.set_xlabel("AHP weight (first order only)")
+        ax_p.set_title(f"{t}: affinities")
+        ax_p.tick_params(axis="y", labelsize=6)
     fig.tight_layout()
     return fig

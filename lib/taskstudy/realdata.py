@@ -31,6 +31,8 @@ import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
 
+from taskstudy.errors import RealDataError
+
 __all__ = [
     "CIFAR100_MAN_MADE",
     "DEPTH_MAX_M",
@@ -42,11 +44,11 @@ __all__ = [
     "TaskonomyFolder",
     "cifar100",
     "cifar100_split",
+    "taskonomy_buildings",
+    "taskonomy_task_dir",
 ]
 
 
-class RealDataError(ValueError):
-    """A real-data root, folder or file is missing, unreadable or inconsistent."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,6 +176,34 @@ def _resize(t: torch.Tensor, size: int, kind: str) -> torch.Tensor:
     return out
 
 
+def taskonomy_buildings(root: Path) -> list[str]:
+    """The buildings of a Taskonomy root: per-building folders holding `rgb`, or the omnitools layout's
+    `rgb/[taskonomy/]<building>`."""
+    per_building = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "rgb").is_dir())
+    if per_building:
+        return per_building
+    for base in (root / "rgb" / "taskonomy", root / "rgb"):
+        if base.is_dir():
+            return sorted(p.name for p in base.iterdir() if p.is_dir())
+    return []
+
+
+def taskonomy_task_dir(root: Path, building: str, task: str) -> Path:
+    """The folder of one task of one building (any of the layouts above); RealDataError naming where it looked."""
+    folders = TASKONOMY_DOMAINS[task][0]
+    candidates = [root / building / f for f in folders]
+    candidates += [root / f / building for f in folders]
+    candidates += [root / f / "taskonomy" / building for f in folders]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise RealDataError(
+        f"building {building!r} has no folder for task {task!r} "
+        f"(looked for {', '.join(str(c) for c in candidates[: len(folders)])}, "
+        f"or the same under {root}/<task>/[taskonomy/]{building})"
+    )
+
+
 class TaskonomyFolder(Dataset):
     """Taskonomy folders as a torch ``Dataset`` of renderer-style sample dicts.
 
@@ -231,27 +261,10 @@ class TaskonomyFolder(Dataset):
 
     # -- discovery ---------------------------------------------------------------------------------
     def _discover_buildings(self) -> list[str]:
-        per_building = sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "rgb").is_dir())
-        if per_building:
-            return per_building
-        for base in (self.root / "rgb" / "taskonomy", self.root / "rgb"):
-            if base.is_dir():
-                return sorted(p.name for p in base.iterdir() if p.is_dir())
-        return []
+        return taskonomy_buildings(self.root)
 
     def _task_dir(self, building: str, task: str) -> Path:
-        folders = TASKONOMY_DOMAINS[task][0]
-        candidates = [self.root / building / f for f in folders]
-        candidates += [self.root / f / building for f in folders]
-        candidates += [self.root / f / "taskonomy" / building for f in folders]
-        for c in candidates:
-            if c.is_dir():
-                return c
-        raise RealDataError(
-            f"building {building!r} has no folder for task {task!r} "
-            f"(looked for {', '.join(str(c) for c in candidates[: len(folders)])}, "
-            f"or the same under {self.root}/<task>/[taskonomy/]{building})"
-        )
+        return taskonomy_task_dir(self.root, building, task)
 
     def _index_folder(self, building: str, task: str) -> dict[tuple[int, int], Path]:
         folder = self._task_dir(building, task)

@@ -378,3 +378,36 @@ def critical_rho(n: int, alpha: float = 0.05) -> float:
     approximation t = rho sqrt((n - 2) / (1 - rho^2))."""
     t = stats.t.ppf(1 - alpha / 2, n - 2)
     return float(t / np.sqrt(n - 2 + t * t))
+
+
+def outside_beside(agree: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
+    """Sec. 5.1 beside the study: per outside target, the paper's claim (a significant positive Spearman's rho
+    between the affinities and the outside set's accuracies; ImageNet for objects, MIT Places for scenes) and the
+    study's rho, p and number of sources (`outside_agreement` rows), with the verdict: "reproduced" for a positive
+    rho at p <= 0.05, else which way it fails."""
+    claim, outside = "significant positive Spearman's rho", {"class_object": "ImageNet", "class_scene": "MIT Places"}
+    rows = []
+    for t in targets:
+        r = agree.loc[t]
+        sign = "positive" if r["rho"] > 0 else "negative"
+        verdict = ("reproduced" if r["rho"] > 0 and r["p"] <= 0.05 else
+                   f"not reproduced: significantly {sign}" if r["p"] <= 0.05 else
+                   f"not reproduced: {sign} but not significant at 0.05")
+        rows.append({"target": t, "paper (Sec. 5.1)": claim, "outside set (paper)": outside.get(t, "-"),
+                     "study rho": round(float(r["rho"]), 2), "study p": round(float(r["p"]), 3),
+                     "sources": int(r["n"]), "verdict": verdict})
+    return pd.DataFrame(rows).set_index("target")
+
+
+def variation_verdicts(table: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
+    """Each variation (the `stability_table` rows that are not seeds) against the seed-to-seed spread: its pooled
+    rho and mean Jaccard with the base, whether each lies within the seeds' range ("stable"), the verdict, its least
+    stable target, and whether it agrees with the base better than any two seeds agree with each other."""
+    v = table.drop(index=[n for n in table.index if n.startswith("seed ")]).copy()
+    measures = ("pooled rho", "mean jaccard")
+    v["verdict"] = ["within the seed spread on both measures" if all(r[f"{m} stable"] for m in measures) else
+                    "below the seed spread on " + " and ".join(m for m in measures if not r[f"{m} stable"])
+                    for _, r in v.iterrows()]
+    v["above every seed pair"] = v["pooled rho"] > spread["pooled rho"].max()
+    return v[["overrides", "pooled rho", "mean jaccard", "verdict", "lowest target", "lowest target rho",
+              "above every seed pair"]]

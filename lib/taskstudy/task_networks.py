@@ -79,13 +79,17 @@ def average_prediction(task: str, targets: torch.Tensor, n: int) -> torch.Tensor
     label frequencies for class and distribution targets)."""
     t = taskdict.get_task(task)
     if t.loss_name == "ce":
-        onehot = F.one_hot(targets.long(), t.channels).float()  # (N, ..., C)
-        freq = onehot.mean(0).movedim(-1, 0)  # (C, ...)
+        valid = targets >= 0  # real data: IGNORE_INDEX pixels carry no label
+        onehot = F.one_hot(targets.long().clamp(min=0), t.channels).float()  # (N, ..., C)
+        if valid.all():
+            freq = onehot.mean(0).movedim(-1, 0)  # (C, ...)
+        else:
+            freq = ((onehot * valid[..., None]).sum(0) / valid.sum(0).clamp(min=1)[..., None]).movedim(-1, 0)
         out = torch.log(freq + 1e-6)
     elif t.loss_name == "kl":
         out = torch.log(targets.float().mean(0) + 1e-6)
     else:
-        out = targets.float().mean(0)
+        out = targets.float().nanmean(0).nan_to_num(0.0)  # real data: NaN marks pixels without geometry
     return out.unsqueeze(0).expand(n, *out.shape).contiguous()
 
 
@@ -179,8 +183,14 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
 
 
 def study_tasks(common: Any) -> list[str]:
-    """The dictionary tasks of this profile (common.tasks, default all), source-only tasks included."""
-    return list(common.tasks) if common.tasks else taskdict.dictionary_tasks()
+    """The dictionary tasks of this profile (common.tasks, default all), source-only tasks included; on Taskonomy
+    data (`common.dataset: taskonomy`) those the folder serves, the others named in one line."""
+    wanted = list(common.tasks) if common.tasks else taskdict.dictionary_tasks()
+    if getattr(common, "dataset", "scenes") == "taskonomy":
+        from taskstudy import taskonomy_data
+
+        return taskonomy_data.study_tasks(common, wanted)
+    return wanted
 
 
 def load_encoder(params: Any, task: str) -> Encoder:
@@ -255,3 +265,63 @@ def paper_baselines(step: StepResult) -> pd.DataFrame:
                      "study: rand wins vs network": win_rate(s["rand"], s["network"]),
                      "study: beats avg and rand": bool(beats[task])})
     return pd.DataFrame(rows)
+
+
+def paper_baselines_summary(beside: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
+    """The numbers of the Fig. 6 comparison (`paper_baselines` beside `baseline_table`): how often rand beats the
+    network in the paper's published readouts and in the study (median, maximum and its task), how many networks
+    beat both baselines, which do not and to which baseline each loses; `verdict` "reproduced" when every shared
+    network beats both."""
+    pc, sc = "paper: random-encoder readout wins vs network", "study: rand wins vs network"
+    failing = beside.loc[~beside["study: beats avg and rand"], "task"].tolist()
+    t = table.set_index("task")
+    lost = [f"{x} (loses to {' and '.join(b for b in ('avg', 'rand') if t.at[x, f'win rate vs {b}'] <= 0.5)})"
+            for x in failing]
+    return {"paper_median": float(beside[pc].median()), "paper_max": float(beside[pc].max()),
+            "paper_max_task": str(beside.loc[beside[pc].idxmax(), "paper task"]),
+            "study_median": float(beside[sc].median()), "study_max": float(beside[sc].max()),
+            "study_max_task": str(beside.loc[beside[sc].idxmax(), "task"]), "n": len(beside),
+            "beat": len(beside) - len(failing), "failing": ", ".join(lost) or "none",
+            "verdict": "not reproduced" if failing else "reproduced"}
+
+
+def ceiling_verdict(lo: float, hi: float) -> str:
+    """The convergence check's verdict from the interval of the relative change of val loss at the longer schedule."""
+    if hi < 0:
+        return "still improving: the longer schedule is lower beyond noise"
+    if lo > 0:
+        return "the longer schedule is worse beyond noise"
+    return "converged: within noise"
+
+
+def ceiling_check(params: Any, n_boot: int = 1000) -> pd.DataFrame:
+    """Is Step I trained to convergence (issue 17)? The networks of `task_networks.check_tasks` retrained, all else
+    equal, on a cosine schedule `check_epochs` long with the patience scaled by the same factor; per task the mean
+    val loss per image at the profile's ceiling and at the check's, the relative change with its 95% paired
+    bootstrap interval over the val images, the epochs each kept, and `ceiling_verdict`. Empty when off."""
+    from math import ceil
+
+    from taskstudy.params import load
+
+    cfg = params.section("task_networks")
+    tasks = [t for t in cfg.check_tasks if t in study_tasks(params.common)]
+    if not cfg.check_epochs or not tasks:
+        return pd.DataFrame()
+    patience = ceil(cfg.patience * cfg.check_epochs / cfg.epochs)
+    longer = load(params.file, [*params.overrides, f"task_networks.epochs={cfg.check_epochs}",
+                                f"task_networks.patience={patience}"])
+    base, check = task_networks(params, tasks), task_networks(longer, tasks)
+    rows = []
+    for t in tasks:
+        a = -np.asarray(base.results[t]["val_scores"]["network"], dtype=float)
+        b = -np.asarray(check.results[t]["val_scores"]["network"], dtype=float)
+        idx = uncertainty.bootstrap_indices(len(a), n_boot, unit_seed(params.common.seed, "ceiling_check", t))
+        lo, hi = uncertainty.interval((b[idx].mean(1) - a[idx].mean(1)) / a[idx].mean(1))
+        rows.append({"task": t, f"val loss, {cfg.epochs} epochs": a.mean(),
+                     f"val loss, {cfg.check_epochs} epochs": b.mean(), "change": b.mean() / a.mean() - 1,
+                     "lo": lo, "hi": hi, "kept epoch": base.results[t]["network"]["log"]["best_epoch"],
+                     "kept epoch, longer": check.results[t]["network"]["log"]["best_epoch"],
+                     "verdict": ceiling_verdict(lo, hi)})
+    out = pd.DataFrame(rows).set_index("task")
+    out.attrs.update(patience=patience, computed=len(check.computed))
+    return out

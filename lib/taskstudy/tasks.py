@@ -43,6 +43,7 @@ from taskstudy import scenes
 KINDS = ("pixel_regression", "pixel_classification", "regression", "classification", "distribution")
 INPUTS = ("rgb", "noisy", "grey", "masked", "jigsaw")
 JIGSAW_K = 24
+IGNORE_INDEX = -100  # a class-map pixel without a label (real data): left out of losses and scores
 NOISE_STD = 0.1
 _NOISE_STREAM = 0xD0153
 _JIGSAW_STREAM = 0x1195
@@ -85,14 +86,21 @@ class Task:
         return (n, self.channels)
 
     def per_image_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of each image (N,)."""
+        """Loss of each image (N,). Pixels a real dataset marks invalid (NaN in a regression target, IGNORE_INDEX
+        in a class map: taskstudy.taskonomy_data) are left out of the image's mean."""
         n = pred.shape[0]
-        if self.loss_name == "l1":
-            return (pred - target).abs().reshape(n, -1).mean(1)
-        if self.loss_name == "l2":
-            return ((pred - target) ** 2).reshape(n, -1).mean(1)
+        if self.loss_name in ("l1", "l2"):
+            valid = None
+            if target.is_floating_point() and torch.isnan(target).any():
+                valid = ~torch.isnan(target)
+                target = torch.where(valid, target, pred.detach())  # zero error and zero gradient there
+            err = (pred - target).abs() if self.loss_name == "l1" else (pred - target) ** 2
+            return err.reshape(n, -1).mean(1) if valid is None else _masked_mean(err, valid)
         if self.loss_name == "ce":
-            ce = F.cross_entropy(pred, target.long(), reduction="none")
+            target = target.long()
+            ce = F.cross_entropy(pred, target, reduction="none", ignore_index=IGNORE_INDEX)
+            if target.dim() > 1 and (target == IGNORE_INDEX).any():
+                return _masked_mean(ce, target != IGNORE_INDEX)
             return ce.reshape(n, -1).mean(1)
         if self.loss_name == "kl":
             logq = F.log_softmax(pred, dim=1)
@@ -108,6 +116,13 @@ class Task:
         """Per-image score (N,) for win rates: higher is better (the negative per-image loss)."""
         with torch.no_grad():
             return -self.per_image_loss(pred, target)
+
+
+def _masked_mean(err: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of `err` over its valid entries (an image with none: 0)."""
+    n = err.shape[0]
+    v = valid.reshape(n, -1).to(err.dtype)
+    return (err.reshape(n, -1) * v).sum(1) / v.sum(1).clamp(min=1)
 
 
 def _t(name: str, group: str, kind: str, channels: int, loss: str, target: str, **kw: Any) -> Task:
@@ -289,6 +304,18 @@ def _neighbour_max(x: torch.Tensor, fn: Any) -> torch.Tensor:
     return out
 
 
+def colour_clusters(rgb: torch.Tensor) -> torch.Tensor:
+    """segment_unsup2d's clustering: the 3x3-blurred image on a fixed grid of 4 levels per channel, (N, 1, H, W)
+    cluster ids 0..63."""
+    q = (_box3(rgb) * 4).floor().clamp(0, 3)
+    return q[:, 0:1] * 16 + q[:, 1:2] * 4 + q[:, 2:3]
+
+
+def label_boundaries(ids: torch.Tensor) -> torch.Tensor:
+    """1 where a 4-neighbour has another id, else 0: the boundary map of a segmentation (N, 1, H, W)."""
+    return _neighbour_max(ids, lambda c, o: (c != o).float())
+
+
 def _harris(chans: torch.Tensor, k: float) -> torch.Tensor:
     gx, gy = _sobel(chans)
     ixx, iyy, ixy = _box3(gx * gx).sum(1), _box3(gy * gy).sum(1), _box3(gx * gy).sum(1)
@@ -333,9 +360,7 @@ def _make_labels(b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     gx, gy = _sobel(grey)
     out["edge2d"] = torch.sqrt(gx * gx + gy * gy).clamp(max=1.0).numpy()
     out["keypoints2d"] = _harris(grey, 1e-3).numpy()
-    q = (_box3(rgb) * 4).floor().clamp(0, 3)
-    code = q[:, 0:1] * 16 + q[:, 1:2] * 4 + q[:, 2:3]
-    out["segment_unsup2d"] = _neighbour_max(code, lambda c, o: (c != o).float()).numpy()
+    out["segment_unsup2d"] = label_boundaries(colour_clusters(rgb)).numpy()
     out["jigsaw"] = jigsaw_class(b["index"], b["seed"])
 
     logd = _log32(dist)

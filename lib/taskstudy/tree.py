@@ -214,3 +214,35 @@ def rank_agreement(study: pd.DataFrame, paper: pd.DataFrame,
     pooled = spearmanr(xs_all, ys_all).statistic if len(xs_all) >= 3 else np.nan
     rows.append({"target": "pooled", "paper_target": None, "n": len(xs_all), "rho": float(pooled)})
     return pd.DataFrame(rows)
+
+
+def separation(tree: TaskTree, group: Mapping[str, str], n_groups: int) -> dict[str, float]:
+    """How the tree keeps the paper's 3D and 2D tasks apart (Sec. 5, Fig. 13): the mean cophenetic height within
+    the 3D tasks, within the 2D tasks and between the two, and the adjusted Rand index of the tree's `n_groups`-cut
+    with the 3D/2D labels on those tasks. `group`: task -> the paper's group ("3D", "2D", ...)."""
+    from scipy.cluster.hierarchy import cophenet
+    from scipy.spatial.distance import squareform
+
+    d = pd.DataFrame(squareform(cophenet(tree.linkage)), index=tree.labels, columns=tree.labels)
+    a = [x for x in tree.labels if group.get(x) == "3D"]
+    b = [x for x in tree.labels if group.get(x) == "2D"]
+
+    def within(s: list[str]) -> float:
+        return float(d.loc[s, s].to_numpy()[np.triu_indices(len(s), 1)].mean())
+
+    cut = cut_groups(tree, n_groups)
+    labels = a + b
+    return {"3D tasks": len(a), "2D tasks": len(b), "within 3D": within(a), "within 2D": within(b),
+            "between 3D and 2D": float(d.loc[a, b].to_numpy().mean()),
+            "ARI on 3D+2D tasks": adjusted_rand([cut[x] for x in labels], [group[x] for x in labels])}
+
+
+def separates(sep: Mapping[str, float]) -> bool:
+    """The 3D and 2D tasks join above both within-group heights (`separation`)."""
+    return sep["between 3D and 2D"] > max(sep["within 3D"], sep["within 2D"])
+
+
+def agreement_summary(study: pd.DataFrame, paper: pd.DataFrame) -> tuple[float, float]:
+    """(median per-target rho, pooled rho) of `rank_agreement` between two affinity matrices."""
+    g = rank_agreement(study, paper)
+    return float(g[g.target != "pooled"].rho.median()), float(g.set_index("target").at["pooled", "rho"])

@@ -86,3 +86,13 @@ def sign_verdict(lo: float, hi: float, expected: int) -> str:
     if lo > 0 or hi < 0:
         return "reproduced" if (lo > 0) == (expected > 0) else "not reproduced"
     return "within noise"
+
+
+def change_verdict(a_lo: float, a_hi: float, b_lo: float, b_hi: float) -> str:
+    """From a to b, judged on their intervals: "a rise beyond noise" when b's lies above a's, "a fall beyond noise"
+    when below, else "within noise"."""
+    if b_lo > a_hi:
+        return "a rise beyond noise"
+    if b_hi < a_lo:
+        return "a fall beyond noise"
+    return "within noise"
