@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,10 @@ def building_splits(counts: dict[str, int], wanted: dict[str, int], seed: int) -
     return out
 
 
-def _per_building(root: Path) -> dict[str, int]:
-    ds = TaskonomyFolder(root, [])
-    counts: dict[str, int] = {}
-    for b, _, _ in ds.samples:
-        counts[b] = counts.get(b, 0) + 1
-    return counts
+@lru_cache(maxsize=8)
+def _per_building(root: Path, fingerprint: str) -> dict[str, int]:
+    """Images per building (indexed once per folder state: every split of a run asks for it)."""
+    return dict(Counter(b for b, _, _ in TaskonomyFolder(root, []).samples))
 
 
 def split_key(common: Any, split: str, n: int, seed: int) -> dict[str, Any]:
@@ -176,7 +175,7 @@ def load_split(key: dict[str, Any]) -> dict[str, np.ndarray]:
     """Read one split (a `split_key`) from the folder into the study's split dictionary."""
     root = Path(key["root"])
     wanted = dict(zip(SPLIT_ORDER, key["sizes"], strict=True))
-    buildings = building_splits(_per_building(root), wanted, key["seed"])[key["split"]]
+    buildings = building_splits(_per_building(root, key["listing"]), wanted, key["seed"])[key["split"]]
     ds = TaskonomyFolder(root, key["tasks"], buildings=buildings, image_size=key["image_size"])
     rng = np.random.default_rng([key["seed"], SPLIT_ORDER.index(key["split"]), 0x7A5D])
     n = min(key["n"], len(ds))
