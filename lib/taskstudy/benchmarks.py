@@ -64,15 +64,14 @@ def render_rows(P, sizes: tuple[int, ...] | None = None, n: int | None = None,
                 repeats: int | None = None) -> list[dict]:
     """bench_render with the `performance` section's settings (chapter 14's, which runs with nothing beside it)
     unless given, measured once per version of the renderer's code and kept in the store."""
-    from taskstudy import scenes as scenes_mod
-    from taskstudy import tasks as tasks_mod
-    from taskstudy.store import Store, code_hash
+    from taskstudy.codehash import computation_hash
+    from taskstudy.store import Store
 
     cfg = P.values("performance")
     sizes, n = tuple(sizes or cfg["bench_sizes"]), n or cfg["bench_scenes"]
     repeats = repeats or cfg["bench_repeats"]
     key = {"sizes": list(sizes), "n": n, "repeats": repeats, "batch_size": min(256, n), "threads": 2,
-           "code": code_hash(scenes_mod, tasks_mod)}
+           "code": computation_hash(bench_render)}
     return Store.for_params(P).get_or_compute("bench_render", key,
                                               lambda: bench_render(sizes, n, repeats, batch_size=min(256, n)))
 

@@ -21,7 +21,8 @@ import torch
 
 from taskstudy import objects, scenes
 from taskstudy import tasks as taskdict
-from taskstudy.store import Store, code_hash
+from taskstudy.codehash import computation_hash
+from taskstudy.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,8 +32,8 @@ _SMALL_INTS = ("instance", "semantic", "label_segment_semantic", "label_shadow")
 
 
 def code_version() -> str:
-    """Hash of the renderer and the task dictionary: part of every split's key."""
-    return code_hash(scenes, taskdict)
+    """Hash of what renders a split (the renderer and the labels it computes): part of every split's key."""
+    return computation_hash(_render_split)
 
 
 def split_size(common: Any, split: str) -> int:
@@ -91,10 +92,12 @@ def _cached_split(root: Path, key_json: str) -> dict[str, np.ndarray]:
 
         return store.get_or_compute("taskonomy", key, lambda: taskonomy_data.load_split(key), fmt="npz")
 
-    def render() -> dict[str, np.ndarray]:
-        return _compact(scenes.generate_split(key["split"], key["n"], key["seed"], key["image_size"]))
+    return store.get_or_compute("scenes", key, lambda: _render_split(key), fmt="npz")
 
-    return store.get_or_compute("scenes", key, render, fmt="npz")
+
+def _render_split(key: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A split of the rendered world, as stored (`_compact`)."""
+    return _compact(scenes.generate_split(key["split"], key["n"], key["seed"], key["image_size"]))
 
 
 def target(split_data: dict[str, np.ndarray], task: str) -> torch.Tensor:
@@ -162,7 +165,7 @@ def object_split(store: Store, split: str, n: int, seed: int, image_size: int,
     (the ImageNet-like encoder: ``world="pretrain"``) and robustness (the outside set) chapters; labels are balanced
     over the world's classes."""
     key = {"world": world, "split": split, "n": n, "seed": seed, "image_size": image_size,
-           "code": code_hash(scenes, objects)}
+           "code": computation_hash(objects.render_objects)}
     return _cached_objects(store.root, tuple(sorted(key.items())))
 
 

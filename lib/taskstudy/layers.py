@@ -20,7 +20,6 @@ prefix's parameters excluded, at a fraction of the cost.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -35,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskstudy import uncertainty
-from taskstudy.store import Store, code_hash, stable_hash
+from taskstudy.codehash import computation_hash
+from taskstudy.store import Store, stable_hash
 from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device, seed_everything
 
 VERSION = "2"  # the store entries' format (the code itself is part of every key: data_key)
@@ -157,11 +157,9 @@ def train_net(net: LayerNet, n_frozen: int, data: Mapping[str, torch.Tensor], cf
 # ---- data --------------------------------------------------------------------------------------------------
 def data_key(values: Mapping[str, Any], common: Any) -> dict[str, Any]:
     """Every parameter and the code that determine the A/B image sets and what is trained on them."""
-    from taskstudy import objects, scenes, train
-
     key: dict[str, Any] = {"dataset": values["dataset"], "n_images": values["n_images"], "n_val": values["n_val"],
                            "n_test": values["n_test"], "image_size": values["image_size"], "seed": common.seed,
-                           "code": code_hash(scenes, objects, train, sys.modules[__name__])}
+                           "code": computation_hash(run_unit)}
     if values["dataset"] == "cifar100":
         key["cifar_root"] = str(_cifar_root(values["cifar_root"]))
     elif values["dataset"] != "objects":

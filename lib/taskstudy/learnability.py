@@ -9,7 +9,6 @@ the store, keyed by everything that determines them; chapter 08 renders the same
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +18,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from taskstudy import data, layers, objects, scenes, train
-from taskstudy.store import Store, code_hash, stable_hash
+from taskstudy import data, layers, objects, train
+from taskstudy.codehash import computation_hash
+from taskstudy.store import Store, stable_hash
 
 VERSION = "1"
 TASKS = ("class", "supercategory", "shape", "colour")
@@ -41,7 +41,7 @@ class Row:
     def key(self) -> dict[str, Any]:
         return {"task": self.task, "n_images": self.n_images, "pool": self.pool, "n_val": self.n_val,
                 "n_test": self.n_test, "seed": self.seed, "image_size": self.image_size, "net": dict(self.net),
-                "code": code_hash(scenes, objects, layers, train, sys.modules[__name__])}
+                "code": computation_hash(run_row)}
 
 
 def _relabel(task: str, label: np.ndarray) -> tuple[np.ndarray, int]:

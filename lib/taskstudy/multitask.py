@@ -22,7 +22,6 @@ epochs. Lookahead affinity (Fifty et al. 2021, Eq. 3): the network of all tasks 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,12 +34,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from taskstudy import data, grouping, models, train
+from taskstudy import data, grouping
 from taskstudy import tasks as taskdict
+from taskstudy.codehash import computation_hash
 from taskstudy.lookahead import LookaheadAccumulator
 from taskstudy.models import Encoder, make_decoder
 from taskstudy.parallel import map_units
-from taskstudy.store import Store, code_hash, stable_hash
+from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit_validated, kernels, resolve_device
 
@@ -213,7 +213,7 @@ def network_key(u: Unit) -> dict[str, Any]:
         "epochs": c.epochs, "patience": c.patience, "early_epoch": c.early_epoch, "batch_size": c.batch_size,
         "lr": c.lr, "seed": unit_train_seed(u), "train": train_key(u.common, c),
         "val": data.split_key(u.common, "val"), "test": data.split_key(u.common, "test"), **kernels(u.common),
-        "code": code_hash(models, train, taskdict, sys.modules[__name__]),
+        "code": computation_hash(train_unit),
     }
 
 

@@ -25,11 +25,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from taskstudy import ahp, data, evaluate, objects, scenes, uncertainty
+from taskstudy import ahp, data, evaluate, objects, uncertainty
 from taskstudy import tasks as taskdict
 from taskstudy import taxonomy as taxmod
+from taskstudy.codehash import computation_hash
 from taskstudy.models import TaskNetwork
-from taskstudy.store import Store, code_hash
+from taskstudy.store import Store
 from taskstudy.task_networks import StepResult, study_tasks, task_networks, unit_seed
 from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device
 from taskstudy.transfer import FULL, SCRATCH, SPLITS, fit_readout, query_images, query_kind, transfers
@@ -109,7 +110,8 @@ def imagenet_key(params: Any) -> dict[str, Any]:
     return {"world": "pretrain", "n_images": cfg.imagenet_n_images, "epochs": cfg.imagenet_epochs,
             "patience": cfg.imagenet_patience, "seed": params.common.seed, "image_size": params.common.image_size,
             "width": net.width, "depth": net.depth, "decoder_width": net.decoder_width,
-            "batch_size": net.batch_size, "lr": net.lr, "code": code_hash(scenes, objects), **kernels(params.common)}
+            "batch_size": net.batch_size, "lr": net.lr, "code": computation_hash(train_imagenet),
+            **kernels(params.common)}
 
 
 def _imagenet_network(params: Any) -> TaskNetwork:
@@ -178,7 +180,8 @@ def readout_key(params: Any, target: str) -> dict[str, Any]:
             **{split: data.split_key(params.common, split) for split in SPLITS},
             "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed,
-            "precision": params.common.precision, "channels_last": params.common.channels_last}
+            "precision": params.common.precision, "channels_last": params.common.channels_last,
+            "code": computation_hash(imagenet_scores)}
 
 
 def imagenet_scores(params: Any, targets: Sequence[str]) -> pd.DataFrame:

@@ -136,19 +136,22 @@ def downstream(all_chapters: Sequence[Chapter], selected: Sequence[Chapter]) -> 
     return [c for c in all_chapters if c.name in names]
 
 
-def _code_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted((root / "lib" / "taskstudy").glob("*.py")):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def _notebook_digest(path: Path) -> str:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     return hashlib.sha256("\x00".join(c.source for c in nb.cells).encode()).hexdigest()
+
+
+def _code_digest(path: Path) -> str:
+    """What the chapter's cells call of the library (codehash.source_hash): an edit to code the chapter does not
+    reach, or to a docstring, leaves it fresh."""
+    import nbformat
+
+    from taskstudy.codehash import source_hash
+
+    nb = nbformat.read(path, as_version=4)
+    return source_hash("\n".join(c.source for c in nb.cells if c.cell_type == "code"))
 
 
 def fingerprint(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path) -> str:
@@ -157,7 +160,7 @@ def fingerprint(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Ch
     parts = [
         params.profile,
         _notebook_digest(chapter.path),
-        _code_digest(root),
+        _code_digest(chapter.path),
         params.digest(*sections),
     ]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]

@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from taskstudy import ahp, data, objects, params, scenes, taxonomy, transfer, tree
+from taskstudy import ahp, data, objects, params, taxonomy, transfer, tree
 from taskstudy import task_networks as step1
 from taskstudy.agreement import permutation_p
+from taskstudy.codehash import computation_hash
 from taskstudy.parallel import map_units
 from taskstudy.paths import find_root
 from taskstudy.scenes import OBJECT_CLASSES
-from taskstudy.store import Store, code_hash
+from taskstudy.store import Store
 from taskstudy.train import predict
 
 VERSION = "1"
@@ -254,10 +255,10 @@ def outside_key(P: Any) -> dict[str, Any]:
     key: dict[str, Any] = {"dataset": cfg.outside_dataset, "n_train": cfg.outside_train, "n_test": cfg.outside_test,
                            "image_size": P.common.image_size, "seed": P.common.seed}
     if cfg.outside_dataset == "objects":
-        key.update(label=cfg.outside_label, code=code_hash(scenes, objects))
+        key["label"] = cfg.outside_label
     else:
         key["cifar_root"] = str(_cifar_root(cfg.cifar_root))
-    return key
+    return {**key, "code": computation_hash(outside_data)}
 
 
 def _cifar_root(root: str | None) -> Path:
@@ -319,12 +320,8 @@ def probe_accuracy(encoder: torch.nn.Module, d: Mapping[str, Any], grid: int, we
 
 
 def _probe_code() -> str:
-    """Hash of the code a probe's accuracy depends on (this module's probe and task2vec.fit_head)."""
-    import sys
-
-    from taskstudy import task2vec
-
-    return code_hash(sys.modules[__name__], task2vec)
+    """What a probe's accuracy is computed by (this module's probe and task2vec.fit_head)."""
+    return computation_hash(_probe_unit)
 
 
 def _probe_key(P: Any, source: str) -> dict[str, Any]:

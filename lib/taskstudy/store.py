@@ -10,7 +10,6 @@ the same time: the second waits and then reads what the first wrote.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import io
 import json
@@ -21,7 +20,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,37 +56,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"cannot hash parameter of type {type(x).__name__}: {x!r}")
-
-
-def code_hash(*modules: Any) -> str:
-    """Hash of what the given modules' code does: part of the key of every entry their code computes, so a code
-    change recomputes instead of silently reusing what older code made.
-
-    The hash is of the parsed code (its syntax tree) with docstrings left out, so editing a comment, a docstring
-    or the layout of a line keeps the store's entries; any change to a statement, a constant or a name does not."""
-    files = tuple((path, path.stat().st_mtime_ns) for path in (Path(mod.__file__) for mod in modules))
-    return _combined_hash(files)
-
-
-@lru_cache(maxsize=256)
-def _combined_hash(files: tuple[tuple[Path, int], ...]) -> str:
-    """code_hash of files at their modification times (memoised: store keys ask for it thousands of times)."""
-    h = hashlib.sha256()
-    for path, mtime_ns in files:
-        h.update(_code_fingerprint(path, mtime_ns).encode())
-    return h.hexdigest()[:12]
-
-
-@lru_cache(maxsize=64)
-def _code_fingerprint(path: Path, mtime_ns: int) -> str:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
 def file_sha256(path: Path) -> str:

@@ -27,7 +27,6 @@ brute-force row) run through parallel.map_units and are stored, keyed by everyth
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +41,11 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from taskstudy import data, objects, scenes
+from taskstudy.codehash import computation_hash
 from taskstudy.models import Encoder
 from taskstudy.parallel import map_units
 from taskstudy.reference import beside
-from taskstudy.store import Store, code_hash, stable_hash
+from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit, fit_validated, kernels, seed_everything, tail_change
 
@@ -309,7 +309,7 @@ def _object_key(common: Any, cfg: Any, split: str, world: str = "study") -> dict
     else:
         n = cfg.images_train if split == "train" else cfg.images_test
     return {"world": world, "split": split, "n": n, "seed": common.seed, "image_size": common.image_size,
-            "code": code_hash(scenes, objects)}
+            "code": computation_hash(objects.render_objects)}
 
 
 def task_data_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
@@ -378,7 +378,7 @@ def probe_key(common: Any, cfg: Any) -> dict[str, Any]:
     return {"data": _object_key(common, cfg, "train", "pretrain"), "val": _object_key(common, cfg, "val", "pretrain"),
             "width": cfg.probe_width, "depth": cfg.probe_depth, "epochs": cfg.probe_epochs,
             "patience": cfg.probe_patience, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "seed": unit_seed(common.seed, "task2vec_probe"), "code": code_hash(sys.modules[__name__]),
+            "seed": unit_seed(common.seed, "task2vec_probe"), "code": computation_hash(train_probe),
             **kernels(common)}
 
 
@@ -437,13 +437,15 @@ def probe_accuracy(store: Store, common: Any, cfg: Any) -> dict[str, float]:
 def embedding_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
     return {"probe": probe_key(common, cfg), "data": task_data_key(common, cfg, task),
             "mc_samples": cfg.mc_samples, "fisher_samples": cfg.fisher_samples, "head_wd": cfg.head_wd,
-            "head_steps": cfg.head_steps, "seed": unit_seed(common.seed, "task2vec_fisher", task)}
+            "head_steps": cfg.head_steps, "seed": unit_seed(common.seed, "task2vec_fisher", task),
+            "code": computation_hash(embed_unit)}
 
 
 def expert_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
     return {"data": task_data_key(common, cfg, task), "width": cfg.expert_width, "depth": cfg.probe_depth,
             "steps": cfg.expert_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "seed": unit_seed(common.seed, "task2vec_expert", task), **kernels(common)}
+            "seed": unit_seed(common.seed, "task2vec_expert", task), **kernels(common),
+            "code": computation_hash(expert_unit)}
 
 
 def errors_key(common: Any, cfg: Any, expert: str, targets: Sequence[str]) -> dict[str, Any]:

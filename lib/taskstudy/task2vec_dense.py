@@ -27,6 +27,7 @@ from torch import nn
 
 from taskstudy import data, task2vec
 from taskstudy import tasks as taskdict
+from taskstudy.codehash import computation_hash
 from taskstudy.models import PIXEL_KINDS
 from taskstudy.store import Store
 from taskstudy.train import predict
@@ -116,7 +117,7 @@ def _linear_nll(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 def embedding_key(common: Any, cfg: Any, task: str, n: int, head_steps: int) -> dict[str, Any]:
     return {"probe": task2vec.probe_key(common, cfg), "task": task, "data": data.split_key(common, "transfer"),
             "n": n, "mc_samples": cfg.mc_samples, "head_steps": head_steps,
-            "seed": task2vec.unit_seed(common.seed, "task2vec_dense", task)}
+            "seed": task2vec.unit_seed(common.seed, "task2vec_dense", task), "code": computation_hash(scene_embeddings)}
 
 
 def scene_embeddings(P: Any, tasks: list[str], n: int = 480, head_steps: int = 200) -> dict[str, np.ndarray]:

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from taskstudy import data, uncertainty
 from taskstudy import tasks as taskdict
+from taskstudy.codehash import computation_hash
 from taskstudy.models import Encoder, TaskNetwork
 from taskstudy.parallel import map_claimed
-from taskstudy.store import Store, code_hash
+from taskstudy.store import Store
 from taskstudy.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
 from taskstudy.tree import PAPER_NAMES, load_paper_affinities
 
@@ -59,9 +60,8 @@ def network_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
 
 
 def _code() -> str:
-    from taskstudy import models, train
-
-    return code_hash(models, train, taskdict)
+    """What trains and scores a task network (with everything of the package it calls)."""
+    return computation_hash(train_network_unit)
 
 
 def scores_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:

@@ -21,7 +21,6 @@ semantic map, and `tasks.Task` leaves them out of losses and scores.
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -160,7 +159,7 @@ def _per_building(root: Path, fingerprint: str) -> dict[str, int]:
 def split_key(common: Any, split: str, n: int, seed: int) -> dict[str, Any]:
     """What determines a Taskonomy split: the folder (path and listing), the split's buildings and size, the tasks
     read, the image size and the decoding code."""
-    from taskstudy.store import code_hash
+    from taskstudy.codehash import computation_hash
 
     root = root_of(common)
     tasks = sorted(t for t in served(root, list(common.tasks or taskdict.dictionary_tasks()))[0]
@@ -168,7 +167,7 @@ def split_key(common: Any, split: str, n: int, seed: int) -> dict[str, Any]:
     return {"dataset": "taskonomy", "root": str(root), "listing": listing(root), "split": split, "n": n,
             "seed": seed, "image_size": common.image_size, "tasks": tasks,
             "sizes": [common.n_train, common.n_transfer, common.n_val, common.n_test],
-            "code": code_hash(realdata, taskdict, sys.modules[__name__])}
+            "code": computation_hash(load_split)}
 
 
 def load_split(key: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -41,9 +41,10 @@ import torch
 
 from taskstudy import data, grouped
 from taskstudy import tasks as taskdict
+from taskstudy.codehash import computation_hash
 from taskstudy.models import Encoder, make_readout
 from taskstudy.parallel import map_claimed, map_units
-from taskstudy.store import Store, code_hash
+from taskstudy.store import Store
 from taskstudy.task_networks import VERSION as NET_VERSION
 from taskstudy.task_networks import (
     StepResult,
@@ -123,7 +124,7 @@ def encoder_view(params: Any, source: str, split: str, query: str) -> torch.Tens
 
 def features_key(params: Any, source: str, split: str, query: str = "rgb") -> dict[str, Any]:
     return {"encoder": encoder_key(params, source), "split": data.split_key(params.common, split), "query": query,
-            "view": view_name(params, source)}
+            "view": view_name(params, source), "code": computation_hash(_source_features)}
 
 
 def frozen_encoder(params: Any, source: str) -> Encoder:
@@ -185,9 +186,8 @@ def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str,
 
 
 def _readout_code() -> str:
-    from taskstudy import models, train
-
-    return code_hash(models, train, taskdict, grouped)
+    """What trains and scores a target's readouts and its scratch network."""
+    return computation_hash(target_unit)
 
 
 def scratch_key(params: Any, target: str) -> dict[str, Any]:

@@ -1,0 +1,331 @@
+"""What a computation is, as a hash: the part of a store key that makes a stored result follow the code that made it
+(issue 19, item 3).
+
+`computation_hash(f, ...)` hashes the functions and classes that compute a result and everything of the package they
+reach, read from the package's source files (nothing is imported): each definition's syntax tree with its docstrings
+and its own name left out, and every name in it that refers to the package's own function, class or module-level
+value replaced by *that* definition's hash (a Merkle hash over the references). So editing a docstring or a comment,
+renaming a function or moving it to another module changes no key; changing a statement, a constant or a default
+anywhere in the reach of a computation changes the keys of that computation's results, and of no other. The
+plumbing modules (the store, the parallel runner, paths, params, the pipeline), which move results but do not
+compute them, count by name only, as do other libraries (their versions are in the environment, constraints.txt).
+`source_hash` does the same for a chapter's cells: a chapter is stale when what it calls changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACKAGE = __name__.split(".")[0]
+ROOT = Path(__file__).resolve().parent
+PLUMBING = frozenset(f"{PACKAGE}.{m}" for m in (
+    "store", "parallel", "paths", "faults", "errors", "params", "pipeline", "cli", "dask_plugin", "manifest",
+    "codehash", "bookcheck"))
+
+
+def computation_hash(*objs: Any, n: int = 12) -> str:
+    """The hash of what `objs` (the package's functions and classes) compute, with everything of the package they
+    reach: the key part `code` of the results they make. Memoised until a file of the package changes."""
+    return _memo(tuple(_symbol_of(o) for o in objs), _package_state())[:n]
+
+
+def symbol_hash(module: str, name: str, n: int = 12) -> str:
+    """computation_hash of the definition `name` of `module`, read from the package's files under `ROOT`."""
+    return _memo(((module, name),), _package_state())[:n]
+
+
+def source_hash(source: str, n: int = 12) -> str:
+    """The hash of what a script (a chapter's cells) reaches of the package: every function, class and module-level
+    value of the package its names refer to, after its own imports."""
+    tree = ast.parse(source)
+    scope = _Scope.of_imports(tree.body + [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))])
+    state = _package_state()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+            ref = scope.lookup(node)
+            if ref is not None and ref[0] == "symbol":
+                found.add(_symbol_hash(_definition(ref[1], ref[2]), state))
+    return hashlib.sha256("\x00".join(sorted(found)).encode()).hexdigest()[:n]
+
+
+def _symbol_of(obj: Any) -> tuple[str, str]:
+    obj = getattr(obj, "__wrapped__", obj)  # functools.lru_cache, wraps: the function inside
+    module, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not _own(module) or not qual or "<" in qual:
+        raise TypeError(f"computation_hash takes the package's own top-level functions and classes, not {obj!r}")
+    return module, qual
+
+
+def _own(module: str) -> bool:
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
+def _module_file(module: str) -> Path | None:
+    rel = Path(*module.split(".")[1:])
+    for p in (ROOT / rel.with_suffix(".py"), ROOT / rel / "__init__.py") if rel.parts else (ROOT / "__init__.py",):
+        if p.is_file():
+            return p
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _package_files(root: Path) -> tuple[Path, ...]:
+    return tuple(sorted(root.rglob("*.py")))
+
+
+def _package_state() -> tuple[Any, ...]:
+    """The package's folder and its files' modification times: a memoised hash holds until one of them changes."""
+    return (str(ROOT), *(p.stat().st_mtime_ns for p in _package_files(ROOT)))
+
+
+_MEMO: dict[tuple[tuple[tuple[str, str], ...], tuple[Any, ...]], str] = {}
+
+
+def _memo(symbols: tuple[tuple[str, str], ...], state: tuple[Any, ...]) -> str:
+    key = (symbols, state)
+    if key not in _MEMO:
+        _MEMO[key] = hashlib.sha256("\x00".join(_symbol_hash(_definition(m, q), state) for m, q in symbols)
+                                    .encode()).hexdigest()
+    return _MEMO[key]
+
+
+# ---- what a module file defines and imports ------------------------------------------------------------------
+@dataclass
+class _Module:
+    name: str
+    defs: dict[str, ast.AST] = field(default_factory=dict)  # qualified name -> its def
+    values: dict[str, list[ast.stmt]] = field(default_factory=dict)  # module-level name -> its assignments
+    scope: _Scope | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _index(path: Path, module: str, mtime_ns: int) -> _Module:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    m = _Module(module)
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                m.defs[prefix + node.name] = node
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body, f"{prefix}{node.name}.")
+            elif not prefix and isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    for name in ast.walk(t):
+                        if isinstance(name, ast.Name):
+                            m.values.setdefault(name.id, []).append(node)
+
+    visit(tree.body, "")
+    m.scope = _Scope.of_imports(tree.body, module)
+    return m
+
+
+def _module(module: str) -> _Module | None:
+    path = _module_file(module)
+    return _index(path, module, path.stat().st_mtime_ns) if path else None
+
+
+@dataclass
+class _Scope:
+    """Names bound by imports: ("module", name) for a module of the package, ("symbol", module, name) for one of its
+    definitions, ("external", dotted name) for other libraries; `module`: the module whose own names come next."""
+
+    names: dict[str, tuple[str, ...]]
+    module: str | None = None
+
+    @staticmethod
+    def of_imports(body: list[ast.stmt], module: str | None = None) -> _Scope:
+        names: dict[str, tuple[str, ...]] = {}
+        for node in body:
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        names[a.asname] = ("module", a.name) if _own(a.name) else ("external", a.name)
+                    else:
+                        top = a.name.split(".")[0]
+                        names[top] = ("module", top) if _own(top) else ("external", top)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                base = node.module
+                if node.level and module:  # a relative import
+                    base = ".".join(module.split(".")[: -node.level] + [node.module])
+                for a in node.names:
+                    bound = a.asname or a.name
+                    if not _own(base):
+                        names[bound] = ("external", f"{base}.{a.name}")
+                    elif _module_file(f"{base}.{a.name}") is not None:
+                        names[bound] = ("module", f"{base}.{a.name}")
+                    else:
+                        names[bound] = ("symbol", base, a.name)
+        return _Scope(names, module)
+
+    def with_imports(self, node: ast.AST) -> _Scope:
+        """This scope plus the imports inside a function's body."""
+        inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        if not inner:
+            return self
+        return _Scope({**self.names, **_Scope.of_imports(inner, self.module).names}, self.module)
+
+    def lookup(self, node: ast.AST) -> tuple[str, ...] | None:
+        """What a name or an attribute chain refers to, or None (a local, a builtin)."""
+        if isinstance(node, ast.Name):
+            if node.id in self.names:
+                return self.names[node.id]
+            m = _module(self.module) if self.module else None
+            if m is not None and (node.id in m.defs or node.id in m.values):
+                return ("symbol", self.module, node.id)
+            return None
+        if isinstance(node, ast.Attribute):
+            base = self.lookup(node.value)
+            if base is None:
+                return None
+            if base[0] == "module":
+                sub = f"{base[1]}.{node.attr}"
+                return ("module", sub) if _module_file(sub) else ("symbol", base[1], node.attr)
+            if base[0] == "external":
+                return ("external", f"{base[1]}.{node.attr}")
+        return None
+
+
+# ---- the Merkle hash over the reference graph -------------------------------------------------------------------
+Symbol = tuple[str, str]  # (module, qualified name) where the definition is
+
+
+def _definition(module: str, name: str) -> Symbol | str:
+    """Where `module.name` is defined (a re-export followed), or the text it counts as when it is not the package's
+    code: the plumbing and other libraries by name, a module as a whole by name."""
+    for _ in range(16):
+        if module in PLUMBING:
+            return f"name:{module}.{name}"
+        m = _module(module)
+        if m is None:
+            return f"missing:{module}.{name}"
+        if name in m.defs or name in m.values:
+            return (module, name)
+        ref = m.scope.names.get(name) if m.scope else None
+        if ref is None:
+            return f"module:{module}.{name}" if _module_file(f"{module}.{name}") else f"missing:{module}.{name}"
+        if ref[0] != "symbol":
+            return f"{ref[0]}:{ref[1]}"
+        module, name = ref[1], ref[2]
+    return f"missing:{module}.{name}"
+
+
+@dataclass
+class _Raw:
+    """A definition's text with its references to the package's definitions as numbered holes."""
+
+    text: str
+    refs: list[Symbol]
+
+
+_RAW: dict[tuple[Symbol, tuple[Any, ...]], _Raw] = {}  # by the package's state: holes follow other modules
+
+
+def _raw(sym: Symbol, state: tuple[Any, ...]) -> _Raw:
+    if (sym, state) not in _RAW:
+        module, name = sym
+        m = _module(module)
+        assert m is not None, module
+        nodes = [m.defs[name]] if name in m.defs else m.values[name]
+        scope = m.scope or _Scope({}, m.name)
+        dumper = _Dumper()
+        parts = [dumper.dump(node, scope.with_imports(node)) for node in nodes]
+        if "." in name and name.split(".")[0] in m.defs:  # a method: its class counts (bases, class values)
+            parts.append(dumper.hole((module, name.split(".")[0])))
+        _RAW[(sym, state)] = _Raw("|".join(parts), dumper.refs)
+    return _RAW[(sym, state)]
+
+
+class _Dumper:
+    """ast.dump's text, but each name or attribute chain that refers to the package's own definition written as a
+    hole for that definition's hash, other libraries' names as their full dotted names (an import alias is no
+    change), and every def and class without its docstring and its own name (a rename or a move is no change)."""
+
+    def __init__(self) -> None:
+        self.refs: list[Symbol] = []
+
+    def hole(self, sym: Symbol) -> str:
+        self.refs.append(sym)
+        return f"\x01{len(self.refs) - 1}\x02"
+
+    def dump(self, node: Any, scope: _Scope) -> str:
+        if isinstance(node, ast.AST):
+            if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+                ref = scope.lookup(node)
+                if ref is not None:
+                    d = _definition(ref[1], ref[2]) if ref[0] == "symbol" else f"{ref[0]}:{ref[1]}"
+                    return f"<{d}>" if isinstance(d, str) else self.hole(d)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                body = node.body
+                if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                        and isinstance(body[0].value.value, str):
+                    body = body[1:]
+                fields = [self.dump(body if f == "body" else getattr(node, f, None), scope)
+                          for f in node._fields if f != "name"]
+                return f"{type(node).__name__}(" + ",".join(fields) + ")"
+            return f"{type(node).__name__}(" + ",".join(self.dump(getattr(node, f, None), scope)
+                                                        for f in node._fields) + ")"
+        if isinstance(node, list):
+            return "[" + ",".join(self.dump(x, scope) for x in node) + "]"
+        return repr(node)
+
+
+_DONE: dict[tuple[Symbol, tuple[Any, ...]], str] = {}
+
+
+def _fill(raw: _Raw, value: Any) -> str:
+    parts = raw.text.split("\x01")
+    out = [parts[0]]
+    for p in parts[1:]:
+        i, rest = p.split("\x02", 1)
+        out.append(f"<{value(raw.refs[int(i)])}>{rest}")
+    return "".join(out)
+
+
+def _symbol_hash(root: Symbol | str, state: tuple[Any, ...]) -> str:
+    """The hash of a definition: over the graph of definitions it reaches, dependencies first. Definitions that
+    reach each other (recursion, a key function naming the unit it keys) form one strongly connected component,
+    hashed as a whole from its members' texts (references inside it by qualified name), so the hash does not
+    depend on where a walk entered the cycle."""
+    import networkx as nx
+
+    if isinstance(root, str):
+        return root
+    if (root, state) in _DONE:
+        return _DONE[(root, state)]
+    graph = nx.DiGraph()
+    todo = [root]
+    graph.add_node(root)
+    while todo:
+        sym = todo.pop()
+        for ref in _raw(sym, state).refs:
+            if (ref, state) in _DONE:
+                continue
+            if ref not in graph:
+                graph.add_node(ref)
+                todo.append(ref)
+            graph.add_edge(sym, ref)
+    dag = nx.condensation(graph)
+    for c in reversed(list(nx.topological_sort(dag))):  # dependencies first
+        members = sorted(dag.nodes[c]["members"])
+        inside = set(members)
+
+        def value(ref: Symbol, inside: set[Symbol] = inside) -> str:
+            return f"scc:{ref[1]}" if ref in inside else _DONE[(ref, state)]
+
+        texts = [_fill(_raw(m, state), value) for m in members]
+        if len(members) == 1 and not graph.has_edge(members[0], members[0]):
+            _DONE[(members[0], state)] = "code:" + hashlib.sha256(texts[0].encode()).hexdigest()[:20]
+            continue
+        whole = hashlib.sha256("\x00".join(sorted(f"{m[1]}={t}" for m, t in zip(members, texts, strict=True)))
+                               .encode()).hexdigest()
+        for m in members:
+            _DONE[(m, state)] = "code:" + hashlib.sha256(f"{whole}:{m[1]}".encode()).hexdigest()[:20]
+    return _DONE[(root, state)]
