@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,15 @@ def source_hash(source: str, n: int = 12) -> str:
     """The hash of what a script (a chapter's cells) reaches of the package: every function, class and module-level
     value of the package its names refer to, after its own imports."""
     tree = ast.parse(source)
-    scope = _Scope.of_imports(tree.body + [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))])
+    scope = _Scope.of_imports([x for x in ast.walk(tree) if isinstance(x, (ast.Import, ast.ImportFrom))])
     state = _package_state()
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
-            ref = scope.lookup(node)
-            if ref is not None and ref[0] == "symbol":
-                found.add(_symbol_hash(_definition(ref[1], ref[2]), state))
+    with _LOCK:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
+                ref = scope.lookup(node)
+                if ref is not None and ref[0] == "symbol":
+                    found.add(_symbol_hash(_definition(ref[1], ref[2]), state))
     return hashlib.sha256("\x00".join(sorted(found)).encode()).hexdigest()[:n]
 
 
@@ -87,11 +89,15 @@ def _package_state() -> tuple[Any, ...]:
 _MEMO: dict[tuple[tuple[tuple[str, str], ...], tuple[Any, ...]], str] = {}
 
 
+_LOCK = threading.RLock()  # one walk at a time: a walk reads what others have hashed (a race would mix them)
+
+
 def _memo(symbols: tuple[tuple[str, str], ...], state: tuple[Any, ...]) -> str:
     key = (symbols, state)
     if key not in _MEMO:
-        _MEMO[key] = hashlib.sha256("\x00".join(_symbol_hash(_definition(m, q), state) for m, q in symbols)
-                                    .encode()).hexdigest()
+        with _LOCK:
+            _MEMO[key] = hashlib.sha256("\x00".join(_symbol_hash(_definition(m, q), state) for m, q in symbols)
+                                        .encode()).hexdigest()
     return _MEMO[key]
 
 

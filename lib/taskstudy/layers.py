@@ -381,15 +381,11 @@ def run_layer_transfer(values: Mapping[str, Any], common: Any, store: Store, bas
         results[unit] = {k: r[k] for k in _RESULT_FIELDS}
         store.save("layer_units", unit.key(), results[unit], VERSION, fmt="json")
 
-    address = common.cluster.address
-    for phase, desc in ((bases, "base nets"), (transfers, "transfer nets")):
-        todo = [u for u in phase if not done(u)]
-        if todo:
-            workers = min(common.workers, len(todo))
-            map_units_kw = {"workers": workers, "address": address, "on_result": on_result, "desc": desc}
-            from taskstudy.parallel import map_units
+    from taskstudy.parallel import run_units
 
-            map_units(run_unit, todo, **map_units_kw)
+    for phase, desc in ((bases, "base nets"), (transfers, "transfer nets")):  # transfers read their bases
+        run_units(run_unit, phase, store=store, kind="layer_units", key=Unit.key, version=VERSION, save=on_result,
+                  common=common, done=done, desc=desc)
     rows = [{"split_kind": u.split_kind, "treatment": u.treatment, "n": u.n, "seed": u.seed, **results[u]}
             for u in bases + transfers]
     return pd.DataFrame(rows)

@@ -94,23 +94,11 @@ def learnability_table(P: Any, sizes: list[int], tasks: list[str] | tuple[str, .
     rows += [Row(task=t, n_images=pool, **common) for t in tasks if t != "class"]
     for s, n in (("train", pool), ("val", V["n_val"]), ("test", V["n_test"])):  # render once, before workers
         data.object_split(store, s, n, P.common.seed, V["image_size"])
-    results: dict[Row, dict[str, float]] = {}
-    todo = []
-    for r in rows:
-        got = store.load("learnability", r.key(), VERSION)
-        if got is None:
-            todo.append(r)
-        else:
-            results[r] = got
+    from taskstudy.parallel import run_units
 
-    def save(r: Row, out: dict[str, float]) -> None:
-        store.save("learnability", r.key(), out, VERSION, fmt="json")
-        results[r] = out
-
-    from taskstudy.parallel import map_units
-
-    map_units(run_row, todo, workers=min(P.common.workers, len(todo)), address=P.common.cluster.address,
-              on_result=save, desc="learnability")
+    run_units(run_row, rows, store=store, kind="learnability", key=Row.key, version=VERSION, common=P.common,
+              save=lambda r, out: store.save("learnability", r.key(), out, VERSION, fmt="json"))
+    results = {r: store.load("learnability", r.key(), VERSION) for r in rows}
     return pd.DataFrame([{"task": r.task, "classes": int(results[r]["classes"]), "training images": r.n_images,
                           "images per class": r.n_images / int(results[r]["classes"]),
                           "top-1": results[r]["top1"], "chance": results[r]["chance"],

@@ -3,7 +3,7 @@
 Standley et al. train one multi-task network (a shared encoder, one decoder per task) for every non-empty subset of
 five scene tasks, plus a half-size single-task network per task: 2^N - 1 + N networks (31 + 5), then choose the
 set of networks that serves every task at the lowest total loss within an inference budget (`taskstudy.grouping`).
-Each network here is one unit of `parallel.map_units`, trained by the study's one training loop
+Each network here is one unit of `parallel.run_units`, trained by the study's one training loop
 (`train.fit_validated`: Adam, cosine decay over at most `epochs`, early stopping on the `val` split) on the clean RGB
 images of the `train` split with the unweighted sum of its tasks' own losses (`tasks.get_task(t).loss`, as the paper
 adds them), and scored on `val` (what every choice is made on) and per image on `test` (what judges the choice).
@@ -39,7 +39,7 @@ from taskstudy import tasks as taskdict
 from taskstudy.codehash import computation_hash
 from taskstudy.lookahead import LookaheadAccumulator
 from taskstudy.models import Encoder, make_decoder
-from taskstudy.parallel import map_units
+from taskstudy.parallel import run_units
 from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit_validated, kernels, resolve_device
@@ -393,7 +393,7 @@ def _run(units: list[Unit], results: list[dict[str, Any]], look: pd.DataFrame | 
 
 
 def train_all(params: Any, section: str = "task_grouping") -> GroupingStudy:
-    """Train (or read from the store) every network of every setting and seed, through one map_units."""
+    """Train (or read from the store) every network of every setting and seed, through one run_units."""
     common = grouping_common(params, section)
     store = Store.for_params(params)
     for split in ("train", "val", "test"):  # rendered once here, read by every worker
@@ -445,13 +445,12 @@ def _train_missing(store: Store, common: Any, units: list[Unit]) -> tuple[float,
     distinct: dict[str, Unit] = {}
     for u in units:
         distinct.setdefault(stable_hash(network_key(u)) + ("L" if u.lookahead else ""), u)
-    missing = [u for u in distinct.values() if not done(u)]
     # Largest networks first, so that the last units to finish are small ones (better load balance).
-    missing.sort(key=lambda u: -len(u.tasks) - (u.share == 1))
+    order = sorted(distinct.values(), key=lambda u: -len(u.tasks) - (u.share == 1))
     start = time.perf_counter()
-    map_units(train_unit, missing, workers=common.workers, address=common.cluster.address, on_result=save,
-              desc="task grouping: networks")
-    return time.perf_counter() - start, {stable_hash(network_key(u)) for u in missing}
+    ran = run_units(train_unit, order, store=store, kind="mtl_network", key=network_key, version=VERSION, save=save,
+                    common=common, done=done, desc="task grouping: networks")
+    return time.perf_counter() - start, {stable_hash(network_key(u)) for u in ran}
 
 
 def schedule_check(params: Any, section: str = "task_grouping") -> pd.DataFrame | None:

@@ -153,18 +153,28 @@ def imagenet_encoder(params: Any) -> dict[str, Any]:
                                                    lambda: train_imagenet(params), VERSION, fmt="pt")
 
 
-def _imagenet_on_a_worker(params: Any) -> Any:
-    """Start the ImageNet-like network's training on a Dask worker (None when it is stored already or the profile
-    runs in-process), so that it fills the workers' idle turns of Steps I-II instead of running after them."""
-    from taskstudy.parallel import get_client
+def _imagenet_on_a_worker(params: Any) -> tuple[Any, Any] | None:
+    """Start the ImageNet-like network's training on a Dask worker, so that it fills the workers' idle turns of
+    Steps I-II instead of running after them: (the future, the entry's claimed lock), or None when it is stored
+    already, the profile runs in-process, or another run holds the claim (`imagenet_encoder` then waits for it)."""
+    import filelock
 
-    common = params.common
+    from taskstudy.parallel import COMPUTED, get_client
+
+    common, store = params.common, Store.for_params(params)
     if not (common.workers or common.cluster.address):
         return None
-    if Store.for_params(params).exists("imagenet_encoder", imagenet_key(params), VERSION):
+    lock = store.lock("imagenet_encoder", imagenet_key(params), VERSION)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
         return None
+    if store.exists("imagenet_encoder", imagenet_key(params), VERSION):
+        lock.release()
+        return None
+    COMPUTED["imagenet_encoder"] = COMPUTED.get("imagenet_encoder", 0) + 1
     return get_client(common.workers, common.cluster.address).submit(train_imagenet, params, pure=False,
-                                                                     retries=2)
+                                                                     retries=2), lock
 
 
 def _load_imagenet(params: Any) -> torch.nn.Module:
@@ -181,27 +191,33 @@ def readout_key(params: Any, target: str) -> dict[str, Any]:
             "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed,
             "precision": params.common.precision, "channels_last": params.common.channels_last,
-            "code": computation_hash(imagenet_scores)}
+            "code": computation_hash(novel_readout_unit)}
+
+
+def novel_readout_unit(unit: tuple[Any, str]) -> dict[str, Any]:
+    """One imagenet -> target readout (Step II's protocol on the frozen ImageNet-like encoder): its scores and
+    training facts."""
+    params, target = unit
+    enc = _load_imagenet(params)
+    z = {split: predict(enc, query_images(params, split, query_kind(target))) for split in SPLITS}
+    scores, info = fit_readout(params, target, z, IMAGENET)
+    return {"scores": scores, **info}
 
 
 def imagenet_scores(params: Any, targets: Sequence[str]) -> pd.DataFrame:
     """Per-image test scores of the imagenet -> target readouts (the score table's columns), store-cached. The
     imagenet encoder is a reference, never a candidate: only the test split's scores are tabled."""
+    from taskstudy.parallel import run_units
+
     store = Store.for_params(params)
-    feats: dict[tuple[str, str], torch.Tensor] = {}
+    imagenet_encoder(params)  # trained (or read) here, before any worker reads it
+    run_units(novel_readout_unit, [(params, t) for t in targets], store=store, kind="novel_readout",
+              key=lambda u: readout_key(params, u[1]), version=VERSION, common=params.common,
+              save=lambda u, r: store.save("novel_readout", readout_key(params, u[1]), r, VERSION, fmt="pt"),
+              desc="novel tasks: imagenet readouts")
     frames = []
     for target in targets:
-        key = readout_key(params, target)
-        r = store.load("novel_readout", key, VERSION)
-        if r is None:
-            enc = _load_imagenet(params)
-            for split in SPLITS:
-                if (split, query_kind(target)) not in feats:
-                    feats[(split, query_kind(target))] = predict(enc, query_images(params, split, query_kind(target)))
-            z = {split: feats[(split, query_kind(target))] for split in SPLITS}
-            scores, info = fit_readout(params, target, z, IMAGENET)
-            r = {"scores": scores, **info}
-            store.save("novel_readout", key, r, VERSION, fmt="pt")
+        r = store.load("novel_readout", readout_key(params, target), VERSION)
         s = np.asarray(r["scores"], dtype=np.float64)
         frames.append(pd.DataFrame({"target": target, "sources": IMAGENET, "order": 1, "image": np.arange(len(s)),
                                     "score": s}))
@@ -287,8 +303,13 @@ def novel_tasks(params: Any, targets: Sequence[str] | None = None) -> StepResult
     pending = _imagenet_on_a_worker(params)
     step1 = task_networks(params, tasks=targets)
     step2 = transfers(params, targets=targets)
-    if pending is not None:  # the client writes the store, as for every unit
-        Store.for_params(params).save("imagenet_encoder", imagenet_key(params), pending.result(), VERSION, fmt="pt")
+    if pending is not None:  # the client writes the store, as for every unit, then lets go of its claim
+        future, lock = pending
+        try:
+            Store.for_params(params).save("imagenet_encoder", imagenet_key(params), future.result(), VERSION,
+                                          fmt="pt")
+        finally:
+            lock.release()
     net = imagenet_encoder(params)
     scores = pd.concat([step2.results["scores"], imagenet_scores(params, targets)], ignore_index=True)
     scores.attrs["split"] = "test"

@@ -315,3 +315,43 @@ def map_claimed(
                 map_units(fn, [left], on_result=on_result, **kwargs)
                 done.append(left)
     return done
+
+
+COMPUTED: dict[str, int] = {}  # units computed in this process, per store entry kind (run_units)
+
+
+def run_units(
+    fn: Callable[[U], R],
+    units: Sequence[U],
+    *,
+    store: Any,
+    kind: str,
+    key: Callable[[U], dict[str, Any]],
+    version: str,
+    save: Callable[[U, R], None],
+    common: Any,
+    done: Callable[[U], bool] | None = None,
+    left: Callable[[U], U | None] | None = None,
+    desc: str | None = None,
+) -> list[U]:
+    """The one way the study runs its units of work (issue 19, item 2): every unit kind gets the same guarantees.
+
+    A unit is done when its store entry `kind` under `key(unit)` at `version` exists, or when `done(unit)` says so
+    (a unit with several entries); `left(unit)` instead gives what is left of a unit (None: nothing). The units not
+    done are claimed by that entry's file lock (`store.lock`), so two runs on one store never compute a unit twice
+    (map_claimed); they run in this process or on the Dask cluster of `common.workers` / `common.cluster.address`
+    with a progress bar and retries (map_units); and the client writes their results as each one finishes
+    (`save(unit, result)`), so an interrupted run keeps every finished unit. Returns the units computed here;
+    `COMPUTED[kind]` counts them per process."""
+    def remaining(u: U) -> U | None:
+        if left is not None:
+            return left(u)
+        return None if (done(u) if done else store.exists(kind, key(u), version)) else u
+
+    todo = [r for r in map(remaining, units) if r is not None]
+    if not todo:
+        return []
+    ran = map_claimed(fn, todo, lambda u: store.lock(kind, key(u), version), remaining, on_result=save,
+                      workers=common.workers, address=common.cluster.address, desc=desc or kind.replace("_", " "))
+    COMPUTED[kind] = COMPUTED.get(kind, 0) + len(ran)
+    return ran

@@ -40,7 +40,7 @@ from taskstudy import ahp, data, objects, params, taxonomy, transfer, tree
 from taskstudy import task_networks as step1
 from taskstudy.agreement import permutation_p
 from taskstudy.codehash import computation_hash
-from taskstudy.parallel import map_units
+from taskstudy.parallel import run_units
 from taskstudy.paths import find_root
 from taskstudy.scenes import OBJECT_CLASSES
 from taskstudy.store import Store
@@ -331,7 +331,7 @@ def _probe_key(P: Any, source: str) -> dict[str, Any]:
 
 
 def _probe_unit(unit: tuple[Any, str]) -> float:
-    """One encoder's outside probe accuracy (a unit of parallel.map_units: the outside set is read from the store)."""
+    """One encoder's outside probe accuracy (a unit of parallel.run_units: the outside set is read from the store)."""
     P, source = unit
     cfg = P.section("robustness")
     return probe_accuracy(transfer.frozen_encoder(P, source), outside_data(P), cfg.probe_grid, cfg.probe_wd,
@@ -344,18 +344,14 @@ def outside_ranking(P: Any, sources: Sequence[str]) -> pd.DataFrame:
     accuracy, rank (1 = best), computed (now or read)."""
     store = Store.for_params(P)
     names = [*sources, transfer.RANDOM]
-    found = {s: store.load("outside_probe", _probe_key(P, s), VERSION) for s in names}
-    missing = [s for s in names if found[s] is None]
-    if missing:
+    if not all(store.exists("outside_probe", _probe_key(P, s), VERSION) for s in names):
         outside_data(P)  # rendered (or read) once here, so the workers read it from the store
-
-        def save(unit: tuple[Any, str], acc: float) -> None:
-            found[unit[1]] = {"accuracy": acc}
-            store.save("outside_probe", _probe_key(P, unit[1]), found[unit[1]], VERSION, fmt="json")
-
-        map_units(_probe_unit, [(P, s) for s in missing], workers=P.common.workers,
-                  address=P.common.cluster.address, on_result=save, desc="outside probes")
-    out = pd.DataFrame([{"source": s, "accuracy": float(found[s]["accuracy"]), "computed": s in missing}
+    ran = run_units(_probe_unit, [(P, s) for s in names], store=store, kind="outside_probe",
+                    key=lambda u: _probe_key(P, u[1]), version=VERSION, common=P.common, desc="outside probes",
+                    save=lambda u, acc: store.save("outside_probe", _probe_key(P, u[1]), {"accuracy": acc}, VERSION,
+                                                   fmt="json"))
+    found, here = {s: store.load("outside_probe", _probe_key(P, s), VERSION) for s in names}, {u[1] for u in ran}
+    out = pd.DataFrame([{"source": s, "accuracy": float(found[s]["accuracy"]), "computed": s in here}
                         for s in names])
     out["rank"] = out["accuracy"].rank(ascending=False, method="average")
     return out

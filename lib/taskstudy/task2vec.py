@@ -26,6 +26,7 @@ brute-force row) run through parallel.map_units and are stored, keyed by everyth
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from torch import nn
 from taskstudy import data, objects, scenes
 from taskstudy.codehash import computation_hash
 from taskstudy.models import Encoder
-from taskstudy.parallel import map_units
+from taskstudy.parallel import run_units
 from taskstudy.reference import beside
 from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
@@ -396,8 +397,8 @@ def train_probe(store: Store, common: Any, cfg: Any, compute: bool = True) -> Pr
     the store and per process); with compute=False a missing probe is an error (workers only read it)."""
     key = probe_key(common, cfg)
     cache = (str(store.root), stable_hash(key))
-    if cache in _PROBES:
-        return _PROBES[cache]
+    if cache in _PROBES:  # each caller its own copy: the Fisher hooks on a module would see every thread's passes
+        return copy.deepcopy(_PROBES[cache])
     n_classes = objects.num_classes("pretrain")
 
     def train() -> dict[str, Any]:
@@ -419,7 +420,7 @@ def train_probe(store: Store, common: Any, cfg: Any, compute: bool = True) -> Pr
     model.load_state_dict(saved["state"])
     model.log = saved["log"]  # type: ignore[assignment]  # the training log, for the chapter's calibration
     _PROBES[cache] = model.eval()
-    return _PROBES[cache]
+    return copy.deepcopy(model)
 
 
 def probe_accuracy(store: Store, common: Any, cfg: Any) -> dict[str, float]:
@@ -538,12 +539,6 @@ def _brute_force(model: Probe, store: Store, common: Any, cfg: Any, targets: Seq
     return errs
 
 
-def _run(P: Any, fn: Any, units: list[Unit], on_result: Any, desc: str) -> None:
-    if units:
-        map_units(fn, units, workers=P.common.workers, address=P.common.cluster.address, on_result=on_result,
-                  desc=desc)
-
-
 def _prepare(P: Any) -> tuple[Store, Any, list[str]]:
     store, cfg = Store.for_params(P), P.section(SECTION)
     names = family(cfg)
@@ -561,15 +556,10 @@ def embeddings(P: Any) -> dict[str, dict[str, np.ndarray]]:
     store, cfg, names = _prepare(P)
     train_probe(store, P.common, cfg)
     keys = {t: embedding_key(P.common, cfg, t) for t in names}
-    out = {t: store.load("task2vec_embedding", keys[t], VERSION) for t in names}
-    todo = [Unit(P.subset(SECTION), t) for t in names if out[t] is None]
-
-    def save(u: Unit, r: dict[str, np.ndarray]) -> None:
-        store.save("task2vec_embedding", keys[u.task], r, VERSION, fmt="npz")
-        out[u.task] = r
-
-    _run(P, embed_unit, todo, save, "task2vec embeddings")
-    return out
+    run_units(embed_unit, [Unit(P.subset(SECTION), t) for t in names], store=store, kind="task2vec_embedding",
+              key=lambda u: keys[u.task], version=VERSION, common=P.common, desc="task2vec embeddings",
+              save=lambda u, r: store.save("task2vec_embedding", keys[u.task], r, VERSION, fmt="npz"))
+    return {t: store.load("task2vec_embedding", keys[t], VERSION) for t in names}
 
 
 def embed_family(P: Any, kind: str = "embedding") -> tuple[list[str], np.ndarray]:
@@ -594,23 +584,18 @@ def expert_errors(P: Any) -> pd.DataFrame:
     """Brute force: test error of a linear head on each expert's frozen features (rows = experts = source
     tasks, columns = target tasks)."""
     store, cfg, names = _prepare(P)
-    rows: dict[str, np.ndarray] = {}
-    todo = []
-    for t in names:
-        r = store.load("task2vec_expert_errors", errors_key(P.common, cfg, t, names), VERSION)
-        if r is None:
-            todo.append(Unit(P.subset(SECTION), t, tuple(names)))
-        else:
-            rows[t] = r["errors"]
 
     def save(u: Unit, r: dict[str, Any]) -> None:
         if r["new"]:
             store.save("task2vec_expert", expert_key(P.common, cfg, u.task), {"state": r["state"]}, VERSION)
         store.save("task2vec_expert_errors", errors_key(P.common, cfg, u.task, names),
                    {"errors": r["errors"]}, VERSION, fmt="npz")
-        rows[u.task] = r["errors"]
 
-    _run(P, expert_unit, todo, save, "task2vec experts")
+    run_units(expert_unit, [Unit(P.subset(SECTION), t, tuple(names)) for t in names], store=store,
+              kind="task2vec_expert_errors", key=lambda u: errors_key(P.common, cfg, u.task, names), version=VERSION,
+              save=save, common=P.common, desc="task2vec experts")
+    rows = {t: store.load("task2vec_expert_errors", errors_key(P.common, cfg, t, names), VERSION)["errors"]
+            for t in names}
     return pd.DataFrame(np.stack([rows[t] for t in names]), index=names, columns=names)
 
 

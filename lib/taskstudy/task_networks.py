@@ -26,7 +26,7 @@ from taskstudy import data, uncertainty
 from taskstudy import tasks as taskdict
 from taskstudy.codehash import computation_hash
 from taskstudy.models import Encoder, TaskNetwork
-from taskstudy.parallel import map_claimed
+from taskstudy.parallel import run_units
 from taskstudy.store import Store
 from taskstudy.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
 from taskstudy.tree import PAPER_NAMES, load_paper_affinities
@@ -156,10 +156,9 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
         data.scene_split(store, common, split)
     units = [NetworkUnit(n, common, cfg, str(store.root)) for n in names]
 
-    def is_missing(u: NetworkUnit) -> NetworkUnit | None:
-        done = (store.exists("task_network", network_key(common, cfg, u.task), VERSION)
+    def done(u: NetworkUnit) -> bool:
+        return (store.exists("task_network", network_key(common, cfg, u.task), VERSION)
                 and store.exists("network_scores", scores_key(common, cfg, u.task), VERSION))
-        return None if done else u
 
     def save(u: NetworkUnit, r: dict[str, Any]) -> None:
         if "network" in r:
@@ -170,10 +169,9 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
                    fmt="pt")
 
     start = time.perf_counter()
-    computed = map_claimed(train_network_unit, [u for u in units if is_missing(u)],
-                           lambda u: store.lock("task_network", network_key(common, cfg, u.task), VERSION),
-                           is_missing, on_result=save, workers=common.workers, address=common.cluster.address,
-                           desc="Step I: task networks")
+    computed = run_units(train_network_unit, units, store=store, kind="task_network",
+                         key=lambda u: network_key(common, cfg, u.task), version=VERSION, save=save, common=common,
+                         done=done, desc="Step I: task networks")
     results = {
         n: {"network": store.load("task_network", network_key(common, cfg, n), VERSION),
             **store.load("network_scores", scores_key(common, cfg, n), VERSION)}

@@ -43,7 +43,7 @@ from taskstudy import data, grouped
 from taskstudy import tasks as taskdict
 from taskstudy.codehash import computation_hash
 from taskstudy.models import Encoder, make_readout
-from taskstudy.parallel import map_claimed, map_units
+from taskstudy.parallel import run_units
 from taskstudy.store import Store
 from taskstudy.task_networks import VERSION as NET_VERSION
 from taskstudy.task_networks import (
@@ -153,20 +153,20 @@ def cache_features(params: Any, sources: list[str], queries: tuple[str, ...] = (
     """E_s(I) of every source on the transfer, val and test splits, for every query form, computed once into the
     store (float16), one unit per source on the cluster's workers. Returns how many were computed now."""
     store = Store.for_params(params)
-    units = []
-    for s in sources:
-        todo = tuple((split, query) for query in queries for split in SPLITS
-                     if not store.exists("features", features_key(params, s, split, query), VERSION))
-        if todo:
-            units.append((params, s, todo))
+    wanted = tuple((split, query) for query in queries for split in SPLITS)
+
+    def left(unit: tuple[Any, str, tuple[tuple[str, str], ...]]) -> tuple[Any, str, tuple[tuple[str, str], ...]] | None:
+        todo = tuple(w for w in unit[2] if not store.exists("features", features_key(params, unit[1], *w), VERSION))
+        return (unit[0], unit[1], todo) if todo else None
 
     def save(unit: tuple[Any, str, tuple[tuple[str, str], ...]], z: dict[tuple[str, str], torch.Tensor]) -> None:
         for (split, query), zs in z.items():
             store.save("features", features_key(params, unit[1], split, query), {"z": zs}, VERSION, fmt="pt")
 
-    map_units(_source_features, units, workers=params.common.workers, address=params.common.cluster.address,
-              on_result=save, desc="Step II: frozen features")
-    return sum(len(u[2]) for u in units)
+    ran = run_units(_source_features, [(params, s, wanted) for s in sources], store=store, kind="features",
+                    key=lambda u: {"encoder": encoder_key(params, u[1]), "view": view_name(params, u[1])},
+                    version=VERSION, save=save, common=params.common, left=left, desc="Step II: frozen features")
+    return sum(len(u[2]) for u in ran)
 
 
 def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str, Any]:
@@ -368,9 +368,9 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
         return TargetUnit(small, u.target, u.source_sets if missing else (), need_scratch, u.part) \
             if missing or need_scratch else None
 
-    units = [left(TargetUnit(small, t, (), True, -1)) for t in plan if t in scratch]
+    units = [TargetUnit(small, t, (), True, -1) for t in plan if t in scratch]
     for t, sets in plan.items():
-        units += [left(TargetUnit(small, t, tuple(sets[i:i + UNIT_READOUTS]), False, i // UNIT_READOUTS))
+        units += [TargetUnit(small, t, tuple(sets[i:i + UNIT_READOUTS]), False, i // UNIT_READOUTS)
                   for i in range(0, len(sets), UNIT_READOUTS)]
 
     saved: list[str] = []
@@ -385,11 +385,9 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
             scores, info = r["scratch"]
             store.save("scratch", scratch_key(params, u.target), {"scores": scores, **info}, VERSION, fmt="pt")
 
-    done = map_claimed(target_unit, [u for u in units if u is not None],
-                       lambda u: store.lock("transfer_unit", {"target": u.target, "phase": phase, "part": u.part},
-                                            VERSION),
-                       left, on_result=save, workers=params.common.workers, address=params.common.cluster.address,
-                       desc=f"Step II: {phase} readouts")
+    done = run_units(target_unit, units, store=store, kind="transfer_unit",
+                     key=lambda u: {"target": u.target, "phase": phase, "part": u.part}, version=VERSION, save=save,
+                     common=params.common, left=left, desc=f"Step II: {phase} readouts")
     return saved + [f"{u.target}<-{SCRATCH}" for u in done if u.scratch]
 
 
