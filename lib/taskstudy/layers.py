@@ -12,7 +12,7 @@ Two class splits: ``similar`` (a random half of the classes, the paper's random 
 (the paper's man-made / natural split, Sec. 4.2; on the object world organic vs manufactured classes,
 objects.class_splits). Every net trains until its loss on a validation split of its half stops improving (early
 stopping, train.fit_validated); top-1 is measured on the test split. Every (split kind, treatment, n, seed)
-training run is one unit for ``parallel.map_units``; results go to the store keyed by every parameter and the
+training run is one unit for ``parallel.run_units``; results go to the store keyed by every parameter and the
 code that determine them, so reruns reuse finished units and killed runs resume. A frozen prefix is evaluated
 once (its features cached for the run), which is the same computation as training the whole net with the
 prefix's parameters excluded, at a fraction of the cost.

@@ -3,7 +3,7 @@
 For each (task, training images) row, the layer-transfer chapter's network (layers.LayerNet, with that chapter's
 width, schedule and early stopping) is trained from scratch on the study world's training images relabelled for
 the task (objects.task_families: the 48 classes, the super-category, the shape, the colour) and scored on its test
-images: top-1 against chance, and the CPU seconds it took. Rows run as units (parallel.map_units) and are kept in
+images: top-1 against chance, and the CPU seconds it took. Rows run as units (parallel.run_units) and are kept in
 the store, keyed by everything that determines them; chapter 08 renders the same splits and reads them back.
 """
 

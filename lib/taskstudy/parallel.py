@@ -1,4 +1,4 @@
-"""One way to run independent units of work: `map_units(fn, units)`.
+"""One way to run independent units of work: `run_units(fn, units, store=..., kind=..., key=...)`, over `map_units`.
 
 Step II is N^2 readouts, Standley is 2^N groupings, Yosinski is 4L runs; each unit is a pure function of its
 arguments and upstream store entries. `map_units` runs them in-process (`workers=0`), on a Dask LocalCluster
@@ -6,6 +6,8 @@ of single-threaded worker processes (torch set to one thread each), or on an exi
 (`cluster.address`). Workers only return results; the caller (the client) writes the store, through
 `on_result` as each unit finishes, so an interrupted run keeps every finished unit. Each unit run on a worker
 reports the CPU seconds it took (`cpu_account`: a chapter's cost is its kernel's CPU plus its units').
+`run_units` adds what every unit kind of the study needs on top: a unit whose store entry exists is not run, and
+one that runs is claimed by its entry's file lock first (`map_claimed`), so concurrent runs compute it once.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Expert selection (Sec. 4, "Model selection"): one expert per task (the same enco
 scratch on that task for a fixed number of steps); for every target, each other expert is scored by the error
 of a linear classifier on its frozen features (brute force), and Task2Vec picks the expert whose task has the
 smallest asymmetric distance to the target. Units (one embedding per task, one expert per task with its
-brute-force row) run through parallel.map_units and are stored, keyed by everything that determines them.
+brute-force row) run through parallel.run_units and are stored, keyed by everything that determines them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every task, source-only ones included, gets the same encoder architecture (taskstudy.models.Encoder) and a
 decoder for its kind, trained on the `train` split with the task's loss until its loss on the `val` split stops
 improving (early stopping; the best epoch's weights are kept). Each network is one unit of
-`parallel.map_units`; its weights are a store entry keyed by the task, the train and val splits and the training
+`parallel.run_units`; its weights are a store entry keyed by the task, the train and val splits and the training
 parameters, its per-image val and test scores another entry (adding test images re-scores, never retrains). The
 sanity baselines of the paper's Fig. 6 come with every network: `avg` (the mean training label as the
 prediction) and `rand` (the same network with random weights); the check is a per-image win rate against each.
@@ -148,7 +148,7 @@ class StepResult:
 
 def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
     """Step I for every task (default: every dictionary task of `common.tasks`): missing networks are trained
-    through parallel.map_units, the rest read from the store."""
+    through parallel.run_units, the rest read from the store."""
     common, cfg = params.common, params.section("task_networks")
     store = Store.for_params(params)
     names = tasks or study_tasks(common)

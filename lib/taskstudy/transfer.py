@@ -20,7 +20,7 @@ trained on the full split: the reference of Quality, and the paper's `self` cand
 Step I's scores.
 
 Units: the readouts of one target (one order at a time) in units of at most UNIT_READOUTS, trained side by side
-(taskstudy.grouped), and each scratch network, run through parallel.map_units; every readout is its own store
+(taskstudy.grouped), and each scratch network, run through parallel.run_units; every readout is its own store
 entry keyed by (target, sources, the sources' network keys, readout parameters), so adding a task trains only the
 units holding readouts that involve it (a unit trains as a whole, and saves only what the store lacks).
 """
@@ -142,7 +142,7 @@ def frozen_encoder(params: Any, source: str) -> Encoder:
 
 
 def _source_features(unit: tuple[Any, str, tuple[tuple[str, str], ...]]) -> dict[tuple[str, str], torch.Tensor]:
-    """E_s(I) of one source for each (split, query) asked (a unit of parallel.map_units), float16."""
+    """E_s(I) of one source for each (split, query) asked (a unit of parallel.run_units), float16."""
     params, source, todo = unit
     encoder, device = frozen_encoder(params, source), resolve_device(params.common.device)
     return {(split, query): predict(encoder, encoder_view(params, source, split, query), device=device).half()
