@@ -73,11 +73,12 @@ def test_every_unit_kind_and_chapter_is_hashed(base):
     assert len(set(base[k] for k in UNIT_KINDS)) == len(UNIT_KINDS)  # no two kinds share a hash
 
 
-def test_docstring_and_comment_edits_recompute_nothing(tmp_path, monkeypatch, base):
+def test_docstring_comment_and_type_hint_edits_recompute_nothing(tmp_path, monkeypatch, base):
     root = _copy(tmp_path, "docs")
     _edit(root, "train", '"""The learning rate at `step`', '"""(edited) The learning rate at `step`')
     _edit(root, "models", "def make_readout(", "# a new comment\ndef make_readout(")
     _edit(root, "scenes", '"""', '"""An edited module docstring. ')
+    _edit(root, "train", "def cosine_lr(lr: float, step: int, total: int) -> float:", "def cosine_lr(lr, step, total):")
     assert _changed(base, _hashes(root, monkeypatch)) == set()
 
 

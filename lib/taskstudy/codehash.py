@@ -2,14 +2,14 @@
 (issue 19, item 3).
 
 `computation_hash(f, ...)` hashes the functions and classes that compute a result and everything of the package they
-reach, read from the package's source files (nothing is imported): each definition's syntax tree with its docstrings
-and its own name left out, and every name in it that refers to the package's own function, class or module-level
-value replaced by *that* definition's hash (a Merkle hash over the references). So editing a docstring or a comment,
-renaming a function or moving it to another module changes no key; changing a statement, a constant or a default
-anywhere in the reach of a computation changes the keys of that computation's results, and of no other. The
-plumbing modules (the store, the parallel runner, paths, params, the pipeline), which move results but do not
-compute them, count by name only, as do other libraries (their versions are in the environment, constraints.txt).
-`source_hash` does the same for a chapter's cells: a chapter is stale when what it calls changes.
+reach, read from the package's source files (nothing is imported): each definition's syntax tree with its docstrings,
+its own name and its type hints left out, and every name in it that refers to the package's own function, class or
+module-level value replaced by *that* definition's hash (a Merkle hash over the references). So editing a docstring
+or a comment, renaming a function, moving it to another module or typing it changes no key; changing a statement, a
+constant or a default anywhere in the reach of a computation changes the keys of that computation's results, and of
+no other. The plumbing modules (the store, the parallel runner, paths, params, the pipeline), which move results but
+do not compute them, count by name only, as do other libraries (their versions are in the environment,
+constraints.txt). `source_hash` does the same for a chapter's cells: a chapter is stale when what it calls changes.
 """
 
 from __future__ import annotations
@@ -252,7 +252,8 @@ def _raw(sym: Symbol, state: tuple[Any, ...]) -> _Raw:
 class _Dumper:
     """ast.dump's text, but each name or attribute chain that refers to the package's own definition written as a
     hole for that definition's hash, other libraries' names as their full dotted names (an import alias is no
-    change), and every def and class without its docstring and its own name (a rename or a move is no change)."""
+    change), every def and class without its docstring and its own name (a rename or a move is no change), and
+    arguments and returns without their type hints (typing a function is no change)."""
 
     def __init__(self) -> None:
         self.refs: list[Symbol] = []
@@ -274,10 +275,11 @@ class _Dumper:
                         and isinstance(body[0].value.value, str):
                     body = body[1:]
                 fields = [self.dump(body if f == "body" else getattr(node, f, None), scope)
-                          for f in node._fields if f != "name"]
+                          for f in node._fields if f not in ("name", "returns", "type_comment")]
                 return f"{type(node).__name__}(" + ",".join(fields) + ")"
+            skip = ("annotation", "type_comment") if isinstance(node, ast.arg) else ()
             return f"{type(node).__name__}(" + ",".join(self.dump(getattr(node, f, None), scope)
-                                                        for f in node._fields) + ")"
+                                                        for f in node._fields if f not in skip) + ")"
         if isinstance(node, list):
             return "[" + ",".join(self.dump(x, scope) for x in node) + "]"
         return repr(node)
