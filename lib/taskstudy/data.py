@@ -27,6 +27,8 @@ from taskstudy.store import Store
 if TYPE_CHECKING:
     import pandas as pd
 
+    from taskstudy.params import Common
+
 SPLITS = ("train", "transfer", "val", "test")
 _SMALL_INTS = ("instance", "semantic", "label_segment_semantic", "label_shadow")
 
@@ -36,19 +38,19 @@ def code_version() -> str:
     return computation_hash(_render_split)
 
 
-def split_size(common: Any, split: str) -> int:
+def split_size(common: Common, split: str) -> int:
     sizes = {"train": common.n_train, "transfer": common.n_transfer, "val": common.n_val, "test": common.n_test}
     if split not in sizes:
         raise ValueError(f"unknown split '{split}' (one of {SPLITS})")
     return sizes[split]
 
 
-def split_seed(common: Any) -> int:
+def split_seed(common: Common) -> int:
     """The seed the scene splits are rendered from: `common.split_seed`, or `common.seed` when unset."""
     return common.seed if common.split_seed is None else common.split_seed
 
 
-def split_key(common: Any, split: str) -> dict[str, Any]:
+def split_key(common: Common, split: str) -> dict[str, Any]:
     """What determines a split: the rendered world's generator parameters and code, or (`common.dataset:
     taskonomy`) the Taskonomy folder's (`taskonomy_data.split_key`)."""
     if getattr(common, "dataset", "scenes") == "taskonomy":
@@ -76,7 +78,7 @@ def _compact(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def scene_split(store: Store, common: Any, split: str) -> dict[str, np.ndarray]:
+def scene_split(store: Store, common: Common, split: str) -> dict[str, np.ndarray]:
     """The whole split (render buffers kept for the chapters and every task's label), from the store; with
     `common.dataset: taskonomy`, the split read from the Taskonomy folder (its buildings, the tasks it serves)."""
     key = split_key(common, split)
@@ -118,7 +120,7 @@ def task_input(split_data: dict[str, np.ndarray], task: str, seed: int) -> torch
     return taskdict.make_input(task, split_data["rgb"], index=split_data["index"], seed=seed)
 
 
-def network_input(common: Any, split_data: dict[str, np.ndarray], task: str) -> torch.Tensor:
+def network_input(common: Common, split_data: dict[str, np.ndarray], task: str) -> torch.Tensor:
     """`task_input` seeded with the split's own render seed (the input and the label always agree, whatever
     `common.seed` is)."""
     return task_input(split_data, task, split_seed(common))
@@ -129,7 +131,7 @@ def rgb(split_data: dict[str, np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(split_data["rgb"]))
 
 
-def split_table(store: Store, common: Any) -> pd.DataFrame:
+def split_table(store: Store, common: Common) -> pd.DataFrame:
     """One row per split: its role, scenes, image size and stored size."""
     import pandas as pd
 

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from taskstudy import robustness as rb
 from taskstudy import tasks as taskdict
 from taskstudy.store import Store
 from taskstudy.task_networks import study_tasks, unit_seed
+
+if TYPE_CHECKING:
+    from taskstudy.params import StudyParams
 
 CHANCE = "random scores"  # a seeded random score per (target, source): the estimator that knows nothing
 TRUTH = "ground truth (AHP)"  # Step III's first-order affinities (val): what the estimators try to predict
@@ -45,11 +48,11 @@ class Estimates:
         return sub.pivot(index="target", columns="source", values="score")
 
 
-def _val_labels(P: Any, target: str) -> Any:
+def _val_labels(P: StudyParams, target: str) -> Any:
     return data.target(data.scene_split(Store.for_params(P), P.common, "val"), target)
 
 
-def estimate(P: Any, targets: Sequence[str] | None = None, sources: Sequence[str] | None = None,
+def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequence[str] | None = None,
              names: Iterable[str] = est.ESTIMATORS) -> Estimates:
     """Every estimator in `names` (and the chance estimator) for every target x source on the val split's cached
     features (chapter 03's store entries; each target's query form). RSA and DDS compare a source's representation
@@ -87,7 +90,7 @@ def estimate(P: Any, targets: Sequence[str] | None = None, sources: Sequence[str
     return Estimates(pd.DataFrame(rows, columns=["estimator", "target", "source", "score"]), dict(cpu))
 
 
-def ground_truth(P: Any) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+def ground_truth(P: StudyParams) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """Step III's first-order affinities on val (no baselines: the candidates an estimator rates), chapter 03's
     test scores (Gain and Quality are judged there) and the summed training seconds of the first-order readouts
     behind the affinities (one thread each, as the estimators' CPU seconds)."""
@@ -260,7 +263,7 @@ def summary_table(table: pd.DataFrame, tax: pd.DataFrame, cost: pd.DataFrame, to
 
 # --- where Task2Vec and the lookahead apply: chapter 10's tasks -------------------------------------------------
 
-def on_grouping_tasks(P: Any, truth: pd.DataFrame, estimates: Estimates) -> pd.DataFrame:
+def on_grouping_tasks(P: StudyParams, truth: pd.DataFrame, estimates: Estimates) -> pd.DataFrame:
     """On chapter 10's tasks only (where the study has Task2Vec embeddings and TAG's lookahead: chapters 09-11's
     store entries), every estimator's and those two's mean per-target rho with the ground truth restricted to the
     same sources, a target's own source left out (Task2Vec's distance of a task to itself is 0 by definition, and
@@ -290,7 +293,8 @@ def on_grouping_tasks(P: Any, truth: pd.DataFrame, estimates: Estimates) -> pd.D
 
 # --- Agostinelli et al.'s question: do the estimators' standings hold across the robustness variations? ----------
 
-def across_variations(P: Any, runs: Mapping[str, rb.Run], names: Iterable[str] = est.ESTIMATORS) -> pd.DataFrame:
+def across_variations(P: StudyParams, runs: Mapping[str, rb.Run],
+                      names: Iterable[str] = est.ESTIMATORS) -> pd.DataFrame:
     """Every estimator's mean per-target rho with the ground truth of each robustness run (chapter 12's base, its
     training seeds and variations; each run's estimators on that run's own encoders): estimators x runs."""
     cols = {}

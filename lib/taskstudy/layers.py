@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +37,9 @@ from taskstudy import uncertainty
 from taskstudy.codehash import computation_hash
 from taskstudy.store import Store, stable_hash
 from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device, seed_everything
+
+if TYPE_CHECKING:
+    from taskstudy.params import Common
 
 VERSION = "2"  # the store entries' format (the code itself is part of every key: data_key)
 SPLIT_KINDS = ("similar", "dissimilar")
@@ -155,7 +158,7 @@ def train_net(net: LayerNet, n_frozen: int, data: Mapping[str, torch.Tensor], cf
 
 
 # ---- data --------------------------------------------------------------------------------------------------
-def data_key(values: Mapping[str, Any], common: Any) -> dict[str, Any]:
+def data_key(values: Mapping[str, Any], common: Common) -> dict[str, Any]:
     """Every parameter and the code that determine the A/B image sets and what is trained on them."""
     key: dict[str, Any] = {"dataset": values["dataset"], "n_images": values["n_images"], "n_val": values["n_val"],
                            "n_test": values["n_test"], "image_size": values["image_size"], "seed": common.seed,
@@ -317,7 +320,7 @@ def run_unit(unit: Unit) -> dict[str, Any]:
     return out
 
 
-def make_units(values: Mapping[str, Any], common: Any, store_root: str | Path) -> tuple[list[Unit], list[Unit]]:
+def make_units(values: Mapping[str, Any], common: Common, store_root: str | Path) -> tuple[list[Unit], list[Unit]]:
     """(base units, transfer units) of the whole experiment."""
     dkey = tuple(sorted(data_key(values, common).items()))
     shared = {k: values[k] for k in ("layers", "width", "hidden", "epochs", "patience", "batch_size", "lr")}
@@ -356,7 +359,7 @@ def unit_counts(values: Mapping[str, Any]) -> dict[str, int]:
 _RESULT_FIELDS = ("top1", "cpu_s", "epochs_run", "best_epoch", "train_loss", "val_loss")
 
 
-def run_layer_transfer(values: Mapping[str, Any], common: Any, store: Store, bases_only: bool = False
+def run_layer_transfer(values: Mapping[str, Any], common: Common, store: Store, bases_only: bool = False
                        ) -> pd.DataFrame:
     """Run (or read from the store) every unit (with bases_only, the base nets only); rows: split_kind,
     treatment, n, seed, top1, cpu_s (the unit's CPU seconds when it was computed: its cost, independent of other
@@ -391,7 +394,7 @@ def run_layer_transfer(values: Mapping[str, Any], common: Any, store: Store, bas
     return pd.DataFrame(rows)
 
 
-def schedule_check(values: Mapping[str, Any], common: Any, store: Store, runs: pd.DataFrame, epochs: int
+def schedule_check(values: Mapping[str, Any], common: Common, store: Store, runs: pd.DataFrame, epochs: int
                    ) -> pd.DataFrame:
     """Is the schedule long enough? The base nets of the first seed retrained with an `epochs`-long schedule
     (same early stopping), beside the study's: per base, the best validation loss and the test top-1 of both."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from taskstudy import data, layers, objects, train
 from taskstudy.codehash import computation_hash
 from taskstudy.store import Store, stable_hash
+
+if TYPE_CHECKING:
+    from taskstudy.params import StudyParams
 
 VERSION = "1"
 TASKS = ("class", "supercategory", "shape", "colour")
@@ -79,7 +82,7 @@ def run_row(row: Row) -> dict[str, float]:
             "cpu_s": time.process_time() - t0}
 
 
-def learnability_table(P: Any, sizes: list[int], tasks: list[str] | tuple[str, ...] = TASKS) -> pd.DataFrame:
+def learnability_table(P: StudyParams, sizes: list[int], tasks: list[str] | tuple[str, ...] = TASKS) -> pd.DataFrame:
     """One row per (task, training images): the class task at every size in `sizes`, the other tasks at the
     largest. Columns: task, classes, training images, images per class, top-1, chance, x chance, epochs, CPU s."""
     if not sizes:

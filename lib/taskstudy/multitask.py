@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from taskstudy.parallel import run_units
 from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit_validated, kernels, resolve_device
+
+if TYPE_CHECKING:
+    from taskstudy.params import Common, StudyParams
 
 VERSION = "2"
 HALF_COST = 0.5  # budget units charged to a half-size network (the paper's convention)
@@ -70,21 +73,21 @@ class GroupingConfig:
     networks: str = "all"  # "all" candidates, or "pairs": the full-size single-task and pair networks only
 
     @classmethod
-    def from_params(cls, params: Any, section: str = "task_grouping") -> GroupingConfig:
+    def from_params(cls, params: StudyParams, section: str = "task_grouping") -> GroupingConfig:
         """The control setting: the section's own values."""
         values = dict(params.values(section))
         values["tasks"] = tuple(values["tasks"])
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
-def grouping_common(params: Any, section: str = "task_grouping") -> Any:
+def grouping_common(params: StudyParams, section: str = "task_grouping") -> Any:
     """The profile's `common` with the section's `image_size` (None: the study's own): the scenes the chapter's
     networks train and are scored on, rendered at that size (their labels exact at it, as at any size)."""
     size = params.values(section).get("image_size")
     return params.common if size is None else params.common.model_copy(update={"image_size": size})
 
 
-def settings(params: Any, section: str = "task_grouping") -> dict[str, GroupingConfig]:
+def settings(params: StudyParams, section: str = "task_grouping") -> dict[str, GroupingConfig]:
     """The paper's settings (its Tables 2-4): "control" (the section's values) first, then each entry of the
     section's `settings` (name -> overrides of SETTING_FIELDS), trained on `setting_networks` and without the
     equal-budget networks."""
@@ -196,11 +199,11 @@ def unit_train_seed(u: Unit) -> int:
     return unit_seed(u.common.seed, "multitask", str(u.seed), *u.tasks)
 
 
-def _n_used(common: Any, cfg: GroupingConfig) -> int:
+def _n_used(common: Common, cfg: GroupingConfig) -> int:
     return common.n_train if cfg.train_images <= 0 else min(cfg.train_images, common.n_train)
 
 
-def train_key(common: Any, cfg: GroupingConfig) -> dict[str, Any]:
+def train_key(common: Common, cfg: GroupingConfig) -> dict[str, Any]:
     return {**data.split_key(common, "train"), "used": _n_used(common, cfg)}
 
 
@@ -222,7 +225,7 @@ def lookahead_key(u: Unit) -> dict[str, Any]:
     return {"network": network_key(u), "every": u.cfg.lookahead_every, "step": "adam", "stored": "values"}
 
 
-def make_units(common: Any, cfg: GroupingConfig, root: str, seed: int = 0) -> list[Unit]:
+def make_units(common: Common, cfg: GroupingConfig, root: str, seed: int = 0) -> list[Unit]:
     """One seed's networks: the 2^N - 1 full-size networks (by size, then task order) and N half-size single-task
     networks, in the order of `grouping.candidate_networks` (with `networks="pairs"` only those of one or two
     tasks); then, with `equal_budget`, the single-task networks of 1/k size for k = 3..N."""
@@ -392,7 +395,7 @@ def _run(units: list[Unit], results: list[dict[str, Any]], look: pd.DataFrame | 
                        setting=setting)
 
 
-def train_all(params: Any, section: str = "task_grouping") -> GroupingStudy:
+def train_all(params: StudyParams, section: str = "task_grouping") -> GroupingStudy:
     """Train (or read from the store) every network of every setting and seed, through one run_units."""
     common = grouping_common(params, section)
     store = Store.for_params(params)
@@ -426,7 +429,7 @@ def _frame(stored: dict[str, Any]) -> pd.DataFrame:
                         columns=pd.Index(stored["columns"], name=stored["names"][1]))
 
 
-def _train_missing(store: Store, common: Any, units: list[Unit]) -> tuple[float, set[str]]:
+def _train_missing(store: Store, common: Common, units: list[Unit]) -> tuple[float, set[str]]:
     """Train the units whose results the store lacks (each distinct network once), saving each as it finishes;
     returns the wall time and the key hashes of the networks trained."""
 
@@ -453,7 +456,7 @@ def _train_missing(store: Store, common: Any, units: list[Unit]) -> tuple[float,
     return time.perf_counter() - start, {stable_hash(network_key(u)) for u in ran}
 
 
-def schedule_check(params: Any, section: str = "task_grouping") -> pd.DataFrame | None:
+def schedule_check(params: StudyParams, section: str = "task_grouping") -> pd.DataFrame | None:
     """Is the schedule long enough? The control's first-seed single-task networks and its all-tasks network
     retrained on a `check_epochs`-long schedule (same early stopping, no lookahead), beside the study's: per
     network the best val loss and the epochs run of both. None when check_epochs is 0."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from taskstudy.store import Store
 from taskstudy.task_networks import StepResult, study_tasks, task_networks, unit_seed
 from taskstudy.train import TrainConfig, fit_validated, kernels, predict, resolve_device
 from taskstudy.transfer import FULL, SCRATCH, SPLITS, fit_readout, query_images, query_kind, transfers
+
+if TYPE_CHECKING:
+    from taskstudy.params import StudyParams
 
 VERSION = "2"  # 2: readouts early-stopped on val, queries in the target's form
 IMAGENET = "imagenet"  # the supervised-classification encoder from another domain
@@ -100,11 +103,11 @@ def paper_gain_quality() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _cfg(params: Any) -> Any:
+def _cfg(params: StudyParams) -> Any:
     return params.section("novel_tasks")
 
 
-def imagenet_key(params: Any) -> dict[str, Any]:
+def imagenet_key(params: StudyParams) -> dict[str, Any]:
     """Everything that determines the ImageNet-like encoder's weights."""
     cfg, net = _cfg(params), params.section("task_networks")
     return {"world": "pretrain", "n_images": cfg.imagenet_n_images, "epochs": cfg.imagenet_epochs,
@@ -114,13 +117,13 @@ def imagenet_key(params: Any) -> dict[str, Any]:
             **kernels(params.common)}
 
 
-def _imagenet_network(params: Any) -> TaskNetwork:
+def _imagenet_network(params: StudyParams) -> TaskNetwork:
     net_cfg = params.section("task_networks")
     return TaskNetwork("classification", objects.num_classes("pretrain"), net_cfg.width, net_cfg.depth,
                        net_cfg.decoder_width)
 
 
-def train_imagenet(params: Any) -> dict[str, Any]:
+def train_imagenet(params: StudyParams) -> dict[str, Any]:
     """Train the "ImageNet-like" network (no store): the study's Encoder with a classification decoder, on
     `imagenet_n_images` images of the object world's pretrain classes (no class or image of the chapters' tasks),
     early-stopped on a validation split a fifth the size, scored on a test split as large. Returns state (the
@@ -147,13 +150,13 @@ def train_imagenet(params: Any) -> dict[str, Any]:
             "chance": 1 / n_classes, "classes": n_classes, "epochs": log.epochs_run}
 
 
-def imagenet_encoder(params: Any) -> dict[str, Any]:
+def imagenet_encoder(params: StudyParams) -> dict[str, Any]:
     """The ImageNet-like network (`train_imagenet`), read from the store or trained here and stored."""
     return Store.for_params(params).get_or_compute("imagenet_encoder", imagenet_key(params),
                                                    lambda: train_imagenet(params), VERSION, fmt="pt")
 
 
-def _imagenet_on_a_worker(params: Any) -> tuple[Any, Any] | None:
+def _imagenet_on_a_worker(params: StudyParams) -> tuple[Any, Any] | None:
     """Start the ImageNet-like network's training on a Dask worker, so that it fills the workers' idle turns of
     Steps I-II instead of running after them: (the future, the entry's claimed lock), or None when it is stored
     already, the profile runs in-process, or another run holds the claim (`imagenet_encoder` then waits for it)."""
@@ -177,13 +180,13 @@ def _imagenet_on_a_worker(params: Any) -> tuple[Any, Any] | None:
                                                                      retries=2), lock
 
 
-def _load_imagenet(params: Any) -> torch.nn.Module:
+def _load_imagenet(params: StudyParams) -> torch.nn.Module:
     net = _imagenet_network(params)
     net.load_state_dict(imagenet_encoder(params)["state"])
     return net.encoder.eval()
 
 
-def readout_key(params: Any, target: str) -> dict[str, Any]:
+def readout_key(params: StudyParams, target: str) -> dict[str, Any]:
     """Everything that determines the imagenet -> target readout (the protocol of transfer.readout_key)."""
     cfg = params.section("transfers")
     return {"target": target, "sources": IMAGENET, "encoder": imagenet_key(params), "query": query_kind(target),
@@ -204,7 +207,7 @@ def novel_readout_unit(unit: tuple[Any, str]) -> dict[str, Any]:
     return {"scores": scores, **info}
 
 
-def imagenet_scores(params: Any, targets: Sequence[str]) -> pd.DataFrame:
+def imagenet_scores(params: StudyParams, targets: Sequence[str]) -> pd.DataFrame:
     """Per-image test scores of the imagenet -> target readouts (the score table's columns), store-cached. The
     imagenet encoder is a reference, never a candidate: only the test split's scores are tabled."""
     from taskstudy.parallel import run_units
@@ -290,7 +293,7 @@ def paper_beside(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def novel_tasks(params: Any, targets: Sequence[str] | None = None) -> StepResult:
+def novel_tasks(params: StudyParams, targets: Sequence[str] | None = None) -> StepResult:
     """The whole novel-task experiment: Step I-IV for the held-out targets, the imagenet encoder and its
     readouts. results: scores (every readout and baseline, imagenet included), affinity, taxonomy, table
     (win rates), losses, imagenet (the encoder's training facts)."""

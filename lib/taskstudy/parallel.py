@@ -21,9 +21,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm.auto import tqdm as _tqdm
+
+if TYPE_CHECKING:
+    from taskstudy.params import Common
 
 U = TypeVar("U")
 
@@ -331,7 +334,7 @@ def run_units(
     key: Callable[[U], dict[str, Any]],
     version: str,
     save: Callable[[U, R], None],
-    common: Any,
+    common: Common,
     done: Callable[[U], bool] | None = None,
     left: Callable[[U], U | None] | None = None,
     desc: str | None = None,

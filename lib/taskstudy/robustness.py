@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -46,13 +46,16 @@ from taskstudy.scenes import OBJECT_CLASSES
 from taskstudy.store import Store
 from taskstudy.train import predict
 
+if TYPE_CHECKING:
+    from taskstudy.params import StudyParams
+
 VERSION = "1"
 BASE = "base"
 
 
 # --- the variations as params overrides -------------------------------------------------------------------------
 
-def base_overrides(P: Any) -> list[str]:
+def base_overrides(P: StudyParams) -> list[str]:
     """The overrides that turn the main study into the reduced base every variation starts from: the task
     subset, first order only, the shorter Step I, and the scene splits pinned to the main run's seed (so a
     `common.seed` override varies training alone)."""
@@ -66,7 +69,7 @@ def base_overrides(P: Any) -> list[str]:
     return out
 
 
-def variations(P: Any) -> dict[str, list[str]]:
+def variations(P: StudyParams) -> dict[str, list[str]]:
     """Name -> overrides on top of the base: the base itself, one run per extra training seed (the yardstick),
     then the section's `variations`."""
     cfg = P.section("robustness")
@@ -76,7 +79,7 @@ def variations(P: Any) -> dict[str, list[str]]:
     return out
 
 
-def variation_params(P: Any, overrides: Iterable[str]) -> Any:
+def variation_params(P: StudyParams, overrides: Iterable[str]) -> Any:
     """The validated params of one variation: P's profile and overrides, then the base's, then the variation's."""
     return params.load(P.file, [*P.overrides, *base_overrides(P), *overrides])
 
@@ -106,7 +109,7 @@ def policies(affinity: pd.DataFrame, budgets: Iterable[int]) -> dict[int, frozen
     return {b: frozenset(taxonomy.solve_taxonomy(cands, b, max_order=1).sources) for b in budgets if b <= n}
 
 
-def run_variation(P: Any, name: str, overrides: Sequence[str], budgets: Iterable[int]) -> Run:
+def run_variation(P: StudyParams, name: str, overrides: Sequence[str], budgets: Iterable[int]) -> Run:
     """Steps I-II through the store (trained only where missing), Step III (AHP, first order), Step IV (BIP)."""
     start = time.perf_counter()
     Q = variation_params(P, overrides)
@@ -119,7 +122,7 @@ def run_variation(P: Any, name: str, overrides: Sequence[str], budgets: Iterable
                time.perf_counter() - start, step1.study_tasks(Q.common))
 
 
-def run_variations(P: Any, plan: Mapping[str, Sequence[str]], budgets: Iterable[int]) -> dict[str, Run]:
+def run_variations(P: StudyParams, plan: Mapping[str, Sequence[str]], budgets: Iterable[int]) -> dict[str, Run]:
     """Every variation of `plan` (name -> overrides), side by side on a Dask cluster: one client thread per
     variation submits its units to the same workers, so that one run's last task network does not leave a worker
     idle while the next run waits for it. Units two variations share are claimed once (the store's locks); the
@@ -132,7 +135,7 @@ def run_variations(P: Any, plan: Mapping[str, Sequence[str]], budgets: Iterable[
         return {name: f.result() for name, f in futures.items()}
 
 
-def main_run(P: Any, budgets: Iterable[int]) -> Run:
+def main_run(P: StudyParams, budgets: Iterable[int]) -> Run:
     """The main study (chapters 02-05, the profile without the base's overrides) as a Run: its first-order
     affinity matrix and policies, from the store."""
     start = time.perf_counter()
@@ -249,7 +252,7 @@ def stability_table(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataF
 
 # --- Sec. 5.1: an outside dataset -----------------------------------------------------------------------------
 
-def outside_key(P: Any) -> dict[str, Any]:
+def outside_key(P: StudyParams) -> dict[str, Any]:
     """What determines the outside classification set."""
     cfg = P.section("robustness")
     key: dict[str, Any] = {"dataset": cfg.outside_dataset, "n_train": cfg.outside_train, "n_test": cfg.outside_test,
@@ -268,7 +271,7 @@ def _cifar_root(root: str | None) -> Path:
     return p if p.is_absolute() else find_root() / p
 
 
-def outside_name(P: Any) -> str:
+def outside_name(P: StudyParams) -> str:
     """A reader's name for the outside set."""
     cfg = P.section("robustness")
     if cfg.outside_dataset == "cifar100":
@@ -277,7 +280,7 @@ def outside_name(P: Any) -> str:
             else f"object world ({objects.num_classes()} classes)")
 
 
-def outside_data(P: Any) -> dict[str, torch.Tensor | int]:
+def outside_data(P: StudyParams) -> dict[str, torch.Tensor | int]:
     """The outside set as tensors: x_train, y_train, x_test, y_test (images in [0, 1] at common.image_size) and
     n_classes. Object world: `outside_label` is 'shape' (8 classes, the object-classification analogue) or
     'class' (its 48 classes). CIFAR-100: a seeded subset of each official split, fine labels
@@ -324,7 +327,7 @@ def _probe_code() -> str:
     return computation_hash(_probe_unit)
 
 
-def _probe_key(P: Any, source: str) -> dict[str, Any]:
+def _probe_key(P: StudyParams, source: str) -> dict[str, Any]:
     cfg = P.section("robustness")
     return {"encoder": transfer.encoder_key(P, source), "outside": outside_key(P), "grid": cfg.probe_grid,
             "weight_decay": cfg.probe_wd, "steps": cfg.probe_steps, "code": _probe_code()}
@@ -338,7 +341,7 @@ def _probe_unit(unit: tuple[Any, str]) -> float:
                           cfg.probe_steps)
 
 
-def outside_ranking(P: Any, sources: Sequence[str]) -> pd.DataFrame:
+def outside_ranking(P: StudyParams, sources: Sequence[str]) -> pd.DataFrame:
     """Sec. 5.1: probe accuracy on the outside set of every source's frozen Step I encoder (and the random
     encoder), one store entry per encoder, the missing ones fitted on the cluster's workers. Columns: source,
     accuracy, rank (1 = best), computed (now or read)."""

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 import numpy as np
@@ -30,6 +30,9 @@ import torch
 
 from taskstudy import faults
 from taskstudy.paths import owner_tag
+
+if TYPE_CHECKING:
+    from taskstudy.params import StudyParams
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +165,7 @@ class Store:
         self.stats: Counter[str] = Counter()  # "hit", "computed", "corrupt" per process, for tests and logs
 
     @classmethod
-    def for_params(cls, params: Any) -> Store:
+    def for_params(cls, params: StudyParams) -> Store:
         """The store of a StudyParams' profile."""
         return cls(params.results_root())
 

@@ -30,7 +30,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,10 @@ from taskstudy.reference import beside
 from taskstudy.store import Store, stable_hash
 from taskstudy.task_networks import unit_seed
 from taskstudy.train import TrainConfig, fit, fit_validated, kernels, seed_everything, tail_change
+
+if TYPE_CHECKING:
+    from taskstudy.params import Common, StudyParams
+    from taskstudy.params import Task2Vec as Task2VecSection
 
 VERSION = "1"
 SECTION = "task2vec"
@@ -295,7 +299,7 @@ def condition(task: str) -> str | None:
     return task.split("=")[1] if "=" in task else None
 
 
-def family(cfg: Any) -> list[str]:
+def family(cfg: Task2VecSection) -> list[str]:
     """The task family's names: the object-world tasks (objects.task_families), then the chosen scene tasks."""
     names = [name for name, _, _ in objects.task_families()]
     bad = [t for t in cfg.scene_tasks if t not in SCENE_TASKS]
@@ -304,7 +308,7 @@ def family(cfg: Any) -> list[str]:
     return names + list(cfg.scene_tasks)
 
 
-def _object_key(common: Any, cfg: Any, split: str, world: str = "study") -> dict[str, Any]:
+def _object_key(common: Common, cfg: Task2VecSection, split: str, world: str = "study") -> dict[str, Any]:
     if world == "pretrain":
         n = cfg.pretrain_images if split == "train" else cfg.pretrain_val
     else:
@@ -313,7 +317,7 @@ def _object_key(common: Any, cfg: Any, split: str, world: str = "study") -> dict
             "code": computation_hash(objects.render_objects)}
 
 
-def task_data_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
+def task_data_key(common: Common, cfg: Task2VecSection, task: str) -> dict[str, Any]:
     """What determines a task's data (its splits' keys)."""
     if task in SCENE_TASKS:
         return {"task": task, "train": data.split_key(common, "transfer"), "test": data.split_key(common, "test")}
@@ -330,12 +334,13 @@ class TaskData:
     n_classes: int
 
 
-def _objects(store: Store, common: Any, cfg: Any, split: str, world: str = "study") -> dict[str, np.ndarray]:
+def _objects(store: Store, common: Common, cfg: Task2VecSection, split: str, world: str = "study") -> dict[str,
+             np.ndarray]:
     k = _object_key(common, cfg, split, world)
     return data.object_split(store, split, k["n"], k["seed"], k["image_size"], world)
 
 
-def task_data(store: Store, common: Any, cfg: Any, task: str) -> TaskData:
+def task_data(store: Store, common: Common, cfg: Task2VecSection, task: str) -> TaskData:
     """A family task's train and test tensors: object-world images relabelled by objects.task_families, or a
     scene classification task (class_object as its argmax) on the transfer (train) and test splits."""
     if task in SCENE_TASKS:
@@ -375,7 +380,7 @@ def task_classes(task: str) -> int:
 # --------------------------------------------------------------------------------------- stored units
 
 
-def probe_key(common: Any, cfg: Any) -> dict[str, Any]:
+def probe_key(common: Common, cfg: Task2VecSection) -> dict[str, Any]:
     return {"data": _object_key(common, cfg, "train", "pretrain"), "val": _object_key(common, cfg, "val", "pretrain"),
             "width": cfg.probe_width, "depth": cfg.probe_depth, "epochs": cfg.probe_epochs,
             "patience": cfg.probe_patience, "batch_size": cfg.batch_size, "lr": cfg.lr,
@@ -386,13 +391,14 @@ def probe_key(common: Any, cfg: Any) -> dict[str, Any]:
 _PROBES: dict[tuple[str, str], Probe] = {}  # probes loaded in this process, by (store root, key hash)
 
 
-def pretrain_tensors(store: Store, common: Any, cfg: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pretrain_tensors(store: Store, common: Common, cfg: Task2VecSection, split: str) -> tuple[torch.Tensor,
+                     torch.Tensor]:
     """(images, class ids) of the pretrain world's split ("train" or "val") the probe learns from."""
     d = _objects(store, common, cfg, split, "pretrain")
     return torch.from_numpy(np.asarray(d["rgb"])), torch.from_numpy(d["label"]).long()
 
 
-def train_probe(store: Store, common: Any, cfg: Any, compute: bool = True) -> Probe:
+def train_probe(store: Store, common: Common, cfg: Task2VecSection, compute: bool = True) -> Probe:
     """The probe, trained on the pretrain world's classes and early-stopped on its validation split (cached in
     the store and per process); with compute=False a missing probe is an error (workers only read it)."""
     key = probe_key(common, cfg)
@@ -423,7 +429,7 @@ def train_probe(store: Store, common: Any, cfg: Any, compute: bool = True) -> Pr
     return copy.deepcopy(model)
 
 
-def probe_accuracy(store: Store, common: Any, cfg: Any) -> dict[str, float]:
+def probe_accuracy(store: Store, common: Common, cfg: Task2VecSection) -> dict[str, float]:
     """The probe's top-1 on the pretrain world's test split against chance (what it learnt of its own task)."""
     probe = train_probe(store, common, cfg)
     x, y = pretrain_tensors(store, common, cfg, "test")
@@ -435,21 +441,21 @@ def probe_accuracy(store: Store, common: Any, cfg: Any) -> dict[str, float]:
             "tail change": tail_change(log)}
 
 
-def embedding_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
+def embedding_key(common: Common, cfg: Task2VecSection, task: str) -> dict[str, Any]:
     return {"probe": probe_key(common, cfg), "data": task_data_key(common, cfg, task),
             "mc_samples": cfg.mc_samples, "fisher_samples": cfg.fisher_samples, "head_wd": cfg.head_wd,
             "head_steps": cfg.head_steps, "seed": unit_seed(common.seed, "task2vec_fisher", task),
             "code": computation_hash(embed_unit)}
 
 
-def expert_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
+def expert_key(common: Common, cfg: Task2VecSection, task: str) -> dict[str, Any]:
     return {"data": task_data_key(common, cfg, task), "width": cfg.expert_width, "depth": cfg.probe_depth,
             "steps": cfg.expert_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "seed": unit_seed(common.seed, "task2vec_expert", task), **kernels(common),
             "code": computation_hash(expert_unit)}
 
 
-def errors_key(common: Any, cfg: Any, expert: str, targets: Sequence[str]) -> dict[str, Any]:
+def errors_key(common: Common, cfg: Task2VecSection, expert: str, targets: Sequence[str]) -> dict[str, Any]:
     return {"expert": expert_key(common, cfg, expert), "head_wd": cfg.head_wd, "head_steps": cfg.head_steps,
             "targets": [task_data_key(common, cfg, t) for t in targets]}
 
@@ -488,7 +494,7 @@ def embed_unit(u: Unit) -> dict[str, np.ndarray]:
             "n_test": np.array(len(td.x_test)), "n_classes": np.array(td.n_classes)}
 
 
-def _train_expert(store: Store, common: Any, cfg: Any, task: str) -> Probe:
+def _train_expert(store: Store, common: Common, cfg: Task2VecSection, task: str) -> Probe:
     key = expert_key(common, cfg, task)
     td = task_data(store, common, cfg, task)
     seed_everything(key["seed"])
@@ -516,7 +522,8 @@ def expert_unit(u: Unit) -> dict[str, Any]:
     return {"state": state, "errors": np.array(errs), "new": saved is None}
 
 
-def _brute_force(model: Probe, store: Store, common: Any, cfg: Any, targets: Sequence[str]) -> list[float]:
+def _brute_force(model: Probe, store: Store, common: Common, cfg: Task2VecSection,
+                 targets: Sequence[str]) -> list[float]:
     """Test error of a linear head on `model`'s frozen features for every target (object-world features once)."""
     images = {split: _objects(store, common, cfg, split) for split in ("train", "test")}
     feats: dict[str, torch.Tensor] = {}
@@ -539,7 +546,7 @@ def _brute_force(model: Probe, store: Store, common: Any, cfg: Any, targets: Seq
     return errs
 
 
-def _prepare(P: Any) -> tuple[Store, Any, list[str]]:
+def _prepare(P: StudyParams) -> tuple[Store, Any, list[str]]:
     store, cfg = Store.for_params(P), P.section(SECTION)
     names = family(cfg)
     for split in ("train", "test"):  # render the shared data once, in this process, before any worker
@@ -551,7 +558,7 @@ def _prepare(P: Any) -> tuple[Store, Any, list[str]]:
     return store, cfg, names
 
 
-def embeddings(P: Any) -> dict[str, dict[str, np.ndarray]]:
+def embeddings(P: StudyParams) -> dict[str, dict[str, np.ndarray]]:
     """Every family task's stored embedding entry (computing the missing ones as units)."""
     store, cfg, names = _prepare(P)
     train_probe(store, P.common, cfg)
@@ -562,7 +569,7 @@ def embeddings(P: Any) -> dict[str, dict[str, np.ndarray]]:
     return {t: store.load("task2vec_embedding", keys[t], VERSION) for t in names}
 
 
-def embed_family(P: Any, kind: str = "embedding") -> tuple[list[str], np.ndarray]:
+def embed_family(P: StudyParams, kind: str = "embedding") -> tuple[list[str], np.ndarray]:
     """(task names, embedding matrix (tasks, filters)) of the family: the task embeddings, or with
     kind="domain" the domain embeddings (labels ignored)."""
     emb = embeddings(P)
@@ -570,7 +577,7 @@ def embed_family(P: Any, kind: str = "embedding") -> tuple[list[str], np.ndarray
     return names, np.stack([emb[t][kind] for t in names])
 
 
-def task_table(P: Any) -> pd.DataFrame:
+def task_table(P: StudyParams) -> pd.DataFrame:
     """One row per task: attribute asked, condition, classes, samples, embedding L1 norm, probe test error."""
     emb = embeddings(P)
     return pd.DataFrame([{
@@ -580,7 +587,7 @@ def task_table(P: Any) -> pd.DataFrame:
     } for t, e in emb.items()])
 
 
-def expert_errors(P: Any) -> pd.DataFrame:
+def expert_errors(P: StudyParams) -> pd.DataFrame:
     """Brute force: test error of a linear head on each expert's frozen features (rows = experts = source
     tasks, columns = target tasks)."""
     store, cfg, names = _prepare(P)

@@ -18,7 +18,7 @@ decide which tasks are near.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ from taskstudy.codehash import computation_hash
 from taskstudy.models import PIXEL_KINDS
 from taskstudy.store import Store
 from taskstudy.train import predict
+
+if TYPE_CHECKING:
+    from taskstudy.params import Common, StudyParams
+    from taskstudy.params import Task2Vec as Task2VecSection
 
 VERSION = "1"
 
@@ -114,13 +118,13 @@ def _linear_nll(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return (out * grad).sum()
 
 
-def embedding_key(common: Any, cfg: Any, task: str, n: int, head_steps: int) -> dict[str, Any]:
+def embedding_key(common: Common, cfg: Task2VecSection, task: str, n: int, head_steps: int) -> dict[str, Any]:
     return {"probe": task2vec.probe_key(common, cfg), "task": task, "data": data.split_key(common, "transfer"),
             "n": n, "mc_samples": cfg.mc_samples, "head_steps": head_steps,
             "seed": task2vec.unit_seed(common.seed, "task2vec_dense", task), "code": computation_hash(scene_embeddings)}
 
 
-def scene_embeddings(P: Any, tasks: list[str], n: int = 480, head_steps: int = 200) -> dict[str, np.ndarray]:
+def scene_embeddings(P: StudyParams, tasks: list[str], n: int = 480, head_steps: int = 200) -> dict[str, np.ndarray]:
     """Dense Task2Vec embeddings of scene tasks on the first `n` transfer-split images, with the probe of chapter
     09 (trained here if missing); each a store entry."""
     store, cfg = Store.for_params(P), P.section(task2vec.SECTION)

@@ -15,7 +15,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from taskstudy.parallel import run_units
 from taskstudy.store import Store
 from taskstudy.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
 from taskstudy.tree import PAPER_NAMES, load_paper_affinities
+
+if TYPE_CHECKING:
+    from taskstudy.params import Common, StudyParams, TaskNetworks
 
 VERSION = "2"  # 2: early stopping on val, val scores, inputs seeded by the split's render seed
 
@@ -49,7 +52,7 @@ class NetworkUnit:
     root: str  # the results store folder
 
 
-def network_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
+def network_key(common: Common, cfg: TaskNetworks, task: str) -> dict[str, Any]:
     """Every parameter that determines a task network's weights."""
     return {
         "task": task, "train": data.split_key(common, "train"), "val": data.split_key(common, "val"),
@@ -64,12 +67,12 @@ def _code() -> str:
     return computation_hash(train_network_unit)
 
 
-def scores_key(common: Any, cfg: Any, task: str) -> dict[str, Any]:
+def scores_key(common: Common, cfg: TaskNetworks, task: str) -> dict[str, Any]:
     return {"network": network_key(common, cfg, task), "test": data.split_key(common, "test"),
             "val": data.split_key(common, "val")}
 
 
-def build_network(task: str, cfg: Any) -> TaskNetwork:
+def build_network(task: str, cfg: TaskNetworks) -> TaskNetwork:
     t = taskdict.get_task(task)
     return TaskNetwork(t.kind, t.channels, cfg.width, cfg.depth, cfg.decoder_width)
 
@@ -146,7 +149,7 @@ class StepResult:
     wall_s: float
 
 
-def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
+def task_networks(params: StudyParams, tasks: list[str] | None = None) -> StepResult:
     """Step I for every task (default: every dictionary task of `common.tasks`): missing networks are trained
     through parallel.run_units, the rest read from the store."""
     common, cfg = params.common, params.section("task_networks")
@@ -180,7 +183,7 @@ def task_networks(params: Any, tasks: list[str] | None = None) -> StepResult:
     return StepResult(results, [u.task for u in computed], time.perf_counter() - start)
 
 
-def study_tasks(common: Any) -> list[str]:
+def study_tasks(common: Common) -> list[str]:
     """The dictionary tasks of this profile (common.tasks, default all), source-only tasks included; on Taskonomy
     data (`common.dataset: taskonomy`) those the folder serves, the others named in one line."""
     wanted = list(common.tasks) if common.tasks else taskdict.dictionary_tasks()
@@ -191,7 +194,7 @@ def study_tasks(common: Any) -> list[str]:
     return wanted
 
 
-def load_encoder(params: Any, task: str) -> Encoder:
+def load_encoder(params: StudyParams, task: str) -> Encoder:
     """The trained encoder E_s of a task network (Step II reads its frozen representation)."""
     common, cfg = params.common, params.section("task_networks")
     saved = Store.for_params(params).load("task_network", network_key(common, cfg, task), VERSION)
@@ -292,7 +295,7 @@ def ceiling_verdict(lo: float, hi: float) -> str:
     return "converged: within noise"
 
 
-def ceiling_check(params: Any, n_boot: int = 1000) -> pd.DataFrame:
+def ceiling_check(params: StudyParams, n_boot: int = 1000) -> pd.DataFrame:
     """Is Step I trained to convergence (issue 17)? The networks of `task_networks.check_tasks` retrained, all else
     equal, on a cosine schedule `check_epochs` long with the patience scaled by the same factor; per task the mean
     val loss per image at the profile's ceiling and at the check's, the relative change with its 95% paired

@@ -24,7 +24,7 @@ import os
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ import torch
 from taskstudy import realdata
 from taskstudy import tasks as taskdict
 from taskstudy.realdata import RealDataError, TaskonomyFolder
+
+if TYPE_CHECKING:
+    from taskstudy.params import Common
 
 FROM_RGB = ("autoencoding", "denoising", "colorization", "inpainting", "jigsaw")
 FROM_FOLDERS = ("depth_zbuffer", "depth_euclidean", "normals", "reshading", "curvature", "edge2d", "edge_occlusion",
@@ -52,7 +55,7 @@ SPLIT_ORDER = ("train", "transfer", "val", "test")
 FIXTURE_MARK = "TASKSTUDY_FIXTURE.md"  # written by taskonomy_fixture: pages say their numbers are a fixture's
 
 
-def root_of(common: Any) -> Path:
+def root_of(common: Common) -> Path:
     """`common.taskonomy_root`, resolved against the study root; a clear error when unset or missing."""
     from taskstudy.paths import find_root
 
@@ -100,7 +103,7 @@ def served(root: Path, wanted: list[str]) -> tuple[list[str], dict[str, str]]:
 _SAID: set[tuple[str, ...]] = set()
 
 
-def study_tasks(common: Any, wanted: list[str]) -> list[str]:
+def study_tasks(common: Common, wanted: list[str]) -> list[str]:
     """The wanted dictionary tasks this folder serves; the left-out ones named in one line (once per process)."""
     root = root_of(common)
     keep, left = served(root, wanted)
@@ -156,7 +159,7 @@ def _per_building(root: Path, fingerprint: str) -> dict[str, int]:
     return dict(Counter(b for b, _, _ in TaskonomyFolder(root, []).samples))
 
 
-def split_key(common: Any, split: str, n: int, seed: int) -> dict[str, Any]:
+def split_key(common: Common, split: str, n: int, seed: int) -> dict[str, Any]:
     """What determines a Taskonomy split: the folder (path and listing), the split's buildings and size, the tasks
     read, the image size and the decoding code."""
     from taskstudy.codehash import computation_hash

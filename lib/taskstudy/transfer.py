@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,9 @@ from taskstudy.task_networks import (
 )
 from taskstudy.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
 
+if TYPE_CHECKING:
+    from taskstudy.params import StudyParams
+
 VERSION = "3"  # 2: val split (early stopping, selection), queries in the target's and the encoder's form;
 #   3: readouts of a unit side by side, the batch order the target's
 RANDOM = "random"  # a random-weight encoder, the paper's `random` source
@@ -71,7 +74,7 @@ def sources_key(sources: tuple[str, ...] | list[str]) -> str:
     return "+".join(sorted(sources))
 
 
-def encoder_key(params: Any, source: str) -> dict[str, Any]:
+def encoder_key(params: StudyParams, source: str) -> dict[str, Any]:
     """What determines a source's frozen encoder: its task network's key, or the seed of the random one."""
     if source == RANDOM:
         cfg = params.section("task_networks")
@@ -84,7 +87,7 @@ def query_kind(target: str) -> str:
     return taskdict.get_task(target).input
 
 
-def view_name(params: Any, source: str) -> str:
+def view_name(params: StudyParams, source: str) -> str:
     """How source `source`'s encoder reads a query (see encoder_view): "grey", "corrupted" or "plain"."""
     if source == RANDOM:
         return "plain"
@@ -96,7 +99,7 @@ def view_name(params: Any, source: str) -> str:
     return "plain"
 
 
-def query_images(params: Any, split: str, query: str) -> torch.Tensor:
+def query_images(params: StudyParams, split: str, query: str) -> torch.Tensor:
     """The query images I of a split in form `query` ("rgb": clean; "noisy": denoising's noisy input)."""
     d = data.scene_split(Store.for_params(params), params.common, split)
     if query == "rgb":
@@ -105,7 +108,7 @@ def query_images(params: Any, split: str, query: str) -> torch.Tensor:
     return data.network_input(params.common, d, task.name)
 
 
-def encoder_view(params: Any, source: str, split: str, query: str) -> torch.Tensor:
+def encoder_view(params: StudyParams, source: str, split: str, query: str) -> torch.Tensor:
     """What E_s reads for queries of form `query`: the query in the form s was trained on. colorization: its
     grey image; inpainting (corrupted view): the centre masked; denoising (corrupted view): the clean query with
     the training noise added (a noisy query is left as it is); everything else: the query itself."""
@@ -122,12 +125,12 @@ def encoder_view(params: Any, source: str, split: str, query: str) -> torch.Tens
     return x
 
 
-def features_key(params: Any, source: str, split: str, query: str = "rgb") -> dict[str, Any]:
+def features_key(params: StudyParams, source: str, split: str, query: str = "rgb") -> dict[str, Any]:
     return {"encoder": encoder_key(params, source), "split": data.split_key(params.common, split), "query": query,
             "view": view_name(params, source), "code": computation_hash(_source_features)}
 
 
-def frozen_encoder(params: Any, source: str) -> Encoder:
+def frozen_encoder(params: StudyParams, source: str) -> Encoder:
     """The frozen encoder E_s of a source (its Step I network's, or the seeded random one), in eval mode."""
     cfg = params.section("task_networks")
     if source == RANDOM:
@@ -149,7 +152,7 @@ def _source_features(unit: tuple[Any, str, tuple[tuple[str, str], ...]]) -> dict
             for split, query in todo}
 
 
-def cache_features(params: Any, sources: list[str], queries: tuple[str, ...] = ("rgb",)) -> int:
+def cache_features(params: StudyParams, sources: list[str], queries: tuple[str, ...] = ("rgb",)) -> int:
     """E_s(I) of every source on the transfer, val and test splits, for every query form, computed once into the
     store (float16), one unit per source on the cluster's workers. Returns how many were computed now."""
     store = Store.for_params(params)
@@ -169,7 +172,7 @@ def cache_features(params: Any, sources: list[str], queries: tuple[str, ...] = (
     return sum(len(u[2]) for u in ran)
 
 
-def readout_key(params: Any, target: str, sources: tuple[str, ...]) -> dict[str, Any]:
+def readout_key(params: StudyParams, target: str, sources: tuple[str, ...]) -> dict[str, Any]:
     """Every parameter that determines one readout's per-image val and test scores."""
     cfg = params.section("transfers")
     return {
@@ -190,7 +193,7 @@ def _readout_code() -> str:
     return computation_hash(target_unit)
 
 
-def scratch_key(params: Any, target: str) -> dict[str, Any]:
+def scratch_key(params: StudyParams, target: str) -> dict[str, Any]:
     cfg, net = params.section("transfers"), params.section("task_networks")
     return {"target": target, **{split: data.split_key(params.common, split) for split in SPLITS},
             "epochs": cfg.scratch_epochs, "patience": cfg.patience, "width": net.width, "depth": net.depth,
@@ -224,7 +227,7 @@ def _features(root: str, key_items: str, split: str) -> torch.Tensor:
     return z["z"].float()
 
 
-def load_features(params: Any, sources: tuple[str, ...], split: str, query: str = "rgb") -> torch.Tensor:
+def load_features(params: StudyParams, sources: tuple[str, ...], split: str, query: str = "rgb") -> torch.Tensor:
     """Concatenated cached representations of `sources` on a split for queries of form `query`:
     (N, k * 4w, H/4, W/4)."""
     import json
@@ -235,12 +238,12 @@ def load_features(params: Any, sources: tuple[str, ...], split: str, query: str 
     return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
-def _labels(params: Any, target: str) -> dict[str, torch.Tensor]:
+def _labels(params: StudyParams, target: str) -> dict[str, torch.Tensor]:
     store = Store.for_params(params)
     return {split: data.target(data.scene_split(store, params.common, split), target) for split in SPLITS}
 
 
-def build_readout(params: Any, target: str, in_channels: int) -> torch.nn.Module:
+def build_readout(params: StudyParams, target: str, in_channels: int) -> torch.nn.Module:
     """The profile's D_{S->t} for `target` on `in_channels` of frozen features (transfers.readout, readout_width;
     the neck + decoder readout uses the task networks' decoder_width)."""
     cfg, t = params.section("transfers"), taskdict.get_task(target)
@@ -248,7 +251,7 @@ def build_readout(params: Any, target: str, in_channels: int) -> torch.nn.Module
                         params.section("task_networks").decoder_width)
 
 
-def fit_readouts(params: Any, target: str, zs: dict[str, dict[str, torch.Tensor]]
+def fit_readouts(params: StudyParams, target: str, zs: dict[str, dict[str, torch.Tensor]]
                  ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """Step II's readout protocol for several source sets of one target, on given frozen features zs[name][split]
     (transfer, val, test): each D_{S->t} seeded by its `name`, trained on transfer and early-stopped on val; all
@@ -285,12 +288,13 @@ def fit_readouts(params: Any, target: str, zs: dict[str, dict[str, torch.Tensor]
     return out
 
 
-def fit_readout(params: Any, target: str, z: dict[str, torch.Tensor], name: str) -> tuple[np.ndarray, dict[str, Any]]:
+def fit_readout(params: StudyParams, target: str, z: dict[str, torch.Tensor], name: str) -> tuple[np.ndarray,
+                dict[str, Any]]:
     """One readout D_{S->t} by the protocol of `fit_readouts` (seeded by `name`, the target's batch order)."""
     return fit_readouts(params, target, {name: z})[name]
 
 
-def train_readouts(params: Any, target: str, source_sets: Sequence[tuple[str, ...]]
+def train_readouts(params: StudyParams, target: str, source_sets: Sequence[tuple[str, ...]]
                    ) -> dict[tuple[str, ...], tuple[np.ndarray, dict[str, Any]]]:
     """The readouts D_{S->t} of `source_sets` on the cached frozen features (fit_readouts, side by side)."""
     zs = {sources_key(s): {split: load_features(params, s, split, query_kind(target)) for split in SPLITS}
@@ -299,12 +303,12 @@ def train_readouts(params: Any, target: str, source_sets: Sequence[tuple[str, ..
     return {s: res[sources_key(s)] for s in source_sets}
 
 
-def train_readout(params: Any, target: str, sources: tuple[str, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+def train_readout(params: StudyParams, target: str, sources: tuple[str, ...]) -> tuple[np.ndarray, dict[str, Any]]:
     """One readout D_{S->t} on the cached frozen features of `sources` (fit_readout)."""
     return train_readouts(params, target, [sources])[sources]
 
 
-def train_scratch(params: Any, target: str) -> tuple[np.ndarray, dict[str, Any]]:
+def train_scratch(params: StudyParams, target: str) -> tuple[np.ndarray, dict[str, Any]]:
     """The target's whole network trained from scratch on the transfer split, early-stopped on val (the
     reference of Gain)."""
     store, t = Store.for_params(params), taskdict.get_task(target)
@@ -353,7 +357,7 @@ def beam_sets(first_order: pd.DataFrame, target: str, beam: int, max_order: int)
     return [c for k in range(2, max_order + 1) for c in itertools.combinations(top, k)]
 
 
-def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], phase: str) -> list[str]:
+def _run_units(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], phase: str) -> list[str]:
     """Train the readouts in `plan` (target -> source sets) and the scratch networks of `scratch` that are not in
     the store yet: each scratch network one unit (first, as the longest), each target's readouts in units of at
     most UNIT_READOUTS, each unit claimed by a lock per (target, phase, part) against concurrent runs."""
@@ -391,7 +395,7 @@ def _run_units(params: Any, plan: dict[str, list[tuple[str, ...]]], scratch: set
     return saved + [f"{u.target}<-{SCRATCH}" for u in done if u.scratch]
 
 
-def score_tables(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True,
+def score_tables(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True,
                  splits: Sequence[str] = ("val", "test")) -> dict[str, pd.DataFrame]:
     """`score_table` for several splits, reading every stored result once."""
     bad = [s for s in splits if s not in ("val", "test")]
@@ -426,7 +430,7 @@ def score_tables(params: Any, plan: dict[str, list[tuple[str, ...]]], with_basel
     return tables
 
 
-def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True,
+def score_table(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], with_baselines: bool = True,
                 split: str = "test") -> pd.DataFrame:
     """Per-image scores (target, sources, order, image, score) on `split` ("val": selection, "test":
     evaluation) of every readout in `plan`, plus the `scratch` and `full` baselines of each target. The split is
@@ -434,7 +438,8 @@ def score_table(params: Any, plan: dict[str, list[tuple[str, ...]]], with_baseli
     return score_tables(params, plan, with_baselines, (split,))[split]
 
 
-def training_logs(params: Any, plan: dict[str, list[tuple[str, ...]]], with_scratch: bool = True) -> pd.DataFrame:
+def training_logs(params: StudyParams, plan: dict[str, list[tuple[str, ...]]],
+                  with_scratch: bool = True) -> pd.DataFrame:
     """Training and validation loss against steps of every readout in `plan` (and scratch network): tidy
     (target, sources, kind, epoch, step, split, loss, best)."""
     store = Store.for_params(params)
@@ -454,7 +459,7 @@ def training_logs(params: Any, plan: dict[str, list[tuple[str, ...]]], with_scra
     return pd.DataFrame(rows)
 
 
-def view_comparison(params: Any, target: str = "normals") -> pd.DataFrame:
+def view_comparison(params: StudyParams, target: str = "normals") -> pd.DataFrame:
     """Both views of the corrupting sources' encoders on one target (issue 17, queries): for inpainting and
     denoising, the first-order readout on the plain query and on the query corrupted as in the encoder's training
     (`transfers.corrupted_view`), each trained and stopped like every readout; per source, both mean val losses and
@@ -496,7 +501,7 @@ CAPACITY_VARIANTS = {"width 8": ["transfers.readout_width=8"], "width 32": ["tra
                      "neck + decoder": ["transfers.readout=decoder"]}
 
 
-def capacity_comparison(params: Any, targets: Sequence[str] = ("normals", "depth_zbuffer", "edge2d"),
+def capacity_comparison(params: StudyParams, targets: Sequence[str] = ("normals", "depth_zbuffer", "edge2d"),
                         sources: Sequence[str] = ("autoencoding",)) -> pd.DataFrame:
     """Readout capacity chosen on val loss (issue 17): on a sample of first-order pairs (targets x sources of the
     dictionary), the profile's readout beside CAPACITY_VARIANTS (narrower, wider, and the paper's neck + full task
@@ -551,7 +556,7 @@ def capacity_summary(table: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["median vs best", "train s"])
 
 
-def readout_parameters(params: Any, target: str, sources: tuple[str, ...]) -> int:
+def readout_parameters(params: StudyParams, target: str, sources: tuple[str, ...]) -> int:
     """Trainable parameters of the readout the profile builds for `sources` -> `target`."""
     net_cfg = params.section("task_networks")
     net = build_readout(params, target, len(sources) * Encoder(net_cfg.width, net_cfg.depth).out_channels)
@@ -575,7 +580,7 @@ def calibration_summary(logs: pd.DataFrame, ceilings: dict[str, int]) -> pd.Data
     return pd.DataFrame(rows).set_index("kind")
 
 
-def transfers(params: Any, targets: list[str] | None = None, baselines: bool = True) -> StepResult:
+def transfers(params: StudyParams, targets: list[str] | None = None, baselines: bool = True) -> StepResult:
     """Step II: every first-order readout, then the beam search's higher orders (chosen on val), for every target.
     Returns the per-image score tables, results['scores'] on test (evaluation) and results['val_scores'] on val
     (selection: AHP, BIP), the plan, and the list of units computed now (the rest were cached). With
