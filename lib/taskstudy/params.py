@@ -272,6 +272,10 @@ class StudyParams:
         out.update({k: v.model_dump(mode="json") for k, v in self.sections.items()})
         return out
 
+    def with_overrides(self, *more: str) -> StudyParams:
+        """The same profile with `more` dotted overrides after its own, validated again (a variation of a run)."""
+        return load(self.file, [*self.overrides, *more])
+
     def results_root(self) -> Path:
         return (self.root or find_root()) / self.common.results_dir / self.profile
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from taskstudy import ahp, data, objects, params, taxonomy, transfer, tree
+from taskstudy import ahp, data, objects, taxonomy, transfer, tree
 from taskstudy import task_networks as step1
 from taskstudy.agreement import permutation_p
 from taskstudy.codehash import computation_hash
@@ -81,7 +81,7 @@ def variations(P: StudyParams) -> dict[str, list[str]]:
 
 def variation_params(P: StudyParams, overrides: Iterable[str]) -> Any:
     """The validated params of one variation: P's profile and overrides, then the base's, then the variation's."""
-    return params.load(P.file, [*P.overrides, *base_overrides(P), *overrides])
+    return P.with_overrides(*base_overrides(P), *overrides)
 
 
 # --- one run of Steps I-IV ----------------------------------------------------------------------------------------

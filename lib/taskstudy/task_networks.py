@@ -190,7 +190,7 @@ def study_tasks(common: Common) -> list[str]:
     if getattr(common, "dataset", "scenes") == "taskonomy":
         from taskstudy import taskonomy_data
 
-        return taskonomy_data.study_tasks(common, wanted)
+        return taskonomy_data.tasks_served(common, wanted)
     return wanted
 
 
@@ -302,15 +302,13 @@ def ceiling_check(params: StudyParams, n_boot: int = 1000) -> pd.DataFrame:
     bootstrap interval over the val images, the epochs each kept, and `ceiling_verdict`. Empty when off."""
     from math import ceil
 
-    from taskstudy.params import load
 
     cfg = params.section("task_networks")
     tasks = [t for t in cfg.check_tasks if t in study_tasks(params.common)]
     if not cfg.check_epochs or not tasks:
         return pd.DataFrame()
     patience = ceil(cfg.patience * cfg.check_epochs / cfg.epochs)
-    longer = load(params.file, [*params.overrides, f"task_networks.epochs={cfg.check_epochs}",
-                                f"task_networks.patience={patience}"])
+    longer = params.with_overrides(f"task_networks.epochs={cfg.check_epochs}", f"task_networks.patience={patience}")
     base, check = task_networks(params, tasks), task_networks(longer, tasks)
     rows = []
     for t in tasks:

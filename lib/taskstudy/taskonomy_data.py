@@ -103,7 +103,7 @@ def served(root: Path, wanted: list[str]) -> tuple[list[str], dict[str, str]]:
 _SAID: set[tuple[str, ...]] = set()
 
 
-def study_tasks(common: Common, wanted: list[str]) -> list[str]:
+def tasks_served(common: Common, wanted: list[str]) -> list[str]:
     """The wanted dictionary tasks this folder serves; the left-out ones named in one line (once per process)."""
     root = root_of(common)
     keep, left = served(root, wanted)

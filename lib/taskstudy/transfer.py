@@ -466,14 +466,13 @@ def view_comparison(params: StudyParams, target: str = "normals") -> pd.DataFram
     the test win rate of the corrupted view over the plain one (ties half) with its 95% bootstrap interval.
     attrs["computed"]: readouts trained now."""
     from taskstudy import evaluate
-    from taskstudy.params import load
 
     sources = [s for s in CORRUPTING if s in study_tasks(params.common)]
     if not sources:
         return pd.DataFrame()
     other = "corrupted" if params.section("transfers").corrupted_view == "plain" else "plain"
     runs = {params.section("transfers").corrupted_view: params,
-            other: load(params.file, [*params.overrides, f"transfers.corrupted_view={other}"])}
+            other: params.with_overrides(f"transfers.corrupted_view={other}")}
     plan = {target: [(s,) for s in sources]}
     tables, computed = {}, 0
     for view, Q in runs.items():
@@ -508,7 +507,6 @@ def capacity_comparison(params: StudyParams, targets: Sequence[str] = ("normals"
     decoder), each trained and early-stopped like every readout. One row per pair and readout: mean val loss, that
     loss relative to the best readout of the pair, parameters, training epochs and seconds, and whether it is the
     profile's readout (a variant equal to it is not trained twice). attrs["computed"]: readouts trained now."""
-    from taskstudy.params import load
 
     tasks = study_tasks(params.common)
     plan = {t: [(s,) for s in sources if s in tasks] for t in targets if t in tasks}
@@ -520,7 +518,7 @@ def capacity_comparison(params: StudyParams, targets: Sequence[str] = ("normals"
     t0, s0 = next((t, v[0]) for t, v in plan.items())
     runs = {name: params}
     for n, ov in CAPACITY_VARIANTS.items():
-        Q = load(params.file, [*params.overrides, *ov])
+        Q = params.with_overrides(*ov)
         if readout_key(Q, t0, s0) != readout_key(params, t0, s0):  # a variant that is the profile's own: skipped
             runs[n] = Q
     store = Store.for_params(params)
