@@ -77,12 +77,12 @@ class TaskNetworks(Section):
     width: int = Field(16, ge=1)  # encoder width w: stages of w, 2w, 4w channels; representation (4w, H/4, W/4)
     depth: int = Field(1, ge=1)  # BasicBlocks per encoder stage
     decoder_width: int = Field(32, ge=1)  # channels of the task decoders
-    epochs: int = Field(24, ge=1)  # at most this many passes over the train split (the cosine's length)
-    patience: int = Field(4, ge=1)  # early stopping: epochs without a better val loss before training stops
+    epochs: int = Field(16, ge=1)  # at most this many passes over the train split (the cosine's length)
+    patience: int = Field(3, ge=1)  # early stopping: epochs without a better val loss before training stops
     batch_size: int = Field(32, ge=1)  # images per step
     lr: float = Field(2e-3, gt=0)  # Adam learning rate
     n_show: int = Field(3, ge=1)  # test scenes whose predictions the chapter shows
-    check_epochs: int = Field(48, ge=0)  # convergence check: check_tasks retrained this long (patience scaled); 0 = off
+    check_epochs: int = Field(32, ge=0)  # convergence check: check_tasks retrained this long (patience scaled); 0 = off
     check_tasks: list[str] = ["edge2d", "normals"]  # the networks the convergence check retrains
 
 
