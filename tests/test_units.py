@@ -61,6 +61,7 @@ def test_left_runs_only_what_is_missing(tmp_path: Path):
 
 
 FOUR = "common.tasks=[autoencoding, normals, segment_semantic, class_scene]"
+SMALLER = ["task_grouping.tasks=[depth_zbuffer, normals, edge2d]", "task_grouping.seeds=1", "transfers.max_order=1"]
 # every unit kind, in an order in which each finds what it reads: (kind counted by run_units, its call)
 KINDS = [
     ("task_network", lambda P: task_networks.task_networks(P)),
@@ -81,7 +82,7 @@ def test_every_unit_kind_computes_each_unit_once_under_two_concurrent_runs(tmp_p
     processes do) of every unit kind's step: no entry is written twice, and each kind computed at least one unit
     (features too: one unit per source)."""
     monkeypatch.setenv("TASKSTUDY_ROOT", str(copy_study(tmp_path)))
-    P = load(str(tmp_path / "params/smoke.yaml"), [FOUR])
+    P = load(str(tmp_path / "params/smoke.yaml"), [FOUR, *SMALLER])
     saved: list[tuple[str, str]] = []
     real_save = Store.save
 
