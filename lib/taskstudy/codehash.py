@@ -10,6 +10,9 @@ constant or a default anywhere in the reach of a computation changes the keys of
 no other. The plumbing modules (the store, the parallel runner, paths, params, the pipeline), which move results but
 do not compute them, count by name only, as do other libraries (their versions are in the environment,
 constraints.txt). `source_hash` does the same for a chapter's cells: a chapter is stale when what it calls changes.
+What is reached is what the code names: a method called on an argument counts through the code that made the
+object (a unit's function builds or loads its networks itself), and code chosen by a string at run time
+(getattr on a module, import_module) would not count; the library has none.
 """
 
 from __future__ import annotations
