@@ -21,12 +21,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm as _tqdm
-
-if TYPE_CHECKING:
-    from taskstudy.params import Common
 
 U = TypeVar("U")
 
@@ -334,7 +331,7 @@ def run_units(
     key: Callable[[U], dict[str, Any]],
     version: str,
     save: Callable[[U, R], None],
-    common: Common,
+    common: Any,  # params.Common: its workers and cluster.address (the runner takes nothing else of params)
     done: Callable[[U], bool] | None = None,
     left: Callable[[U], U | None] | None = None,
     desc: str | None = None,
