@@ -304,15 +304,16 @@ def novel_tasks(params: StudyParams, targets: Sequence[str] | None = None) -> St
     if missing:
         raise ValueError(f"the self-supervised sources {missing} are not in common.tasks")
     pending = _imagenet_on_a_worker(params)
-    step1 = task_networks(params, tasks=targets)
-    step2 = transfers(params, targets=targets)
-    if pending is not None:  # the client writes the store, as for every unit, then lets go of its claim
-        future, lock = pending
-        try:
-            Store.for_params(params).save("imagenet_encoder", imagenet_key(params), future.result(), VERSION,
+    try:
+        step1 = task_networks(params, tasks=targets)
+        step2 = transfers(params, targets=targets)
+        if pending is not None:  # the client writes the store, as for every unit
+            Store.for_params(params).save("imagenet_encoder", imagenet_key(params), pending[0].result(), VERSION,
                                           fmt="pt")
-        finally:
-            lock.release()
+    finally:  # the claim is let go even when Steps I-II fail (a rerun in the same kernel would wait on it)
+        if pending is not None:
+            pending[0].cancel()
+            pending[1].release()
     net = imagenet_encoder(params)
     scores = pd.concat([step2.results["scores"], imagenet_scores(params, targets)], ignore_index=True)
     scores.attrs["split"] = "test"

@@ -355,5 +355,6 @@ def run_units(
         return []
     ran = map_claimed(fn, todo, lambda u: store.lock(kind, key(u), version), remaining, on_result=save,
                       workers=common.workers, address=common.cluster.address, desc=desc or kind.replace("_", " "))
-    COMPUTED[kind] = COMPUTED.get(kind, 0) + len(ran)
+    with _UNITS_CPU_LOCK:  # chapters side by side share this process's counters
+        COMPUTED[kind] = COMPUTED.get(kind, 0) + len(ran)
     return ran
