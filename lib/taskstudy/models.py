@@ -10,6 +10,7 @@ representation of one or several sources (concatenated on channels for higher or
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -17,10 +18,28 @@ PIXEL_KINDS = ("pixel_regression", "pixel_classification")
 KINDS = (*PIXEL_KINDS, "regression", "classification", "distribution")
 
 
+class StridedPointwise(nn.Conv2d):
+    """A strided 1x1 convolution (a ResNet stage's downsampling shortcut) computed as its stride-1 form on the
+    subsampled input: the same function, the same parameters.
+
+    Why not `nn.Conv2d(cin, cout, 1, stride)`: oneDNN (torch 2.14.1) runs its weight gradient in channels_last
+    through a "reduce to unit stride" workspace that it overruns when the input has fewer channels than the
+    kernel's block (8 on AVX2, 16 on AVX-512; uxlfoundation/oneDNN#6035): heap corruption, a hang or wrong
+    gradients, whatever the precision. Subsampling first leaves oneDNN a stride-1 1x1 convolution, which has no
+    such workspace. benchmarks/repro_onednn_1x1.py reproduces the defect; tests/test_kernels.py guards the fix."""
+
+    def __init__(self, cin: int, cout: int, stride: int, bias: bool = False):
+        super().__init__(cin, cout, 1, stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+
+
 def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
     down = None
     if stride != 1 or cin != cout:
-        down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        down = nn.Sequential(StridedPointwise(cin, cout, stride), nn.BatchNorm2d(cout))
     layers = [BasicBlock(cin, cout, stride, down)]
     layers += [BasicBlock(cout, cout) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)

@@ -193,7 +193,7 @@ def readout_key(params: StudyParams, target: str) -> dict[str, Any]:
             **{split: data.split_key(params.common, split) for split in SPLITS},
             "readout_width": cfg.readout_width, "epochs": cfg.epochs, "patience": cfg.patience,
             "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": params.common.seed,
-            "precision": params.common.precision, "channels_last": params.common.channels_last,
+            **{k: v for k, v in kernels(params.common).items() if k in ("precision", "channels_last")},
             "code": computation_hash(novel_readout_unit)}
 
 

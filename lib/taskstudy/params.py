@@ -50,8 +50,9 @@ class Common(Section):
     workers: int = Field(0, ge=0)  # 0 = run units in-process; n > 0 = a Dask LocalCluster of n workers
     cluster: Cluster = Cluster()  # scale-out to an existing Dask scheduler
     device: str = "cpu"  # torch device for training ("cpu", "cuda", "auto")
-    precision: Literal["fp32", "bf16"] = "bf16"  # Steps I-II training forward passes: fp32, or bfloat16 autocast
-    channels_last: bool = True  # Steps I-II training batches in NHWC layout (faster convolutions on the CPU)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # training forward passes: fp32, or bfloat16 autocast;
+    # ^ auto: bf16 where the CPU runs it natively (AVX512-BF16, AMX), fp32 elsewhere (train.resolve_kernels)
+    channels_last: bool | Literal["auto"] = "auto"  # training batches in NHWC layout; auto: where it is faster
     results_dir: str = "results"  # the results store, relative to the study root; entries under <dir>/<profile>/
     dataset: Literal["scenes", "taskonomy"] = "scenes"  # Steps I-IV on rendered scenes, or on Taskonomy folders
     taskonomy_root: str | None = None  # with dataset taskonomy: the folder (absolute, or relative to the study root)

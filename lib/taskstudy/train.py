@@ -8,8 +8,12 @@ epoch e continues exactly as an uninterrupted run. A checkpoint (model, optimise
 written atomically after every epoch when a path is given.
 
 Speed: `precision="bf16"` runs forward passes under bfloat16 autocast and `channels_last` lays image batches out as
-NHWC (on this study's CPU the two together train a Step I network 2.7x faster than fp32 NCHW; the performance
-chapter measures it, and results stay within the seed band). Inference (`predict`, `mean_loss`) stays fp32.
+NHWC. Which pays depends on the CPU: on one with native bf16 (AVX512-BF16 or AMX) the two together trained a Step I
+network 2.7x faster than fp32 NCHW; on an AVX2-only CPU bf16 ran at a ninth of fp32's rate, while channels_last
+still helped (fp32: 783 against 505 images/s). So a profile says `auto` and `resolve_kernels` decides on the machine
+from its capabilities (never from a timing, so one machine always resolves alike and reruns stay byte-identical);
+cache keys carry the resolved kernels. The performance chapter measures all four on the machine that built it.
+Inference (`predict`, `mean_loss`) stays fp32.
 
 Calibration (`fit_validated`): the loss on a held-out `val` split (its first `val_images` images: on this study's
 short runs, validation of a whole 500-image split cost a quarter of a readout's training) is measured after every
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,10 +71,49 @@ class TrainConfig:
     val_images: int | None = None  # early stopping reads the first val_images of the val split (None: all of it)
 
 
+#: oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which oneDNN still has bf16 dot-product instructions
+_BF16_ISAS = ("ALL", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10")
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether `device` runs bfloat16 arithmetic natively: on the CPU, AVX512-BF16 or AMX tiles, and oneDNN not held
+    below them by ONEDNN_MAX_CPU_ISA; on CUDA, what torch reports."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not cap.startswith(_BF16_ISAS):
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def nhwc_pays(device: str = "cpu") -> bool:
+    """Whether channels_last convolutions are the faster layout: on CUDA, and on CPUs where torch's convolutions
+    run through oneDNN's vector kernels (capability AVX2 or above; measured on AVX2: 783 against 505 images/s)."""
+    if device.startswith("cuda"):
+        return True
+    return torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def resolve_kernels(precision: str = "auto", channels_last: bool | str = "auto", device: str = "cpu"
+                    ) -> dict[str, object]:
+    """The training kernels for this machine: `auto` precision is bf16 where `native_bf16`, else fp32; `auto`
+    channels_last is `nhwc_pays`. Explicit values are kept."""
+    dev = str(resolve_device(device))
+    if precision == "auto":
+        precision = "bf16" if native_bf16(dev) else "fp32"
+    if channels_last == "auto":
+        channels_last = nhwc_pays(dev)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    return {"precision": precision, "channels_last": bool(channels_last)}
+
+
 def kernels(common: object) -> dict[str, object]:
-    """The TrainConfig fields a profile's `common` sets for every network: the kernels (precision, channels_last)
-    and how many val images early stopping reads (val_images, from common.val_stop_images)."""
-    return {"precision": getattr(common, "precision", "fp32"), "channels_last": getattr(common, "channels_last", False),
+    """The TrainConfig fields a profile's `common` sets for every network: the kernels (precision, channels_last,
+    resolved for this machine by `resolve_kernels`) and how many val images early stopping reads (val_images, from
+    common.val_stop_images)."""
+    return {**resolve_kernels(getattr(common, "precision", "auto"), getattr(common, "channels_last", "auto"),
+                              getattr(common, "device", "cpu")),
             "val_images": getattr(common, "val_stop_images", None)}
 
 
