@@ -45,3 +45,15 @@ def test_study_wall_counts_chapters_side_by_side_once():
     assert benchmarks.study_wall_s(runs) == pytest.approx(61 + 30 + 7)
     # the run in progress counts up to now
     assert benchmarks.study_wall_s(runs, current_run="2000.0", now=2100.0) == pytest.approx(61 + 100 + 7)
+
+
+def test_time_targets_double_without_native_bf16():
+    from taskstudy import benchmarks
+
+    runs = pd.DataFrame({"chapter": ["12_robustness"], "wall s": [700.0], "CPU s": [1500.0], "run": [None],
+                         "start": [0.0], "end": [700.0], "peak memory MB": [100.0]})
+    fast = benchmarks.study_targets(runs, native_bf16=True)
+    slow = benchmarks.study_targets(runs, native_bf16=False)
+    assert (fast["target_min"], slow["target_min"]) == (30.0, 60.0)
+    assert not fast["per_chapter"].iloc[0]["pass"] and slow["per_chapter"].iloc[0]["pass"]  # 1500 vs 960 / 1920
+    assert "without native bf16: 60 minutes" in benchmarks.study_report(slow)

@@ -133,3 +133,14 @@ def test_cache_keys_carry_resolved_kernels_never_auto(cpu):
     cpu(bf16=True, capability="AVX512")
     assert train.kernels(Common())["precision"] == "bf16"
     assert train.kernels(Common(precision="fp32"))["precision"] == "fp32"
+
+
+def test_machine_record_names_the_cpu_and_the_resolved_kernels():
+    from taskstudy import machine
+
+    m = machine.describe(Common(precision="fp32", channels_last=False))
+    assert m["cpu"] and m["cores"] >= 1 and m["matmul_gflops"] > 0
+    assert (m["precision"], m["channels_last"]) == ("fp32", False)
+    assert m["capability"] == torch.backends.cpu.get_cpu_capability()
+    line = machine.summary(m)
+    assert m["cpu"] in line and "fp32 NCHW" in line and "GFLOP/s" in line

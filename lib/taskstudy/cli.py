@@ -107,6 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline.catch_interrupts()
     pipeline.sweep(root, params.results_root())  # temporary files of killed runs
     print(f"running {len(todo)} chapter(s) with profile '{params.profile}'; log: {log_path}")
+    from taskstudy import machine
+
+    print(f"machine: {machine.summary(machine.describe(params.common))}")  # measured before any chapter starts
     # several chapters share one Dask cluster (one start-up, one clean shutdown); a single chapter starts its own
     share = len(todo) > 1 and not params.common.cluster.address
     lanes = max(1, min(args.lanes, len(todo)))  # one chapter alone keeps every core's threads

@@ -58,9 +58,12 @@ def environment_table(packages: list[str]) -> pd.DataFrame:
 
 def run_records() -> pd.DataFrame:
     """The record of each chapter's last execution (book/_runs/*.json): wall time, CPU seconds (its kernel's and its
-    units'), peak memory, profile, and the `taskstudy run` it was part of ("run": that run's start time; "start",
-    "end": the chapter's, in seconds since the epoch)."""
+    units'), peak memory, profile, the `taskstudy run` it was part of ("run": that run's start time; "start",
+    "end": the chapter's, in seconds since the epoch) and the machine it ran on with its kernels (`machine.summary`;
+    None for a record older than that)."""
     import time
+
+    from taskstudy.machine import summary as machine_summary
 
     rows = []
     for c in pipeline.chapters():
@@ -70,6 +73,7 @@ def run_records() -> pd.DataFrame:
         rows.append({"chapter": c.name, "profile": rec["profile"], "wall s": rec["wall_s"],
                      "CPU s": rec.get("cpu_s"), "peak memory MB": rec.get("peak_rss_mb"),
                      "finished": time.strftime("%Y-%m-%d %H:%M", time.localtime(rec["finished"])),
-                     "run": rec.get("run"), "start": rec["started"], "end": rec["finished"]})
+                     "run": rec.get("run"), "start": rec["started"], "end": rec["finished"],
+                     "machine": machine_summary(rec["machine"]) if rec.get("machine") else None})
     return pd.DataFrame(rows, columns=["chapter", "profile", "wall s", "CPU s", "peak memory MB", "finished", "run",
-                                       "start", "end"])
+                                       "start", "end", "machine"])

@@ -342,6 +342,9 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     import nbformat
     import papermill as pm
 
+    from taskstudy import machine
+
+    machine.describe(params.common)  # measured once per process, before the chapter's kernel loads the machine
     runs = runs_dir(root)
     runs.mkdir(parents=True, exist_ok=True)
     partial = runs / f".{chapter.name}.{owner_tag()}.ipynb"  # per process: two runs of one chapter may overlap
@@ -404,6 +407,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
         "cpu_s": round(cpu.get("kernel_cpu_s", 0.0) + cpu.get("units_cpu_s", 0.0), 2),
         "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # largest kernel
                                  parallel.workers_peak_rss_mb(workers)), 1),
+        "machine": machine.describe(params.common),  # the CPU and the kernels it resolved: beside every timing
     }
     from taskstudy.store import atomic_write
 
