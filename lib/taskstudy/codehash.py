@@ -10,6 +10,11 @@ constant or a default anywhere in the reach of a computation changes the keys of
 no other. The plumbing modules (the store, the parallel runner, paths, params, the pipeline), which move results but
 do not compute them, count by name only, as do other libraries (their versions are in the environment,
 constraints.txt). `source_hash` does the same for a chapter's cells: a chapter is stale when what it calls changes.
+Keys survive a move of modules between packages (issue 39, step 1): nothing hashed names a module's dotted path
+(a plumbing definition counts by its name, a module used as a value by its last name, the package's own imports
+inside a function not at all: the names they bind count where they are used), the package is found from this
+module's name rather than its folder, and syntax fields that only some Python versions have (`type_params`,
+3.12+) are left out.
 What is reached is what the code names: a method called on an argument counts through the code that made the
 object (a unit's function builds or loads its networks itself), and code chosen by a string at run time
 (getattr on a module, import_module) would not count; the library has none.
@@ -26,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE = __name__.split(".")[0]
-ROOT = Path(__file__).resolve().parent
-PLUMBING = frozenset(f"{PACKAGE}.{m}" for m in (
+ROOT = Path(__file__).resolve().parents[__name__.count(".") - 1]  # the package's folder, wherever this module sits
+PLUMBING = frozenset((  # modules (by their last name, wherever they sit) that move results but do not compute them
     "store", "parallel", "paths", "faults", "errors", "params", "pipeline", "cli", "dask_plugin", "manifest",
-    "codehash", "bookcheck"))
+    "codehash", "bookcheck", "machine"))
+SKIPPED_FIELDS = frozenset(("type_params", "type_comment"))  # syntax fields not every supported Python has
 
 
 def computation_hash(*objs: Any, n: int = 12) -> str:
@@ -69,6 +75,16 @@ def _symbol_of(obj: Any) -> tuple[str, str]:
 
 def _own(module: str) -> bool:
     return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
+def _plumbing(module: str) -> bool:
+    return _own(module) and module.rsplit(".", 1)[-1] in PLUMBING
+
+
+def _as_text(kind: str, dotted: str) -> str:
+    """A reference that is not hashed by content, as text: the package's own modules by their last name (so a move
+    between packages is no change), other libraries by their full dotted name."""
+    return f"{kind}:{dotted.rsplit('.', 1)[-1]}" if kind == "module" and _own(dotted) else f"{kind}:{dotted}"
 
 
 def _module_file(module: str) -> Path | None:
@@ -210,20 +226,20 @@ def _definition(module: str, name: str) -> Symbol | str:
     """Where `module.name` is defined (a re-export followed), or the text it counts as when it is not the package's
     code: the plumbing and other libraries by name, a module as a whole by name."""
     for _ in range(16):
-        if module in PLUMBING:
-            return f"name:{module}.{name}"
+        if _plumbing(module):
+            return f"name:{name}"
         m = _module(module)
         if m is None:
-            return f"missing:{module}.{name}"
+            return f"missing:{name}"
         if name in m.defs or name in m.values:
             return (module, name)
         ref = m.scope.names.get(name) if m.scope else None
         if ref is None:
-            return f"module:{module}.{name}" if _module_file(f"{module}.{name}") else f"missing:{module}.{name}"
+            return f"module:{name}" if _module_file(f"{module}.{name}") else f"missing:{name}"
         if ref[0] != "symbol":
-            return f"{ref[0]}:{ref[1]}"
+            return _as_text(ref[0], ref[1])
         module, name = ref[1], ref[2]
-    return f"missing:{module}.{name}"
+    return f"missing:{name}"
 
 
 @dataclass
@@ -255,8 +271,10 @@ def _raw(sym: Symbol, state: tuple[Any, ...]) -> _Raw:
 class _Dumper:
     """ast.dump's text, but each name or attribute chain that refers to the package's own definition written as a
     hole for that definition's hash, other libraries' names as their full dotted names (an import alias is no
-    change), every def and class without its docstring and its own name (a rename or a move is no change), and
-    arguments and returns without their type hints (typing a function is no change)."""
+    change), every def and class without its docstring and its own name (a rename or a move is no change),
+    arguments and returns without their type hints (typing a function is no change), the package's own imports
+    inside a function as a bare marker (what they bind counts where it is used, so a move is no change) and no
+    field that only some Python versions have."""
 
     def __init__(self) -> None:
         self.refs: list[Symbol] = []
@@ -270,17 +288,20 @@ class _Dumper:
             if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
                 ref = scope.lookup(node)
                 if ref is not None:
-                    d = _definition(ref[1], ref[2]) if ref[0] == "symbol" else f"{ref[0]}:{ref[1]}"
+                    d = _definition(ref[1], ref[2]) if ref[0] == "symbol" else _as_text(ref[0], ref[1])
                     return f"<{d}>" if isinstance(d, str) else self.hole(d)
+            if isinstance(node, ast.ImportFrom) and (node.level or _own(node.module or "")) or \
+                    isinstance(node, ast.Import) and all(_own(a.name) for a in node.names):
+                return "OwnImport()"
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 body = node.body
                 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                         and isinstance(body[0].value.value, str):
                     body = body[1:]
                 fields = [self.dump(body if f == "body" else getattr(node, f, None), scope)
-                          for f in node._fields if f not in ("name", "returns", "type_comment")]
+                          for f in node._fields if f not in ("name", "returns", *SKIPPED_FIELDS)]
                 return f"{type(node).__name__}(" + ",".join(fields) + ")"
-            skip = ("annotation", "type_comment") if isinstance(node, ast.arg) else ()
+            skip = ("annotation", *SKIPPED_FIELDS) if isinstance(node, ast.arg) else SKIPPED_FIELDS
             return f"{type(node).__name__}(" + ",".join(self.dump(getattr(node, f, None), scope)
                                                         for f in node._fields if f not in skip) + ")"
         if isinstance(node, list):
