@@ -247,3 +247,30 @@ def test_outside_beside_states_each_verdict():
     assert side.verdict.tolist() == ["reproduced", "not reproduced: positive but not significant at 0.05",
                                      "not reproduced: significantly negative"]
     assert side.at["class_scene", "outside set (paper)"] == "MIT Places" and side.at["other", "sources"] == 12
+
+
+def test_rank_agreement_leaves_the_own_entry_out():
+    """Two matrices that agree only on each target's own entry (ranked first in both, every other source drawn
+    independently): about 0.5 with the own entry (1 - 6 * 10 / 120 for 5 sources), about 0 without it."""
+    rng = np.random.default_rng(0)
+    tasks = ["a", "b", "c", "d", "e"]
+
+    def draw() -> pd.DataFrame:
+        m = pd.DataFrame(rng.random((5, 5)), index=tasks, columns=tasks)
+        return m.mask(np.eye(5, dtype=bool), 2.0)  # the own entry first
+
+    without, with_self = [], []
+    for _ in range(300):
+        a, b = draw(), draw()
+        without.append(rb.per_target_rho(a, b).mean())
+        with_self.append(rb.per_target_rho(a, b, self_entry=True).mean())
+    assert np.mean(with_self) == pytest.approx(0.5, abs=0.03)
+    assert abs(np.mean(without)) < 0.03
+    assert rb.per_target_rho(a, b).notna().all()  # 4 sources left per target: still a ranking
+
+
+def test_rank_agreement_leaves_the_baselines_out():
+    cols = ["a", "b", "c", "random", "full"]
+    ref = matrix({"t1": [0.4, 0.3, 0.2, 0.05, 0.05]}, cols)
+    other = matrix({"t1": [0.4, 0.3, 0.2, 0.9, 0.8]}, cols)  # disagrees only on the baselines
+    assert rb.per_target_rho(ref, other)["t1"] == pytest.approx(1.0)

@@ -62,12 +62,14 @@ def test_adjusted_rand_and_compare_groups():
 
 def test_rank_agreement():
     rng = np.random.default_rng(0)
-    study = pd.DataFrame(rng.random((3, 4)), index=["normals", "edge2d", "class_scene"],
-                         columns=["normals", "edge2d", "reshading", "full"])
+    study = pd.DataFrame(rng.random((3, 6)), index=["normals", "edge2d", "class_scene"],
+                         columns=["normals", "edge2d", "reshading", "curvature", "keypoints2d", "full"])
     paper = study.rename(index=PAPER_NAMES, columns=PAPER_NAMES).drop(columns="full")
     ra = rank_agreement(study, paper)
     assert list(ra["target"]) == ["normals", "edge2d", "pooled"]  # class_scene maps to None
-    assert ra["rho"].tolist() == pytest.approx([1.0, 1.0, 1.0]) and ra["n"].tolist() == [3, 3, 6]
+    # the own entry and `full` left out: 4 sources per target
+    assert ra["rho"].tolist() == pytest.approx([1.0, 1.0, 1.0]) and ra["n"].tolist() == [4, 4, 8]
+    assert rank_agreement(study, paper, self_entry=True)["n"].tolist() == [5, 5, 10]
     ra = rank_agreement(study, -paper)
     assert ra["rho"].iloc[:2].tolist() == pytest.approx([-1.0, -1.0])
 

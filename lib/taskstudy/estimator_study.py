@@ -117,11 +117,14 @@ def rank_affinity(matrix: pd.DataFrame) -> pd.DataFrame:
 
 
 def _top1(truth: pd.DataFrame, matrix: pd.DataFrame) -> pd.Series:
-    """Per shared target, 1.0 where both name the same best source, 0.0 where not, NaN where either rates none."""
-    cols = [c for c in truth.columns if c in matrix.columns]
+    """Per shared target, 1.0 where both name the same best source, 0.0 where not, NaN where either rates none;
+    the target's own entry and the baselines left out (as in rank agreement: RSA and DDS rate a task's network
+    perfectly against itself)."""
+    cols = [c for c in truth.columns if c in matrix.columns and c not in ahp.BASELINES]
     out = {}
     for t in (t for t in truth.index if t in matrix.index):
-        a, b = truth.loc[t, cols].astype(float), matrix.loc[t, cols].astype(float)
+        own = [c for c in cols if c != t]
+        a, b = truth.loc[t, own].astype(float), matrix.loc[t, own].astype(float)
         out[t] = float(a.idxmax() == b.idxmax()) if a.notna().any() and b.notna().any() else np.nan
     return pd.Series(out, dtype=float)
 

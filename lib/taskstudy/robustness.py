@@ -152,27 +152,29 @@ def _shared(a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[str], list[str]]:
     return rows, cols
 
 
-def _rank_agreement(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """tree.rank_agreement on two matrices of the study's own names (every source kept, the random encoder's
-    too): per-target rows, then "pooled". A constant row has no ranking: NaN, without scipy's warning."""
+def _rank_agreement(a: pd.DataFrame, b: pd.DataFrame, self_entry: bool = False) -> pd.DataFrame:
+    """tree.rank_agreement on two matrices of the study's own names (a target's own entry, its own network `full`,
+    scratch and the random encoder left out unless `self_entry`): per-target rows, then "pooled". A constant row
+    has no ranking: NaN, without scipy's warning."""
     names = {n: n for n in [*a.index, *a.columns, *b.index, *b.columns]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=stats.ConstantInputWarning)
-        return tree.rank_agreement(a, b, name_map=names, exclude=())
+        return tree.rank_agreement(a, b, name_map=names, self_entry=self_entry)
 
 
-def per_target_rho(a: pd.DataFrame, b: pd.DataFrame) -> pd.Series:
-    """Spearman's rho of two affinity matrices' rows over the source sets both have, per shared target
-    (NaN where fewer than 3 sources are rated by both or a row is constant)."""
-    out = _rank_agreement(a, b)
+def per_target_rho(a: pd.DataFrame, b: pd.DataFrame, self_entry: bool = False) -> pd.Series:
+    """Spearman's rho of two affinity matrices' rows over the source sets both have, per shared target, the
+    target's own entry and the baselines left out (`tree.rank_agreement`; NaN where fewer than 3 sources are rated
+    by both or a row is constant)."""
+    out = _rank_agreement(a, b, self_entry)
     out = out[out["target"] != "pooled"]
     return pd.Series(out["rho"].to_numpy(float), index=out["target"].to_list(), dtype=float, name="rho")
 
 
-def pooled_rho(a: pd.DataFrame, b: pd.DataFrame) -> float:
+def pooled_rho(a: pd.DataFrame, b: pd.DataFrame, self_entry: bool = False) -> float:
     """Spearman's rho over every (target, source set) cell both matrices rate (rows sum to 1, so cells of
-    different targets are on one scale)."""
-    out = _rank_agreement(a, b)
+    different targets are on one scale), own entries and baselines left out as in `per_target_rho`."""
+    out = _rank_agreement(a, b, self_entry)
     return float(out.loc[out["target"] == "pooled", "rho"].iloc[0])
 
 
@@ -362,8 +364,10 @@ def outside_ranking(P: StudyParams, sources: Sequence[str]) -> pd.DataFrame:
 
 def ranking_agreement(accuracy: pd.Series, affinity_row: pd.Series, n_perm: int, seed: int) -> dict[str, float]:
     """Spearman's rho between the outside ranking (probe accuracy per source) and the taxonomy's ranking of the
-    same sources for one target (its affinity row), with a two-sided permutation p-value."""
-    shared = [s for s in accuracy.index if s in affinity_row.index and pd.notna(affinity_row[s])]
+    same sources for one target (its affinity row, named by the row's name), with a two-sided permutation p-value.
+    The target's own encoder and the baselines are left out, as in every rank agreement (`tree.rank_agreement`)."""
+    skip = {affinity_row.name, *ahp.BASELINES}
+    shared = [s for s in accuracy.index if s in affinity_row.index and s not in skip and pd.notna(affinity_row[s])]
     x, y = accuracy[shared].to_numpy(float), affinity_row[shared].to_numpy(float)
     rho = float(stats.spearmanr(x, y).statistic)
     return {"rho": rho, "p": permutation_p(x, y, "spearman", n_perm, seed), "n": len(shared)}

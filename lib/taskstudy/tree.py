@@ -186,13 +186,18 @@ def load_paper_affinities(kind: str = "affinities") -> pd.DataFrame:
 
 def rank_agreement(study: pd.DataFrame, paper: pd.DataFrame,
                    name_map: Mapping[str, str | None] = PAPER_NAMES,
-                   exclude: Iterable[str] = BASELINES) -> pd.DataFrame:
-    """Spearman rho, per target, between the study's and the paper's first-order relations on the tasks both have.
+                   exclude: Iterable[str] = BASELINES, self_entry: bool = False) -> pd.DataFrame:
+    """Spearman rho, per target, between two matrices of first-order relations on the tasks both have: the study's
+    and the paper's, or (name_map the identity) two of the study's. The one rank agreement of the study.
 
-    Both frames are targets x sources (study names / paper names; load_paper_affinities' layout). A study task t
-    is compared as name_map[t] (tasks mapped to None or absent from the paper are skipped); a target's own readout
-    (source == target) is compared with the paper's diagonal. The last row, "pooled", is Spearman rho over all
-    (target, source) pairs together; n = pairs compared."""
+    Both frames are targets x sources (load_paper_affinities' layout). A task t of `study` is compared as
+    name_map[t] (tasks mapped to None or absent from `paper` are skipped). A target's own readout (source ==
+    target) is left out, and so are the baselines (`exclude`: the target's own network `full`, scratch and the
+    random encoder): the own entry ranks first in both matrices almost always and alone lifts rho, so that two
+    rankings of 5 sources that agree on nothing else score 0.5 on average (1 - 6 * 10 / 120). `self_entry=True`
+    keeps it (say so beside the number). The last row, "pooled", is Spearman rho over all (target, source) pairs
+    together; n = pairs compared. The chance level of a rho over n pairs is 0 (its 95% bound:
+    robustness.critical_rho(n))."""
     excl = set(exclude)
     rows, xs_all, ys_all = [], [], []
     for t in study.index:
@@ -201,7 +206,7 @@ def rank_agreement(study: pd.DataFrame, paper: pd.DataFrame,
             continue
         xs, ys = [], []
         for s in study.columns:
-            ps = name_map.get(s) if s not in excl else None
+            ps = name_map.get(s) if s not in excl and (self_entry or s != t) else None
             if "+" in str(s) or ps is None or ps not in paper.columns:
                 continue
             a, b = study.at[t, s], paper.at[pt, ps]
@@ -242,7 +247,7 @@ def separates(sep: Mapping[str, float]) -> bool:
     return sep["between 3D and 2D"] > max(sep["within 3D"], sep["within 2D"])
 
 
-def agreement_summary(study: pd.DataFrame, paper: pd.DataFrame) -> tuple[float, float]:
+def agreement_summary(study: pd.DataFrame, paper: pd.DataFrame, self_entry: bool = False) -> tuple[float, float]:
     """(median per-target rho, pooled rho) of `rank_agreement` between two affinity matrices."""
-    g = rank_agreement(study, paper)
+    g = rank_agreement(study, paper, self_entry=self_entry)
     return float(g[g.target != "pooled"].rho.median()), float(g.set_index("target").at["pooled", "rho"])
