@@ -142,14 +142,19 @@ def test_agreement_of_a_perfect_an_inverted_and_a_partial_estimator():
     assert any("inverted" in x and "below chance" in x for x in lines)
 
 
-def test_quality_verdicts_read_the_bands():
-    idx = pd.MultiIndex.from_tuples([("ground truth (AHP)", 1), ("x", 1), ("y", 1), ("z", 1)],
+def test_quality_verdicts_read_the_paired_difference():
+    idx = pd.MultiIndex.from_tuples([("ground truth (AHP)", 1), ("x", 1), ("y", 1), ("w", 1), ("z", 1)],
                                     names=["estimator", "budget"])
-    tax = pd.DataFrame({"quality": [0.5, 0.2, 0.48, 0.5], "quality_lo": [0.45, 0.15, 0.40, 0.45],
-                        "quality_hi": [0.55, 0.25, 0.52, 0.55], "gain": [0.8, 0.5, 0.8, 0.8],
-                        "targets": [4, 4, 4, 2]}, index=idx)
-    v = es.quality_beside_truth(tax).set_index("estimator")["verdict"]
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.02, 500)  # the same test-image resamples for every policy
+    boot = [0.5 + shared, 0.2 + shared, 0.5 + shared + rng.normal(0, 0.01, 500), 0.48 + shared, 0.5 + shared]
+    tax = pd.DataFrame({"quality": [b.mean() for b in boot], "quality_boot": boot,
+                        "gain": [0.8] * 5, "targets": [4, 4, 4, 4, 2]}, index=idx)
+    out = es.quality_beside_truth(tax).set_index("estimator")
+    v = out["verdict"]
     assert v["x"] == "worse" and v["y"].startswith("as good") and v["z"] == "fewer targets"
+    # w: 0.02 below the truth, bands of +-0.04 overlap, but the paired difference is -0.02 on every resample
+    assert v["w"] == "worse" and out.loc["w", "change hi"] < 0
 
 
 def test_standing_agreement_is_one_for_the_same_order():

@@ -106,27 +106,48 @@ def test_taxonomy_is_bip_policy(scores):
     assert len(tax.sources) == 2 and {"a", "b", "c"} & tax.sources and {"d", "e"} & tax.sources
 
 
-def test_gain_quality_trends_judge_rises_against_their_intervals():
-
+def test_gain_quality_trends_judge_changes_on_paired_differences():
     from taskstudy.evaluate import gain_quality_trends
     from taskstudy.uncertainty import change_verdict
 
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.01, 1000)  # the test images' noise, common to every row's resamples
     rows = []
     for b in (1, 2, 4):
         for o in (1, 2):
-            q = 0.2 + 0.1 * b + 0.01 * o  # Quality rises with the budget, beyond its +-0.02 band
+            q = 0.2 + 0.1 * b + 0.01 * o  # Quality rises with the budget; +0.01 with the order, inside its band
             g = 0.5  # Gain is flat
-            rows.append({"budget": b, "order": o, "quality": q, "quality_lo": q - 0.02, "quality_hi": q + 0.02,
-                         "gain": g, "gain_lo": g - 0.1, "gain_hi": g + 0.1})
+            qb, gb = q + shared, g + shared + rng.normal(0, 0.001, 1000)
+            rows.append({"budget": b, "order": o, "quality": q, "quality_lo": np.quantile(qb, 0.025),
+                         "quality_hi": np.quantile(qb, 0.975), "quality_boot": qb, "gain": g,
+                         "gain_lo": np.quantile(gb, 0.025), "gain_hi": np.quantile(gb, 0.975), "gain_boot": gb})
     t = gain_quality_trends(pd.DataFrame(rows))
     ranks = t[t["rho"].notna()].set_index(["metric", "along"])
     assert ranks.at[("quality", "budget"), "verdict"] == "rises"
     assert ranks.at[("gain", "budget"), "verdict"] == "does not rise" and ranks.at[("gain", "budget"), "rho"] == 0
     changes = t[t["rho"].isna()].set_index(["metric", "along"])
     assert changes.at[("quality", "budget"), "verdict"] == "a rise beyond noise"
-    assert changes.at[("quality", "order"), "verdict"] == "within noise"  # +0.01 inside a 0.04-wide band
+    # +0.01 along the order: the two intervals (each about +-0.02) overlap, the paired difference excludes 0
+    q = changes.loc[("quality", "order")]
+    assert q["start interval"][1] > q["end interval"][0]
+    assert change_verdict(*q["start interval"], *q["end interval"]) == "within noise"
+    assert q["verdict"] == "a rise beyond noise" and q["change lo"] > 0
     assert changes.at[("gain", "budget"), "verdict"] == "within noise"
-    assert change_verdict(0.5, 0.6, 0.3, 0.4) == "a fall beyond noise"
+
+
+def test_paired_change_where_intervals_overlap():
+    from taskstudy.uncertainty import change_verdict, interval, paired_change
+
+    rng = np.random.default_rng(1)
+    images = rng.normal(0, 1, 2000)
+    a, b = images, images + 0.05 + rng.normal(0, 0.01, 2000)
+    assert change_verdict(*interval(a), *interval(b)) == "within noise"
+    verdict, lo, hi = paired_change(a, b)
+    assert verdict == "a rise beyond noise" and 0 < lo < 0.05 < hi
+    assert paired_change(b, a)[0] == "a fall beyond noise"
+    assert paired_change(a, a + rng.normal(0, 0.01, 2000))[0] == "within noise"
+    with pytest.raises(ValueError):
+        paired_change(a, b[:10])
 
 
 def test_transfer_claims_compare_the_paper_and_the_study_per_claim():

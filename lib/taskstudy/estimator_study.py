@@ -178,26 +178,26 @@ def taxonomies(scores: pd.DataFrame, truth: pd.DataFrame, estimates: Estimates, 
 
 
 def quality_beside_truth(tax: pd.DataFrame) -> pd.DataFrame:
-    """Per estimator and budget, its taxonomy's Quality against the ground truth's at the same budget, with the
-    verdict against the two bands: "as good" where the bands overlap, else "worse" or "better". Estimators scored
-    on fewer targets than the truth (H-score) are compared with the truth's policy on the same targets only in
-    their own rows' Gain/Quality, so they get no verdict here."""
+    """Per estimator and budget, its taxonomy's Quality against the ground truth's at the same budget, judged on
+    their paired difference over the same test-image resamples (`uncertainty.paired_change`; "change lo", "change
+    hi"): "as good (within noise)" where its interval holds 0, else "worse" or "better". Estimators scored on
+    fewer targets than the truth (H-score) are compared with the truth's policy on the same targets only in their
+    own rows' Gain/Quality, so they get no verdict here."""
     truth = tax.loc[TRUTH]
     rows = []
     for (name, budget), r in tax.iterrows():
         if name == TRUTH or budget not in truth.index:
             continue
         t = truth.loc[budget]
+        change, lo, hi = uncertainty.paired_change(t["quality_boot"], r["quality_boot"])
         if r["targets"] != t["targets"]:
-            verdict = "fewer targets"
-        elif r["quality_hi"] < t["quality_lo"]:
-            verdict = "worse"
-        elif r["quality_lo"] > t["quality_hi"]:
-            verdict = "better"
+            verdict, lo, hi = "fewer targets", np.nan, np.nan
         else:
-            verdict = "as good (bands overlap)"
+            verdict = {"a rise beyond noise": "better", "a fall beyond noise": "worse"}.get(
+                change, "as good (within noise)" if change == "within noise" else change)
         rows.append({"estimator": name, "budget": budget, "quality": r["quality"], "truth quality": t["quality"],
-                     "gain": r["gain"], "truth gain": t["gain"], "verdict": verdict})
+                     "gain": r["gain"], "truth gain": t["gain"], "change lo": lo, "change hi": hi,
+                     "verdict": verdict})
     return pd.DataFrame(rows)
 
 

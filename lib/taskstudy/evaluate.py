@@ -120,14 +120,21 @@ def policy_gain_quality(scores: pd.DataFrame, taxonomy: Taxonomy, n_boot: int = 
     return rates
 
 
-def _policy_mean_interval(idx: _Scores, taxonomy: Taxonomy, reference: str, n_boot: int, seed: int,
-                          targets: Iterable[str] | None = None) -> tuple[float, float]:
-    """Bootstrap interval of the policy's mean win rate over its targets (or `targets`) against `reference`."""
+def _policy_mean_boot(idx: _Scores, taxonomy: Taxonomy, reference: str, n_boot: int, seed: int,
+                      targets: Iterable[str] | None = None) -> np.ndarray:
+    """(n_boot,) bootstrap samples of the policy's mean win rate over its targets (or `targets`) against
+    `reference`; one seed gives the same image resamples to every policy (paired)."""
     chosen = list(taxonomy.policy) if targets is None else [t for t in targets if t in taxonomy.policy]
     b = _boot_rates(idx, [(t, taxonomy.candidate(t), reference) for t in chosen], n_boot, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return uncertainty.interval(np.nanmean(b, axis=0))
+        return np.nanmean(b, axis=0)
+
+
+def _policy_mean_interval(idx: _Scores, taxonomy: Taxonomy, reference: str, n_boot: int, seed: int,
+                          targets: Iterable[str] | None = None) -> tuple[float, float]:
+    """Bootstrap interval of the policy's mean win rate over its targets (or `targets`) against `reference`."""
+    return uncertainty.interval(_policy_mean_boot(idx, taxonomy, reference, n_boot, seed, targets))
 
 
 def policy_interval(scores: pd.DataFrame, taxonomy: Taxonomy, n_boot: int = 1000, seed: int = 0,
@@ -173,10 +180,10 @@ def gain_quality_table(scores: pd.DataFrame, affinity: pd.DataFrame, budgets: Se
             row |= {"gain": rates["gain"].mean(), "quality": rates["quality"].mean(), "objective": tax.objective,
                     "n_sources": len(tax.sources), "sources": "+".join(sorted(tax.sources))}
             if n_boot:  # on the table's own index: one pass over the scores for every budget and order
-                ci = {m: _policy_mean_interval(idx, tax, ref, n_boot, seed)
-                      for m, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF))}
-                row |= {"gain_lo": ci["gain"][0], "gain_hi": ci["gain"][1], "quality_lo": ci["quality"][0],
-                        "quality_hi": ci["quality"][1]}
+                for m, ref in (("gain", GAIN_REF), ("quality", QUALITY_REF)):
+                    boot = _policy_mean_boot(idx, tax, ref, n_boot, seed)
+                    row |= dict(zip((f"{m}_lo", f"{m}_hi"), uncertainty.interval(boot), strict=True))
+                    row[f"{m}_boot"] = boot  # the same resamples in every row: paired across budgets and orders
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -382,10 +389,11 @@ def _trend(gq: pd.DataFrame, metric: str, by: str, fixed: str) -> tuple[float, i
 def gain_quality_trends(gq: pd.DataFrame) -> pd.DataFrame:
     """Do Gain and Quality rise with the budget and with the order (the paper's Fig. 9)? Per metric and axis: the
     median Spearman rho over the other axis, how many of those comparisons end higher than they start, and the
-    verdict ("rises" when rho > 0 and more than half end higher). Then, against the bootstrap intervals of
-    `gain_quality_table(..., n_boot > 0)`: order 1 from the smallest to the largest budget, and at the largest
-    budget from order 1 to the highest order (`uncertainty.change_verdict`)."""
-    from taskstudy.uncertainty import change_verdict
+    verdict ("rises" when rho > 0 and more than half end higher). Then, on the paired bootstrap samples of
+    `gain_quality_table(..., n_boot > 0)` (the same test-image resamples in every row): order 1 from the smallest to
+    the largest budget, and at the largest budget from order 1 to the highest order, each judged on the interval of
+    the paired difference (`uncertainty.paired_change`; "change lo", "change hi")."""
+    from taskstudy.uncertainty import paired_change
 
     rows = []
     for metric in ("gain", "quality"):
@@ -403,12 +411,12 @@ def gain_quality_trends(gq: pd.DataFrame) -> pd.DataFrame:
             continue
         for metric in ("quality", "gain"):
             x, y = at.loc[a], at.loc[b]
+            verdict, lo, hi = paired_change(x[f"{metric}_boot"], y[f"{metric}_boot"])
             rows.append({"metric": metric, "along": along, "from": f"budget {a[0]}, order {a[1]}",
                          "to": f"budget {b[0]}, order {b[1]}", "start": x[metric], "end": y[metric],
                          "start interval": (x[f"{metric}_lo"], x[f"{metric}_hi"]),
                          "end interval": (y[f"{metric}_lo"], y[f"{metric}_hi"]),
-                         "verdict": change_verdict(x[f"{metric}_lo"], x[f"{metric}_hi"], y[f"{metric}_lo"],
-                                                   y[f"{metric}_hi"])})
+                         "change lo": lo, "change hi": hi, "verdict": verdict})
     return pd.DataFrame(rows)
 
 

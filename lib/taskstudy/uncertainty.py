@@ -88,9 +88,26 @@ def sign_verdict(lo: float, hi: float, expected: int) -> str:
     return "within noise"
 
 
+def paired_change(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = LEVEL
+                  ) -> tuple[str, float, float]:
+    """From a to b, judged on their paired difference: `a` and `b` are one statistic's values on the same resamples
+    (bootstrap samples drawn with one seed over the same images) or the same seeds, position by position. Returns
+    (verdict, lo, hi) with the interval of b - a: "a rise beyond noise" when it lies above 0, "a fall beyond noise"
+    when below, else "within noise". Two intervals can overlap while their paired difference excludes 0: the
+    shared noise of the images cancels in the difference, which is why overlap is not the test."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need one shape, got {a.shape} and {b.shape}")
+    lo, hi = interval(b - a, level)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "not tested", lo, hi
+    return ("a rise beyond noise" if lo > 0 else "a fall beyond noise" if hi < 0 else "within noise"), lo, hi
+
+
 def change_verdict(a_lo: float, a_hi: float, b_lo: float, b_hi: float) -> str:
-    """From a to b, judged on their intervals: "a rise beyond noise" when b's lies above a's, "a fall beyond noise"
-    when below, else "within noise"."""
+    """From a to b, judged on their separate intervals: "a rise beyond noise" when b's lies above a's, "a fall
+    beyond noise" when below, else "within noise". Only for independent estimates: numbers from the same images or
+    seeds are judged on their paired difference (`paired_change`)."""
     if b_lo > a_hi:
         return "a rise beyond noise"
     if b_hi < a_lo:
