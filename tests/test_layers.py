@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -183,3 +184,23 @@ def test_selffer_gain_is_paired_by_seed() -> None:
             for s in range(3) for t, n, v in (("baseB", 0, 0.5), ("BnB+", 2, 0.53), ("BnB+", 4, 0.55))]
     g = layers.selffer_gain(pd.DataFrame(rows))
     assert g["gain"] == pytest.approx(0.04) and g["lo"] == pytest.approx(0.04)  # the seed offset cancels
+
+
+def test_schedule_verdict_reads_the_paired_gain():
+    from taskstudy import layers
+
+    idx = pd.MultiIndex.from_tuples([("random", "baseA"), ("random", "baseB"), ("dissimilar", "baseA"),
+                                     ("dissimilar", "baseB")], names=["split", "net"])
+    study = [1.00, 1.20, 0.90, 1.10]
+
+    def check(longer: list[float]) -> pd.DataFrame:
+        cols = pd.MultiIndex.from_tuples([("best val loss", "longer (8 epochs)"), ("best val loss", "study (4 epochs)")])
+        return pd.DataFrame(np.c_[longer, study], index=idx, columns=cols)
+
+    runs = pd.DataFrame({"treatment": ["baseA"] * 2, "split_kind": ["random"] * 2, "seed": [0, 1],
+                         "val_loss": [[1.0, 0.9], [1.2, 1.1]], "best_epoch": [2, 2]})
+    better = layers.schedule_verdict(check([s - 0.05 for s in study]), runs)  # 0.05 lower on every net
+    assert better["gain"] == pytest.approx(0.05) and better["gain_lo"] > 0 and not better["converged"]
+    assert better["gain"] < better["spread"]  # below the seed spread: the old rule called it converged
+    noisy = layers.schedule_verdict(check([s + d for s, d in zip(study, [-0.05, 0.05, -0.04, 0.04])]), runs)
+    assert noisy["gain_lo"] <= 0 <= noisy["gain_hi"] and noisy["converged"]

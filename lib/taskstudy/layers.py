@@ -410,17 +410,19 @@ def schedule_check(values: Mapping[str, Any], common: Common, store: Store, runs
 
 
 def schedule_verdict(check: pd.DataFrame, runs: pd.DataFrame) -> dict[str, Any]:
-    """Read a schedule_check: the mean gain in best validation loss of the longer schedule (> 0: it found lower
-    losses) against the seed-to-seed standard deviation of the bases' best validation loss under the study's
-    schedule; converged when the gain is within that spread."""
+    """Read a schedule_check on the paired differences: per base net (the same seed, split and data under both
+    schedules) the gain in best validation loss of the longer schedule (> 0: it found lower losses), its mean with
+    the Student-t 95% interval over the nets (gain_lo, gain_hi); converged when that interval holds 0 or lies
+    below it (no gain beyond noise). `spread`: the seed-to-seed standard deviation of the bases' best validation
+    loss under the study's schedule, for scale."""
     val = check["best val loss"]
     study = [c for c in val.columns if c.startswith("study")][0]
     longer = [c for c in val.columns if c.startswith("longer")][0]
-    gain = float((val[study] - val[longer]).mean())
+    gain, lo, hi = uncertainty.seed_interval((val[study] - val[longer]).to_numpy(float))
     bases = runs[runs.treatment.isin(BASES)]
     best = bases.apply(lambda r: r.val_loss[r.best_epoch - 1], axis=1)
     spread = float(best.groupby([bases.split_kind, bases.treatment]).std().mean())
-    return {"gain": gain, "spread": spread, "converged": bool(gain <= spread)}
+    return {"gain": gain, "gain_lo": lo, "gain_hi": hi, "spread": spread, "converged": bool(lo <= 0)}
 
 
 def calibration_curves(runs: pd.DataFrame) -> pd.DataFrame:
