@@ -194,7 +194,8 @@ def test_schedule_verdict_reads_the_paired_gain():
     study = [1.00, 1.20, 0.90, 1.10]
 
     def check(longer: list[float]) -> pd.DataFrame:
-        cols = pd.MultiIndex.from_tuples([("best val loss", "longer (8 epochs)"), ("best val loss", "study (4 epochs)")])
+        cols = pd.MultiIndex.from_tuples([("best val loss", "longer (8 epochs)"),
+                                          ("best val loss", "study (4 epochs)")])
         return pd.DataFrame(np.c_[longer, study], index=idx, columns=cols)
 
     runs = pd.DataFrame({"treatment": ["baseA"] * 2, "split_kind": ["random"] * 2, "seed": [0, 1],
@@ -202,5 +203,5 @@ def test_schedule_verdict_reads_the_paired_gain():
     better = layers.schedule_verdict(check([s - 0.05 for s in study]), runs)  # 0.05 lower on every net
     assert better["gain"] == pytest.approx(0.05) and better["gain_lo"] > 0 and not better["converged"]
     assert better["gain"] < better["spread"]  # below the seed spread: the old rule called it converged
-    noisy = layers.schedule_verdict(check([s + d for s, d in zip(study, [-0.05, 0.05, -0.04, 0.04])]), runs)
+    noisy = layers.schedule_verdict(check([s + d for s, d in zip(study, [-0.05, 0.05, -0.04, 0.04], strict=True)]), runs)
     assert noisy["gain_lo"] <= 0 <= noisy["gain_hi"] and noisy["converged"]
