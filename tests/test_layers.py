@@ -203,5 +203,6 @@ def test_schedule_verdict_reads_the_paired_gain():
     better = layers.schedule_verdict(check([s - 0.05 for s in study]), runs)  # 0.05 lower on every net
     assert better["gain"] == pytest.approx(0.05) and better["gain_lo"] > 0 and not better["converged"]
     assert better["gain"] < better["spread"]  # below the seed spread: the old rule called it converged
-    noisy = layers.schedule_verdict(check([s + d for s, d in zip(study, [-0.05, 0.05, -0.04, 0.04], strict=True)]), runs)
+    jitter = [-0.05, 0.05, -0.04, 0.04]
+    noisy = layers.schedule_verdict(check([s + d for s, d in zip(study, jitter, strict=True)]), runs)
     assert noisy["gain_lo"] <= 0 <= noisy["gain_hi"] and noisy["converged"]
