@@ -563,8 +563,9 @@ def readout_parameters(params: StudyParams, target: str, sources: tuple[str, ...
 
 def calibration_summary(logs: pd.DataFrame, ceilings: dict[str, int]) -> pd.DataFrame:
     """Per kind of network (readout, scratch) in a training_logs table: how many, how many stopped early, the kept
-    epoch (median, 90th percentile, max) against the epoch ceiling, and how many reached the ceiling (still
-    improving when the schedule ended)."""
+    epoch (median, 90th percentile, max) against the epoch ceiling, how many ran to the ceiling, and of those how
+    many kept their last epoch (still improving when the schedule ended; the others ran out their patience's
+    last epochs at the ceiling after their best epoch)."""
     runs = logs.groupby(["kind", "target", "sources"]).agg(ran=("epoch", "max"))
     kept = logs[logs.best & (logs.split == "val")].set_index(["kind", "target", "sources"])["epoch"]
     runs["kept"] = kept
@@ -574,7 +575,8 @@ def calibration_summary(logs: pd.DataFrame, ceilings: dict[str, int]) -> pd.Data
         rows.append({"kind": kind, "networks": len(g), "epoch ceiling": cap,
                      "stopped early": int((g.ran < cap).sum()), "kept epoch (median)": float(g.kept.median()),
                      "kept epoch (90%)": float(g.kept.quantile(0.9)), "kept epoch (max)": int(g.kept.max()),
-                     "reached the ceiling": int((g.ran >= cap).sum())})
+                     "reached the ceiling": int((g.ran >= cap).sum()),
+                     "best at the ceiling": int(((g.ran >= cap) & (g.kept >= g.ran)).sum())})
     return pd.DataFrame(rows).set_index("kind")
 
 
