@@ -2,7 +2,7 @@
 networks to convergence?
 
     .venv/bin/python benchmarks/calibrate_step1.py [--params params/default.yaml] [--seeds 0 1]
-        [--tasks edge2d normals ...] [--grid 16/3/0.002 32/6/0.002 16/3/0.002/32 ...]
+        [--tasks edge2d normals ... (default: all)] [--grid 16/3/0.002 32/6/0.002 16/3/0.002/32 ...]
 
 Every setting `EPOCHS/PATIENCE/LR[/BATCH]` retrains the listed tasks' networks (all else as the profile says: the same
 rendered splits, `common.split_seed` held at the profile's, only the training seed varied) through the study's own
@@ -23,21 +23,19 @@ import pandas as pd
 from taskstudy.parallel import shared_cluster
 from taskstudy.params import load
 from taskstudy.store import Store
-from taskstudy.task_networks import task_networks
-
-TASKS = ["autoencoding", "edge2d", "depth_zbuffer", "normals", "curvature", "segment_semantic", "class_scene",
-         "keypoints2d"]
+from taskstudy.task_networks import study_tasks, task_networks
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params/default.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--tasks", nargs="+", default=None, help="default: every Step I task of the profile")
     ap.add_argument("--grid", nargs="+", default=["16/3/0.002", "16/3/0.004", "16/3/0.008", "32/6/0.002"])
     ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     a = ap.parse_args()
     base = load(a.params, a.overrides)
+    a.tasks = a.tasks or study_tasks(base.common)
     split_seed = base.common.split_seed if base.common.split_seed is not None else base.common.seed
     rows = []
     with shared_cluster(base.common.workers):

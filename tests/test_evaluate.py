@@ -151,7 +151,7 @@ def test_paired_change_where_intervals_overlap():
 
 
 def test_transfer_claims_compare_the_paper_and_the_study_per_claim():
-    from taskstudy.evaluate import transfer_claims, verdict_counts
+    from taskstudy.evaluate import quality_finding, transfer_claims, verdict_counts
 
     cols = pd.MultiIndex.from_tuples([(m, w) for m in ("best gain", "best quality", "random gain")
                                       for w in ("paper", "study", "verdict")]
@@ -166,6 +166,9 @@ def test_transfer_claims_compare_the_paper_and_the_study_per_claim():
     assert claims["agree"].tolist() == [True, False, False, True]  # the study's Quality and random Gain are high
     counts = verdict_counts(beside)
     assert counts.at["best gain", "within noise"] == 2 and counts.at["random gain", "study higher"] == 2
+    text, verdict = quality_finding(beside, n_train=2000, n_transfer=400)
+    assert text == ("the best transfer beats the task network (trained on 5x the transfer data) on 2 of 3 targets, "
+                    "median Quality 0.60") and verdict == "not reproduced"
 
 
 def test_paper_gain_quality_by_order_states_each_number_against_the_interval(scores):

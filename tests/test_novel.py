@@ -56,6 +56,22 @@ def test_taxonomy_choice_and_table():
     assert side.set_index("against").at["full", "verdict"] == "study lower"  # 0.0 [0, 0] against the paper's 0.325
 
 
+def test_mean_findings_sort_alternatives_by_their_interval():
+    cols = ["scratch", "imagenet", "full"]
+    table = pd.DataFrame({"taxonomy's sources": ["", "", ""], "scratch": [0.7, 0.6, 0.8],
+                          "imagenet": [0.5, 0.4, 0.6], "full": [0.3, 0.2, 0.45]},
+                         index=["mean", "mean lo", "mean hi"])[["taxonomy's sources", *cols]]
+    first, *rest = novel.mean_findings(table, n_train=100, epochs=4)
+    assert "beats scratch beyond noise, is within noise of imagenet, and loses to full beyond noise" in first
+    assert "Quality = 0.30 [0.20, 0.45]" in first and rest == []  # full is not beaten: no caveat
+    table.loc[["mean", "mean lo", "mean hi"], "full"] = [0.7, 0.6, 0.8]
+    assert "100 scenes for 4 epochs" in novel.mean_findings(table, n_train=100, epochs=4)[1]
+    side = pd.DataFrame({"against": ["scratch", "full"], "paper (mean win rate)": [0.9, 0.3],
+                         "study (mean win rate)": [0.7, 0.6], "verdict": ["study lower", "study higher"]})
+    assert novel.beside_findings(side).startswith("The study agrees with the paper on which side of 0.5 the "
+                                                  "taxonomy falls for 1 of 2 alternatives (not for: full).")
+
+
 def test_budget_one_restricts_sources():
     scores = synthetic_scores()
     aff = novel.novel_affinity(scores, max_order=1)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy import evaluate, grouping, grouping_report, multitask, reference, task2vec
+from taskstudy import evaluate, grouping, grouping_report, multitask, reference, task2vec_report
 
 CHAPTERS = ("02_task_networks", "03_transfers", "09_task2vec", "10_task_grouping")
 PAPER_TASKS = ["segment_semantic", "depth_zbuffer", "normals", "keypoints2d", "edge2d"]
@@ -61,7 +61,7 @@ def test_task2vec_paper_beside():
          "distance_tracks_attributes": True, "norm_error_spearman": -0.2, "norm_error_p": 0.5,
          "norm_tracks_error": False, "n_best_chosen": 3, "ratio_median": 1.0, "sym_ratio_median": 1.2}
     sel = pd.DataFrame({"chosen expert": list("abcd"), "symmetric pick": list("abcc")})
-    df = task2vec.paper_beside(f, sel).set_index("finding")
+    df = task2vec_report.paper_beside(f, sel).set_index("finding")
     assert df.loc["distance", "agrees"] and not df.loc["norm", "agrees"]
     assert df.loc["expert", "agrees"] and df.loc["metric", "agrees"] and df.loc["dataset_size", "agrees"] is None
     assert (df["paper's number"] == "not in the sources").all()
@@ -103,3 +103,25 @@ def test_multitask_paper_beside_recovers_the_papers_grouping():
     assert df.loc["normals_alone", "verdict"] == "reproduced"
     assert df.loc["equal_budget", "verdict"] == "reproduced"  # 1/k networks are worse: multi-task wins
     assert np.isin(df["agrees"].dropna(), [True, False]).all()
+
+
+def test_task2vec_sentences_follow_the_findings():
+    f = {"attribute_tasks": 6, "d_same_attribute": 0.1, "d_different_attribute": 0.3, "attribute_p": 0.01,
+         "nn_same_attribute": 0.8, "nn_chance": 0.4, "distance_tracks_attributes": True, "d_same_palette": 0.2,
+         "d_different_palette": 0.25, "norm_error_spearman": -0.2, "norm_error_p": 0.5,
+         "norm_error_spearman_objects": 0.1, "norm_error_p_objects": 0.7, "norm_tracks_error": False, "n_tasks": 4,
+         "ratio_median": 1.1, "ratio_mean": 1.2, "ratio_max": 1.9, "worst_task": "t", "factor": 2.0,
+         "n_within_factor": 4, "n_best_chosen": 2, "sym_ratio_median": 1.3, "m2v_ratio_median": 1.4, "m2v_n_best": 1,
+         "random_ratio_median": 1.05, "within_factor": True, "beats_random": False}
+    assert "follows task similarity **holds**" in task2vec_report.distance_finding(f)
+    assert "tracks difficulty **does not hold**" in task2vec_report.norm_finding(f)
+    pick = task2vec_report.selection_finding(f, alpha=0.15)
+    assert "best **holds** by the median" in pick and "uninformed choice **does not hold**" in pick
+    d = {"same_images_task": 0.2, "same_images_domain": 0.1, "attribute_gap_task": 0.05, "attribute_p_task": 0.01,
+         "attribute_gap_domain": 0.0, "attribute_p_domain": 0.6}
+    assert task2vec_report.domain_finding(d).endswith("the labels, as in the paper.")
+    assert "unlike the paper" in task2vec_report.domain_finding(d | {"same_images_domain": 0.3})
+    side = pd.DataFrame({"finding": ["a", "b", "c"], "agrees": [True, False, None], "study": ["x", "y", "z"]})
+    assert task2vec_report.beside_summary(side) == ("Of the 3 findings the sources state (none with a number), the "
+                                                    "study tests 2 and agrees with 1 (a); it does not agree on b: y "
+                                                    "(why: below).")

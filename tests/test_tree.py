@@ -14,6 +14,7 @@ from taskstudy.tree import (
     cut_groups,
     load_paper_affinities,
     rank_agreement,
+    rank_agreement_findings,
     reference_dir,
     task_tree,
 )
@@ -72,6 +73,9 @@ def test_rank_agreement():
     assert rank_agreement(study, paper, self_entry=True)["n"].tolist() == [5, 5, 10]
     ra = rank_agreement(study, -paper)
     assert ra["rho"].iloc[:2].tolist() == pytest.approx([-1.0, -1.0])
+    text = rank_agreement_findings(ra)
+    assert "median per-target rho is -1.00; 0 of 2 are positive. Pooled over 8" in text
+    assert "group of the target: 2D -1.00, 3D -1.00." in text
 
 
 def test_paper_names_and_groups_match_reference():

@@ -457,6 +457,17 @@ def transfer_claims(beside: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def quality_finding(beside: pd.DataFrame, n_train: int, n_transfer: int) -> tuple[str, str]:
+    """The paper's "a transfer rarely reaches the task network" (Sec. 4.1, Quality < 0.5), from
+    `paper_transfer_beside`: the sentence and its verdict ("reproduced" when the best transfer beats the task
+    network on fewer than half of the targets)."""
+    quality = beside[("best quality", "study")]
+    above = int((quality > 0.5).sum())
+    text = (f"the best transfer beats the task network (trained on {n_train / n_transfer:.0f}x the transfer data) "
+            f"on {above} of {len(beside)} targets, median Quality {quality.median():.2f}")
+    return text, "reproduced" if above < len(beside) / 2 else "not reproduced"
+
+
 def paper_gain_quality_by_order(scores: pd.DataFrame, transfers: pd.DataFrame, paper: pd.DataFrame, budget: float,
                                 orders: Sequence[int], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The paper's mean Gain and Quality per transfer order (`paper`: tidy task, order, metric, value) beside the

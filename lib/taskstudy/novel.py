@@ -293,6 +293,39 @@ def paper_beside(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mean_findings(table: pd.DataFrame, n_train: int, epochs: int) -> list[str]:
+    """The novel-task table's mean row read against its bootstrap interval (Sec. 4.3): which alternatives the
+    taxonomy beats, ties (the interval holds 0.5) or loses to, Gain and Quality with their intervals; and, when
+    the taxonomy beats full supervision, what "full" means at this scale (`n_train` scenes, `epochs`)."""
+    cols = [c for c in table.columns if c != "taxonomy's sources"]
+    mean, lo, hi = (table.loc[r, cols].astype(float) for r in ("mean", "mean lo", "mean hi"))
+    beaten = [c for c in cols if lo[c] > 0.5]
+    tied = [c for c in cols if lo[c] <= 0.5 <= hi[c]]
+    lost = [c for c in cols if hi[c] < 0.5]
+    out = [f"Averaged over the novel targets, with 95% bootstrap intervals over the test images, the taxonomy's "
+           f"transfer beats {', '.join(beaten) or 'none of them'} beyond noise"
+           + (f", is within noise of {', '.join(tied)}" if tied else "")
+           + (f", and loses to {', '.join(lost)} beyond noise" if lost else "")
+           + f". Gain = {mean[SCRATCH]:.2f} [{lo[SCRATCH]:.2f}, {hi[SCRATCH]:.2f}], Quality = {mean[FULL]:.2f} "
+           f"[{lo[FULL]:.2f}, {hi[FULL]:.2f}]."]
+    if mean[FULL] > 0.5:
+        out.append(f"Unlike the paper, the taxonomy beats full supervision on average. Here 'full' means the novel "
+                   f"target's own network, trained on {n_train} scenes for {epochs} epochs; at this scale it is a "
+                   f"weak reference, while the transfer reads features of a dictionary network of the same size.")
+    return out
+
+
+def beside_findings(side: pd.DataFrame) -> str:
+    """`paper_beside`'s table in a sentence: on how many alternatives the study and the paper put the taxonomy on
+    the same side of 0.5, and each paper number's verdict against the study's interval."""
+    agree = (side["paper (mean win rate)"] > 0.5) == (side["study (mean win rate)"] > 0.5)
+    differ = ", ".join(side.loc[~agree, "against"])
+    return (f"The study agrees with the paper on which side of 0.5 the taxonomy falls for {int(agree.sum())} of "
+            f"{len(side)} alternatives" + (f" (not for: {differ})." if differ else ".")
+            + " Against the study's 95% interval, the paper's mean win rate is: "
+            + "; ".join(f"{a}: {v}" for a, v in zip(side["against"], side["verdict"], strict=True)) + ".")
+
+
 def novel_tasks(params: StudyParams, targets: Sequence[str] | None = None) -> StepResult:
     """The whole novel-task experiment: Step I-IV for the held-out targets, the imagenet encoder and its
     readouts. results: scores (every readout and baseline, imagenet included), affinity, taxonomy, table

@@ -251,3 +251,18 @@ def agreement_summary(study: pd.DataFrame, paper: pd.DataFrame, self_entry: bool
     """(median per-target rho, pooled rho) of `rank_agreement` between two affinity matrices."""
     g = rank_agreement(study, paper, self_entry=self_entry)
     return float(g[g.target != "pooled"].rho.median()), float(g.set_index("target").at["pooled", "rho"])
+
+
+def rank_agreement_findings(agree: pd.DataFrame) -> str:
+    """`rank_agreement`'s table in sentences: the median and sign count of the per-target rho, the pooled rho,
+    and the median rho by the paper's group (3D, 2D, ...) of the target."""
+    per_target = agree[agree.target != "pooled"].dropna(subset=["rho"])
+    pooled = agree.set_index("target").loc["pooled"]
+    by_group = per_target.groupby(per_target.paper_target.map(PAPER_GROUPS)).rho.median()
+    by_group = by_group.sort_values(ascending=False, kind="stable")
+    return (f"On {len(per_target)} shared targets (about {per_target.n.median():.0f} shared sources each, the "
+            f"target's own entry and the baselines left out; chance level 0) the median "
+            f"per-target rho is {per_target.rho.median():.2f}; {int((per_target.rho > 0).sum())} of {len(per_target)} "
+            f"are positive. Pooled over {int(pooled.n)} (target, source) pairs rho = {pooled.rho:.2f}.\n"
+            "Median rho by the paper's group of the target: "
+            + ", ".join(f"{g} {r:.2f}" for g, r in by_group.items()) + ".")
