@@ -177,6 +177,10 @@ def taxonomies(scores: pd.DataFrame, truth: pd.DataFrame, estimates: Estimates, 
     return pd.concat(out, ignore_index=True).set_index(["estimator", "budget"])
 
 
+_QUALITY_VERDICT = {"a rise beyond noise": "better", "a fall beyond noise": "worse",
+                    "within noise": "as good (within noise)"}
+
+
 def quality_beside_truth(tax: pd.DataFrame) -> pd.DataFrame:
     """Per estimator and budget, its taxonomy's Quality against the ground truth's at the same budget, judged on
     their paired difference over the same test-image resamples (`uncertainty.paired_change`; "change lo", "change
@@ -189,12 +193,11 @@ def quality_beside_truth(tax: pd.DataFrame) -> pd.DataFrame:
         if name == TRUTH or budget not in truth.index:
             continue
         t = truth.loc[budget]
-        change, lo, hi = uncertainty.paired_change(t["quality_boot"], r["quality_boot"])
         if r["targets"] != t["targets"]:
             verdict, lo, hi = "fewer targets", np.nan, np.nan
         else:
-            verdict = {"a rise beyond noise": "better", "a fall beyond noise": "worse"}.get(
-                change, "as good (within noise)" if change == "within noise" else change)
+            change, lo, hi = uncertainty.paired_change(t["quality_boot"], r["quality_boot"])
+            verdict = _QUALITY_VERDICT.get(change, change)
         rows.append({"estimator": name, "budget": budget, "quality": r["quality"], "truth quality": t["quality"],
                      "gain": r["gain"], "truth gain": t["gain"], "change lo": lo, "change hi": hi,
                      "verdict": verdict})
