@@ -21,11 +21,11 @@ study: $(STAMP)
 	$(BIN)/taskstudy run --params $(PARAMS)
 	$(BIN)/taskstudy book
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP)   # on one worker per core (pytest-xdist); `pytest -n 0` runs it in one process
+	$(BIN)/python -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 test-quick: $(STAMP)   # unit tests only: no end-to-end pipeline, browser, reliability or benchmark runs
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --params $(PARAMS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,34 @@ def taskstudy(*args: str, cwd: Path, check: bool = True) -> subprocess.Completed
     if check and proc.returncode != 0:
         raise AssertionError(f"taskstudy {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# `make test` runs the suite on pytest-xdist workers (`-n auto --dist loadgroup`): the tests that share a costly
+# fixture (the built smoke study; the reliability module's reference runs and cluster) stay on one worker, so each
+# fixture is built once, while the other worker runs the rest beside them.
+GROUPS = {"built_study": "built_study", "reference": "reliability", "after_02": "reliability",
+          "cli_cluster": "reliability"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for f, g in GROUPS.items() if f in getattr(item, "fixturenames", ())), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at most four (two groups hold the long end-to-end tests)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On an xdist worker, torch's threads share the cores with the other workers (no oversubscription)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture

@@ -105,10 +105,10 @@ def broken_refs(page: Path, dom: str, rel: str) -> list[str]:
     return problems
 
 
-def page_problems(html: Path, base: str, exe: str) -> list[str]:
-    """Every page loaded in the browser: JavaScript errors, broken images and internal links."""
+def page_problems(html: Path, base: str, exe: str, only: Sequence[Path] | None = None) -> list[str]:
+    """Every page (or `only` these) loaded in the browser: JavaScript errors, broken images and internal links."""
     problems = []
-    for page in pages(html):
+    for page in pages(html) if only is None else only:
         rel = page.relative_to(html).as_posix()
         proc = load(exe, f"{base}/{rel}", "--dump-dom")
         problems += [f"{rel}: JS {ln.strip()}" for ln in proc.stderr.splitlines()
