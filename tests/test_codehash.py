@@ -206,3 +206,30 @@ def test_definition_texts_are_the_same_under_every_python(tmp_path):
     assert len(first) > 500
     for py, texts in outs.items():
         assert texts == first, f"{py}: {sum(texts.get(k) != v for k, v in first.items())} definitions differ"
+
+
+def test_hashes_kept_between_processes_equal_a_fresh_walk(tmp_path, monkeypatch, base):
+    """The cache file (one per content of the package's files) gives the hashes a walk gives, and is read: a
+    process that finds it does not walk; an edit anywhere makes another file, never a stale hash."""
+    monkeypatch.setenv("TASKSTUDY_CACHE", str(tmp_path / "cache"))
+    root = _copy(tmp_path, "cached")
+
+    def forget() -> None:
+        for memo in (codehash._MEMO, codehash._DONE, codehash._RAW):
+            memo.clear()
+        codehash._LOADED.clear()
+
+    forget()
+    assert _hashes(root, monkeypatch) == base  # walked, then stored
+    files = list((tmp_path / "cache/codehash").glob("*.json"))
+    assert len(files) == 1
+    forget()
+    walked = []
+    monkeypatch.setattr(codehash, "_raw", lambda *a: walked.append(a) or pytest.fail("walked"))
+    assert _hashes(root, monkeypatch) == base and not walked  # read back, no walk
+    monkeypatch.undo()
+    monkeypatch.setenv("TASKSTUDY_CACHE", str(tmp_path / "cache"))
+    forget()
+    _edit(root, "train", "def ", "def _unused_helper():\n    return 1\n\n\ndef ")
+    _hashes(root, monkeypatch)
+    assert len(list((tmp_path / "cache/codehash").glob("*.json"))) == 2

@@ -25,7 +25,12 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import os
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +61,7 @@ def source_hash(source: str, n: int = 12) -> str:
     scope = _Scope.of_imports([x for x in ast.walk(tree) if isinstance(x, (ast.Import, ast.ImportFrom))])
     state = _package_state()
     found = set()
-    with _LOCK:
+    with _LOCK, _stored(state):
         for node in ast.walk(tree):
             if isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Load):
                 ref = scope.lookup(node)
@@ -114,10 +119,59 @@ _LOCK = threading.RLock()  # one walk at a time: a walk reads what others have h
 def _memo(symbols: tuple[tuple[str, str], ...], state: tuple[Any, ...]) -> str:
     key = (symbols, state)
     if key not in _MEMO:
-        with _LOCK:
+        with _LOCK, _stored(state):
             _MEMO[key] = hashlib.sha256("\x00".join(_symbol_hash(_definition(m, q), state) for m, q in symbols)
                                         .encode()).hexdigest()
     return _MEMO[key]
+
+
+# ---- hashes kept between processes ------------------------------------------------------------------------------
+# A walk over the package takes seconds (every `taskstudy list`, every chapter's kernel); its results depend only on
+# the package's files (this one included) and the Python that parses them, so they are kept in a file named by the
+# digest of those: a file's edit makes a new digest, never a stale hash. A cache only: unreadable or unwritable, it
+# is ignored.
+
+
+def cache_dir() -> Path:
+    """Where definition hashes are kept: $TASKSTUDY_CACHE, else $XDG_CACHE_HOME/taskstudy, else ~/.cache/taskstudy."""
+    if os.environ.get("TASKSTUDY_CACHE"):
+        return Path(os.environ["TASKSTUDY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taskstudy"
+
+
+@functools.lru_cache(maxsize=4)
+def _content_digest(state: tuple[Any, ...]) -> str:
+    h = hashlib.sha256(f"{sys.version_info[0]}.{sys.version_info[1]}".encode())
+    for p in _package_files(ROOT):
+        h.update(b"\x00" + p.relative_to(ROOT).as_posix().encode() + b"\x00" + p.read_bytes())
+    return h.hexdigest()[:24]
+
+
+_LOADED: set[tuple[Any, ...]] = set()
+
+
+@contextmanager
+def _stored(state: tuple[Any, ...]) -> Iterator[None]:
+    """Within: the hashes stored for this package state are known; after: any new ones are stored."""
+    path = cache_dir() / "codehash" / f"{_content_digest(state)}.json"
+    if state not in _LOADED:
+        _LOADED.add(state)
+        try:
+            for k, v in json.loads(path.read_text()).items():
+                _DONE.setdefault((tuple(k.split(":", 1)), state), v)  # type: ignore[arg-type]
+        except (OSError, ValueError, AttributeError):
+            pass
+    before = len(_DONE)
+    yield
+    if len(_DONE) > before:
+        mine = {f"{m}:{q}": v for ((m, q), st), v in _DONE.items() if st == state}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(mine, sort_keys=True))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 # ---- what a module file defines and imports ------------------------------------------------------------------
