@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
-	$(BIN)/python -c "from taskstudy.pipeline import ensure_kernel; ensure_kernel()"
+	$(BIN)/python -c "from taskstudy.book.pipeline import ensure_kernel; ensure_kernel()"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -4,7 +4,7 @@ them) against the LocalCluster a run starts itself and a plain process.
 Run ``python benchmarks/bench_cluster.py [--images N] [--repeats R]``. Each worker trains one Step I network
 (normals, default sizes, random inputs) for one epoch of N images, R times; the figure is images per second per
 worker (median). Three cases: the CLI cluster's workers as they start (the nanny's MALLOC_TRIM_THRESHOLD_), the
-same workers after the study's worker plugin (taskstudy.dask_plugin.StudyWorker), and a LocalCluster. Target: the
+same workers after the study's worker plugin (taskstudy.engine.dask_plugin.StudyWorker), and a LocalCluster. Target: the
 prepared CLI workers within 10% of the LocalCluster.
 """
 
@@ -27,9 +27,9 @@ def train_rate(n_images: int = 1024, repeats: int = 3) -> float:
 
     import torch
 
-    from taskstudy import tasks
-    from taskstudy.models import TaskNetwork
-    from taskstudy.train import TrainConfig, fit
+    from taskstudy.nn.models import TaskNetwork
+    from taskstudy.nn.train import TrainConfig, fit
+    from taskstudy.world import tasks
 
     t = tasks.get_task("normals")
     g = torch.Generator().manual_seed(0)
@@ -57,8 +57,8 @@ def main() -> None:
     a = ap.parse_args()
     from distributed import Client
 
-    from taskstudy.dask_plugin import StudyWorker
-    from taskstudy.parallel import _local_cluster, _one_torch_thread
+    from taskstudy.engine.dask_plugin import StudyWorker
+    from taskstudy.engine.parallel import _local_cluster, _one_torch_thread
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from taskstudy.benchmarks import TARGET_32PX, bench_render
+from taskstudy.report.benchmarks import TARGET_32PX, bench_render
 
 
 def main() -> None:

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from taskstudy import models, taskonomy_data, taskonomy_fixture
-from taskstudy import tasks as taskdict
-from taskstudy.params import load
-from taskstudy.realdata import TaskonomyFolder
-from taskstudy.task_networks import build_network
-from taskstudy.train import TrainConfig, fit, kernels
+from taskstudy.engine.params import load
+from taskstudy.nn import models
+from taskstudy.nn.train import TrainConfig, fit, kernels
+from taskstudy.taskonomy.task_networks import build_network
+from taskstudy.world import taskonomy_data, taskonomy_fixture
+from taskstudy.world import tasks as taskdict
+from taskstudy.world.realdata import TaskonomyFolder
 
 
 def read_cost(tasks: list[str], image_size: int, n: int = 12) -> float:

@@ -15,7 +15,7 @@ import argparse
 
 import pandas as pd
 
-from taskstudy.benchmarks import bench_taxonomy
+from taskstudy.report.benchmarks import bench_taxonomy
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,7 @@ networks to convergence?
 
 Every setting `EPOCHS/PATIENCE/LR[/BATCH]` retrains the listed tasks' networks (all else as the profile says: the same
 rendered splits, `common.split_seed` held at the profile's, only the training seed varied) through the study's own
-Step I (taskstudy.task_networks), so what it trains lands in the results store and a study run with the chosen
+Step I (taskstudy.taskonomy.task_networks), so what it trains lands in the results store and a study run with the chosen
 setting reuses it. Prints, per task and setting, the mean val loss per image (all val images) relative to the first
 setting's, seed-averaged, with the seed spread |seed a - seed b| / mean beside it, the epochs kept and the
 network's training seconds (the rows also go to results/<profile>/calibrate_step1.csv). Chooses nothing: the
@@ -20,10 +20,10 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from taskstudy.parallel import shared_cluster
-from taskstudy.params import load
-from taskstudy.store import Store
-from taskstudy.task_networks import study_tasks, task_networks
+from taskstudy.engine.parallel import shared_cluster
+from taskstudy.engine.params import load
+from taskstudy.engine.store import Store
+from taskstudy.taskonomy.task_networks import study_tasks, task_networks
 
 
 def main() -> None:

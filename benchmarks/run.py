@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/run.py [--params params/default.yaml] [--quick] [-p section.key=value]
 
-Each measurement runs against a naive baseline measured in the same run (taskstudy.benchmarks.run_suite). The
+Each measurement runs against a naive baseline measured in the same run (taskstudy.report.benchmarks.run_suite). The
 table goes to the store entry `benchmarks` (chapter 14_performance) and to results/<profile>/benchmarks.csv.
 """
 
@@ -12,8 +12,8 @@ import argparse
 
 import pandas as pd
 
-from taskstudy.benchmarks import run_suite
-from taskstudy.params import load
+from taskstudy.engine.params import load
+from taskstudy.report.benchmarks import run_suite
 
 
 def main() -> None:

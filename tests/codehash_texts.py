@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 path = Path(sys.argv[1])
-spec = importlib.util.spec_from_file_location("taskstudy.codehash", path)
+spec = importlib.util.spec_from_file_location("taskstudy.engine.codehash", path)
 codehash = importlib.util.module_from_spec(spec)
-sys.modules["taskstudy.codehash"] = codehash
+sys.modules["taskstudy.engine.codehash"] = codehash
 spec.loader.exec_module(codehash)
 state = codehash._package_state()
 out = {}

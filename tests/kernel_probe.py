@@ -19,9 +19,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from taskstudy import layers, models, multitask, task2vec, task2vec_dense
-from taskstudy.grouped import GroupedReadouts
-from taskstudy.train import TrainConfig, fit, resolve_kernels
+from taskstudy.nn import models
+from taskstudy.nn.grouped import GroupedReadouts
+from taskstudy.nn.train import TrainConfig, fit, resolve_kernels
+from taskstudy.standley import multitask
+from taskstudy.task2vec import task2vec, task2vec_dense
+from taskstudy.yosinski import layers
 
 #: tolerances on `_error` (the defect's silent form was 615x off)
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.5}  # against NCHW in the same precision (bf16: up to 0.23 seen)

@@ -1,5 +1,5 @@
-"""The agreement chapter's helpers (taskstudy.agreement) on hand-made matrices with known answers, and the dense
-Task2Vec embedding (taskstudy.task2vec_dense): exact per-sample gradients, likelihood draws, determinism."""
+"""The agreement chapter's helpers (taskstudy.compare.agreement) on hand-made matrices with known answers, and the dense
+Task2Vec embedding (taskstudy.task2vec.task2vec_dense): exact per-sample gradients, likelihood draws, determinism."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from taskstudy import agreement
-from taskstudy import task2vec as t2v
-from taskstudy import task2vec_dense as dense
+from taskstudy.compare import agreement
+from taskstudy.task2vec import task2vec as t2v
+from taskstudy.task2vec import task2vec_dense as dense
 
 TASKS = ["a", "b", "c", "d"]
 
@@ -134,7 +134,7 @@ def test_symmetry_of_directed_relations():
 def test_agreement_summary_names_the_closest_and_weakest_pairs():
     import pandas as pd
 
-    from taskstudy.agreement import agreement_summary
+    from taskstudy.compare.agreement import agreement_summary
 
     table = pd.DataFrame({"method a": ["Taskonomy", "Taskonomy", "Standley"],
                           "method b": ["Task2Vec", "Standley", "lookahead"],

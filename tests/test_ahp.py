@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy.ahp import BASELINES, affinity_matrix, ahp_matrix, ahp_weights, raw_quality, sources_key, win_matrix
+from taskstudy.taskonomy.ahp import (
+    BASELINES,
+    affinity_matrix,
+    ahp_matrix,
+    ahp_weights,
+    raw_quality,
+    sources_key,
+    win_matrix,
+)
 
 
 def make_scores(skill: dict[str, dict[str, float]], n_images: int = 200, noise: float = 1.0, seed: int = 0

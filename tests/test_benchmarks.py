@@ -25,7 +25,7 @@ def test_benchmark_suite_runs_on_smoke(tmp_path, repo_root):
 
 
 def test_chapter_targets_hold_each_chapter_to_its_cpu_seconds():
-    from taskstudy import benchmarks
+    from taskstudy.report import benchmarks
 
     runs = pd.DataFrame({"chapter": ["08_layer_transfer", "02_task_networks", "12_robustness"],
                          "wall s": [200.0, 900.0, 700.0], "CPU s": [500.0, 1800.0, 900.0]})
@@ -37,7 +37,7 @@ def test_chapter_targets_hold_each_chapter_to_its_cpu_seconds():
 
 
 def test_study_wall_counts_chapters_side_by_side_once():
-    from taskstudy import benchmarks
+    from taskstudy.report import benchmarks
 
     runs = pd.DataFrame({"chapter": ["a", "b", "c", "d"], "wall s": [60.0, 50.0, 30.0, 7.0],
                          "run": ["1000.0", "1000.0", "2000.0", None],
@@ -49,7 +49,7 @@ def test_study_wall_counts_chapters_side_by_side_once():
 
 
 def test_time_targets_double_without_native_bf16():
-    from taskstudy import benchmarks
+    from taskstudy.report import benchmarks
 
     runs = pd.DataFrame({"chapter": ["12_robustness"], "wall s": [700.0], "CPU s": [1500.0], "run": [None],
                          "start": [0.0], "end": [700.0], "peak memory MB": [100.0]})

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from conftest import ROOT
 
-from taskstudy import bookcheck
+from taskstudy.book import bookcheck
 
 
 def chromium() -> str:

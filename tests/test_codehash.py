@@ -1,4 +1,4 @@
-"""Cache keys that survive refactoring (issue 19, item 3): taskstudy.codehash on copies of the package, edited.
+"""Cache keys that survive refactoring (issue 19, item 3): taskstudy.engine.codehash on copies of the package, edited.
 
 Each test copies lib/taskstudy, edits the copy as a refactoring or a real change would, and compares the `code` key
 part of every unit kind, and every chapter's code digest, with the unedited copy's."""
@@ -11,28 +11,29 @@ from pathlib import Path
 
 import pytest
 
-from taskstudy import codehash, pipeline
+from taskstudy.book import pipeline
+from taskstudy.engine import codehash
 
-LIB = Path(codehash.__file__).resolve().parent
+LIB = Path(codehash.__file__).resolve().parents[1]  # the package folder (codehash is in engine/)
 NOTEBOOKS = LIB.parents[1] / "notebooks"
 
 # the function that computes each unit kind's stored results: its computation_hash is the kind's key part `code`
 UNIT_KINDS = {
-    "scene split": ("taskstudy.data", "code_version"),
-    "object split": ("taskstudy.objects", "render_objects"),
-    "Step I network": ("taskstudy.task_networks", "train_network_unit"),
-    "frozen features": ("taskstudy.transfer", "_source_features"),
-    "readout and scratch": ("taskstudy.transfer", "target_unit"),
-    "layer transfer": ("taskstudy.layers", "run_unit"),
-    "learnability": ("taskstudy.learnability", "run_row"),
-    "multi-task network": ("taskstudy.multitask", "train_unit"),
-    "imagenet encoder": ("taskstudy.novel", "train_imagenet"),
-    "novel readout": ("taskstudy.novel", "imagenet_scores"),
-    "task2vec probe": ("taskstudy.task2vec", "train_probe"),
-    "task2vec embedding": ("taskstudy.task2vec", "embed_unit"),
-    "task2vec expert": ("taskstudy.task2vec", "expert_unit"),
-    "outside probe": ("taskstudy.robustness", "_probe_unit"),
-    "taskonomy split": ("taskstudy.taskonomy_data", "load_split"),
+    "scene split": ("taskstudy.world.data", "code_version"),
+    "object split": ("taskstudy.world.objects", "render_objects"),
+    "Step I network": ("taskstudy.taskonomy.task_networks", "train_network_unit"),
+    "frozen features": ("taskstudy.taskonomy.transfer", "_source_features"),
+    "readout and scratch": ("taskstudy.taskonomy.transfer", "target_unit"),
+    "layer transfer": ("taskstudy.yosinski.layers", "run_unit"),
+    "learnability": ("taskstudy.world.learnability", "run_row"),
+    "multi-task network": ("taskstudy.standley.multitask", "train_unit"),
+    "imagenet encoder": ("taskstudy.taskonomy.novel", "train_imagenet"),
+    "novel readout": ("taskstudy.taskonomy.novel", "imagenet_scores"),
+    "task2vec probe": ("taskstudy.task2vec.task2vec", "train_probe"),
+    "task2vec embedding": ("taskstudy.task2vec.task2vec", "embed_unit"),
+    "task2vec expert": ("taskstudy.task2vec.task2vec", "expert_unit"),
+    "outside probe": ("taskstudy.taskonomy.robustness", "_probe_unit"),
+    "taskonomy split": ("taskstudy.world.taskonomy_data", "load_split"),
 }
 
 
@@ -43,7 +44,7 @@ def _copy(tmp_path: Path, name: str) -> Path:
 
 
 def _edit(root: Path, module: str, old: str, new: str) -> None:
-    p = root / f"{module}.py"
+    [p] = root.rglob(f"{module}.py")  # the module of that name, in whichever package it sits
     text = p.read_text()
     assert old in text, f"{module}.py no longer holds {old!r}: update the test's edit"
     p.write_text(text.replace(old, new, 1))
@@ -89,8 +90,8 @@ def test_moving_and_renaming_a_function_recomputes_nothing(tmp_path, monkeypatch
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
 '''
     _edit(root, "train", body, "")
-    _edit(root, "train", "from taskstudy.parallel import progress",
-          "from taskstudy.parallel import progress\nfrom taskstudy.schedules import half_cosine as cosine_lr")
+    _edit(root, "train", "from taskstudy.engine.parallel import progress",
+          "from taskstudy.engine.parallel import progress\nfrom taskstudy.schedules import half_cosine as cosine_lr")
     (root / "schedules.py").write_text('"""Schedules."""\n\nimport math\n\n\n'
                                        + body.replace("cosine_lr", "half_cosine"))
     assert _changed(base, _hashes(root, monkeypatch)) == set()
@@ -125,43 +126,52 @@ def test_the_hash_is_the_same_in_any_order(tmp_path, monkeypatch):
 
 
 def test_computation_hash_takes_functions_of_the_package():
-    from taskstudy import train
+    from taskstudy.nn import train
 
-    assert codehash.computation_hash(train.cosine_lr) == codehash.symbol_hash("taskstudy.train", "cosine_lr")
+    assert codehash.computation_hash(train.cosine_lr) == codehash.symbol_hash("taskstudy.nn.train", "cosine_lr")
     with pytest.raises(TypeError, match="top-level functions"):
         codehash.computation_hash(len)
 
 
 # ---- keys that survive a move (issue 39, step 1) -------------------------------------------------------------
-MOVES = {"engine": ["store", "parallel", "paths", "params", "errors", "faults", "codehash"],
-         "taskonomy": ["transfer", "task_networks"]}
-
-
-def _move(root: Path, moves: dict[str, list[str]]) -> dict[str, str]:
-    """Move modules of the copy at `root` into new subpackages and rewrite every import of them (as `git mv` plus an
-    import rewrite would): returns old dotted name -> new."""
+def _relayout(root: Path, moves: dict[str, str]) -> dict[str, str]:
+    """Move modules of the copy at `root` ("engine.store" -> "store": dotted names under the package), drop the
+    packages left empty and rewrite every import of them, as `git mv` plus an import rewrite would: returns old
+    dotted name -> new."""
     import re
 
-    new = {f"taskstudy.{m}": f"taskstudy.{pkg}.{m}" for pkg, mods in moves.items() for m in mods}
-    for pkg, mods in moves.items():
-        (root / pkg).mkdir()
-        (root / pkg / "__init__.py").write_text("")
-        for m in mods:
-            (root / f"{m}.py").rename(root / pkg / f"{m}.py")
+    new = {f"taskstudy.{a}": f"taskstudy.{b}" for a, b in moves.items()}
+    for a, b in moves.items():
+        dst = root.joinpath(*b.split(".")).with_suffix(".py")
+        if dst.parent != root:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (dst.parent / "__init__.py").touch()
+        root.joinpath(*a.split(".")).with_suffix(".py").rename(dst)
+    for init in root.glob("*/__init__.py"):
+        if not [p for p in init.parent.iterdir() if p.name not in ("__init__.py", "__pycache__")]:
+            shutil.rmtree(init.parent)
 
-    def from_package(match: re.Match) -> str:
-        indent, names = match.group(1), [n.strip() for n in match.group(2).split(",")]
+    def from_import(match: re.Match) -> str:
+        indent, base = match.group(1), match.group(2)
+        names = [n.strip() for n in (match.group(3) or match.group(4)).replace("\n", " ").split(",") if n.strip()]
         by_pkg: dict[str, list[str]] = {}
         for n in names:
-            target = new.get(f"taskstudy.{n.split(' as ')[0]}", f"taskstudy.{n}").rsplit(".", 1)[0]
+            target = new.get(f"{base}.{n.split(' as ')[0]}", f"{base}.{n}").rsplit(".", 1)[0]
             by_pkg.setdefault(target, []).append(n)
         return "\n".join(f"{indent}from {p} import {', '.join(ns)}" for p, ns in by_pkg.items())
 
+    def dotted(match: re.Match) -> str:
+        parts = match.group(0).split(".")
+        for k in range(len(parts), 1, -1):
+            if ".".join(parts[:k]) in new:
+                return ".".join([new[".".join(parts[:k])], *parts[k:]])
+        return match.group(0)
+
     for p in root.rglob("*.py"):
         text = p.read_text()
-        edited = re.sub(r"^([ \t]*)from taskstudy import ([\w, ]+)$", from_package, text, flags=re.M)
-        for old, dotted in new.items():
-            edited = re.sub(rf"\b{re.escape(old)}\b(?=[ .\n])", dotted, edited)
+        edited = re.sub(r"^([ \t]*)from (taskstudy(?:\.\w+)*) import (?:\(([^)]*)\)|([\w, ]+)$)", from_import, text,
+                        flags=re.M)
+        edited = re.sub(r"\btaskstudy(?:\.\w+)+", dotted, edited)
         if edited != text:
             p.write_text(edited)
             os.utime(p, ns=(p.stat().st_mtime_ns + 10**9,) * 2)
@@ -169,17 +179,19 @@ def _move(root: Path, moves: dict[str, list[str]]) -> dict[str, str]:
 
 
 def test_moving_modules_between_packages_recomputes_nothing(tmp_path, monkeypatch, base):
-    """The plumbing (store, parallel, params, codehash, ...) into engine/ and two computing modules into
-    taskonomy/, every import rewritten: no unit kind's key changes."""
+    """Every module of every subpackage (the plumbing in engine/ included) moved back to the package's top, the
+    inverse of the layout's move, every import rewritten: no unit kind's key changes."""
     root = _copy(tmp_path, "relaid")
-    new = _move(root, MOVES)
-    assert not (root / "store.py").exists() and (root / "engine" / "store.py").exists()
-    assert "from taskstudy.engine.store import" in (root / "data.py").read_text()
+    flat = {f"{p.parent.name}.{p.stem}": p.stem for p in root.glob("*/*.py") if p.name != "__init__.py"}
+    assert {"engine.store", "engine.params", "engine.codehash", "taskonomy.transfer"} <= flat.keys()
+    new = _relayout(root, flat)
+    assert not (root / "engine").exists() and (root / "store.py").exists()
+    assert "from taskstudy.store import" in (root / "data.py").read_text()
     monkeypatch.setattr(codehash, "ROOT", root)
     moved = {kind: codehash.symbol_hash(new.get(m, m), name) for kind, (m, name) in UNIT_KINDS.items()}
     assert moved == {k: base[k] for k in UNIT_KINDS}
     # a real change in a moved module still counts, for the kinds that reach it only
-    _edit(root / "taskonomy", "transfer", "if u.scratch:", "if u.scratch and u.target:")
+    _edit(root, "transfer", "if u.scratch:", "if u.scratch and u.target:")
     after = {kind: codehash.symbol_hash(new.get(m, m), name) for kind, (m, name) in UNIT_KINDS.items()}
     assert _changed(after, moved) == {"readout and scratch"}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from taskstudy import data, scenes
-from taskstudy.params import Common
-from taskstudy.store import Store
+from taskstudy.engine.params import Common
+from taskstudy.engine.store import Store
+from taskstudy.world import data, scenes
 
 
 def test_split_cached_and_lossless(tmp_path, monkeypatch):

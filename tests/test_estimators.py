@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal, ortho_group
 
-from taskstudy import estimator_study as es
-from taskstudy import estimators as est
-from taskstudy import params as study_params
-from taskstudy import tasks as taskdict
+from taskstudy.compare import estimator_study as es
+from taskstudy.compare import estimators as est
+from taskstudy.engine import params as study_params
+from taskstudy.world import tasks as taskdict
 
 
 def _informative(n=400, d=16, seed=0):

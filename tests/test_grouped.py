@@ -1,14 +1,15 @@
-"""Readouts trained side by side (taskstudy.grouped) are the readouts trained one by one with the same batch order."""
+"""Readouts trained side by side (taskstudy.nn.grouped) are the readouts trained one by one with the same batch
+order."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from taskstudy import grouped
-from taskstudy import tasks as taskdict
-from taskstudy.models import make_readout
-from taskstudy.train import TrainConfig, fit_validated
+from taskstudy.nn import grouped
+from taskstudy.nn.models import make_readout
+from taskstudy.nn.train import TrainConfig, fit_validated
+from taskstudy.world import tasks as taskdict
 
 CFG = TrainConfig(10, 16, 0.01, seed=7)  # fp32, NCHW: the comparison is to float tolerance
 

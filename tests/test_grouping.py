@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from taskstudy.grouping import (
+from taskstudy.standley.grouping import (
     GroupingError,
     best_grouping,
     brute_force_grouping,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstudy.pipeline import KERNEL, ensure_kernel
+from taskstudy.book.pipeline import KERNEL, ensure_kernel
 
 
 def free_port() -> int:

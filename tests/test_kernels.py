@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from taskstudy import models, train
-from taskstudy.params import Common
+from taskstudy.engine.params import Common
+from taskstudy.nn import models, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE_WIDTHS = (2, 4, 8)  # tests/kernel_probe.py's default widths
@@ -138,7 +138,7 @@ def test_cache_keys_carry_resolved_kernels_never_auto(cpu):
 
 
 def test_machine_record_names_the_cpu_and_the_resolved_kernels():
-    from taskstudy import machine
+    from taskstudy.engine import machine
 
     m = machine.describe(Common(precision="fp32", channels_last=False))
     assert m["cpu"] and m["cores"] >= 1 and m["matmul_gflops"] > 0

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from taskstudy import layers
-from taskstudy.store import Store
-from taskstudy.train import TrainConfig
+from taskstudy.engine.store import Store
+from taskstudy.nn.train import TrainConfig
+from taskstudy.yosinski import layers
 
 
 def _realdata_fixtures():  # the CIFAR-100 fixture writer of tests/test_realdata.py, reused
@@ -187,7 +187,7 @@ def test_selffer_gain_is_paired_by_seed() -> None:
 
 
 def test_schedule_verdict_reads_the_paired_gain():
-    from taskstudy import layers
+    from taskstudy.yosinski import layers
 
     idx = pd.MultiIndex.from_tuples([("random", "baseA"), ("random", "baseB"), ("dissimilar", "baseA"),
                                      ("dissimilar", "baseB")], names=["split", "net"])

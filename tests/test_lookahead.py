@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from taskstudy.lookahead import LookaheadAccumulator, lookahead_affinity, shared_parameters
+from taskstudy.standley.lookahead import LookaheadAccumulator, lookahead_affinity, shared_parameters
 
 TASKS = ("a", "b", "c")
 
@@ -105,7 +105,7 @@ def test_adam_lookahead_is_the_optimisers_step(model):
     lookahead is a different matrix; the optimizer's state is left unchanged."""
     import copy
 
-    from taskstudy.lookahead import adam_step
+    from taskstudy.standley.lookahead import adam_step
 
     opt = torch.optim.Adam(model.parameters(), lr=0.02, weight_decay=1e-3)
     batches = list(_batches(4, seed=3))

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from taskstudy import ahp, data, evaluate, taxonomy, tree
-from taskstudy import task_networks as tn
-from taskstudy import tasks as taskdict
-from taskstudy import transfer as tr
-from taskstudy.params import load
-from taskstudy.train import TrainConfig, fit_validated, mean_loss, predict
+from taskstudy.engine.params import load
+from taskstudy.nn.train import TrainConfig, fit_validated, mean_loss, predict
+from taskstudy.taskonomy import ahp, evaluate, taxonomy, tree
+from taskstudy.taskonomy import task_networks as tn
+from taskstudy.taskonomy import transfer as tr
+from taskstudy.world import data
+from taskstudy.world import tasks as taskdict
 
 TASKS = ["autoencoding", "denoising", "colorization", "inpainting", "normals"]
 
@@ -320,7 +321,7 @@ def test_calibration_curves_divide_each_curve_by_its_own_minimum():
     import matplotlib
 
     matplotlib.use("Agg")
-    from taskstudy import plots
+    from taskstudy.report import plots
 
     rows = [{"target": t, "sources": "a", "epoch": e, "step": e, "split": "val", "loss": scale * (1 + 1 / e),
              "best": e == 4} for t, scale in (("t1", 1.0), ("t2", 10.0)) for e in range(1, 5)]
@@ -330,7 +331,7 @@ def test_calibration_curves_divide_each_curve_by_its_own_minimum():
 
 
 def test_ceiling_verdict_reads_the_interval_of_the_change():
-    from taskstudy.task_networks import ceiling_verdict
+    from taskstudy.taskonomy.task_networks import ceiling_verdict
 
     assert ceiling_verdict(-0.2, -0.05).startswith("still improving")
     assert ceiling_verdict(-0.02, 0.03) == "converged: within noise"

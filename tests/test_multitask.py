@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from taskstudy import grouping, grouping_report, multitask, params
+from taskstudy.engine import params
+from taskstudy.standley import grouping, grouping_report, multitask
 
 TASKS = ["segment_semantic", "depth_zbuffer", "edge2d"]
 

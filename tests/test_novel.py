@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy import novel
-from taskstudy.novel import IMAGENET, SELF_SUPERVISED
+from taskstudy.taskonomy import novel
+from taskstudy.taskonomy.novel import IMAGENET, SELF_SUPERVISED
 
 SOURCES = ["depth", "edges", *SELF_SUPERVISED]
 
@@ -88,7 +88,7 @@ def test_paper_tables():
 
 
 def test_imagenet_encoder_is_cached(tmp_path):
-    from taskstudy.params import load
+    from taskstudy.engine.params import load
 
     params = load("params/smoke.yaml", [f"common.results_dir={tmp_path}", "common.image_size=16",
                                         "novel_tasks.imagenet_n_images=96", "novel_tasks.imagenet_epochs=1"])

@@ -1,4 +1,4 @@
-"""The object world (taskstudy.objects): deterministic rendering, the class hierarchy behind Yosinski's splits,
+"""The object world (taskstudy.world.objects): deterministic rendering, the class hierarchy behind Yosinski's splits,
 Task2Vec's family, the pretrain world's disjointness, and that a tiny network learns it above chance."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from taskstudy import objects, scenes
-from taskstudy.layers import LayerNet, NetConfig
-from taskstudy.train import TrainConfig, fit, predict, seed_everything
+from taskstudy.nn.train import TrainConfig, fit, predict, seed_everything
+from taskstudy.world import objects, scenes
+from taskstudy.yosinski.layers import LayerNet, NetConfig
 
 
 def test_render_is_deterministic_and_labelled() -> None:
@@ -96,7 +96,8 @@ def test_tiny_network_learns_above_chance() -> None:
 def test_learnability_table_rows_and_reuse(tmp_path) -> None:
     from pathlib import Path
 
-    from taskstudy import learnability, params
+    from taskstudy.engine import params
+    from taskstudy.world import learnability
 
     root = Path(__file__).resolve().parents[1]
     P = params.load(root / "params/smoke.yaml", [f"common.results_dir={tmp_path}", "common.workers=0"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from taskstudy import pipeline
-from taskstudy.params import load
+from taskstudy.book import pipeline
+from taskstudy.engine.params import load
 
 
 def _page(tmp_path: Path, *cells) -> Path:
@@ -126,14 +126,14 @@ def test_a_verdict_outside_the_vocabulary_is_refused():
 
 
 def test_book_check_needs_a_built_book(tmp_path):
-    from taskstudy import bookcheck
+    from taskstudy.book import bookcheck
 
     with pytest.raises(bookcheck.BookCheckError, match="no built book"):
         bookcheck.check_book(tmp_path, browser=False)
 
 
 def test_book_check_names_an_uncaptioned_figure_and_a_stderr_output(tmp_path):
-    from taskstudy import bookcheck
+    from taskstudy.book import bookcheck
 
     pages = tmp_path / "book/_build/html/book/chapters"
     pages.mkdir(parents=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskstudy.parallel import close_clients, map_units
+from taskstudy.engine.parallel import close_clients, map_units
 
 
 def square_with_threads(x: int) -> tuple[int, int]:
@@ -39,7 +39,7 @@ def test_a_claim_rechecks_what_another_run_finished_meanwhile(tmp_path):
     its lock. The claim checks again: unit 2 is not computed twice (its entries not rewritten)."""
     import filelock
 
-    from taskstudy.parallel import map_claimed
+    from taskstudy.engine.parallel import map_claimed
 
     finished_elsewhere = {2}
     ran = []

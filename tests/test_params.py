@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstudy import params as P
+from taskstudy.engine import params as P
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from conftest import taskstudy
 
-from taskstudy import pipeline
+from taskstudy.book import pipeline
 
 SMOKE = ["--params", "params/smoke.yaml"]
 
@@ -34,7 +34,7 @@ def add_chapter(study: Path, name: str, depends: str | None = None, extra: str =
     )
     nb.cells = [c for c in nb.cells if c.cell_type == "markdown"][:1] + [cell] + [
         nbformat.v4.new_code_cell(
-            "from taskstudy.params import chapter_params\n"
+            "from taskstudy.engine.params import chapter_params\n"
             f'P = chapter_params(params_file, overrides, "{section}", message=message)\n'
             f'print(P.values("{section}")["message"]){extra}'
         )
@@ -225,7 +225,7 @@ def test_committed_notebooks_are_stripped(repo_root):
 
 
 def test_a_study_chapter_gets_only_the_profile_and_overrides(study):
-    from taskstudy import params as P
+    from taskstudy.engine import params as P
 
     chs = {c.name: c for c in pipeline.chapters(study)}
     prof = P.load(study / "params/smoke.yaml", ["transfers.epochs=3"])

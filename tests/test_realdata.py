@@ -1,4 +1,4 @@
-"""Tests for taskstudy.realdata on small fixtures written in the real on-disk formats.
+"""Tests for taskstudy.world.realdata on small fixtures written in the real on-disk formats.
 
 Taskonomy: per-building domain folders of ``point_<p>_view_<v>_domain_<d>.png`` (8-bit RGB/L and
 16-bit greyscale PNGs). CIFAR-100: ``cifar-100-python/{train,test,meta}`` pickles written the way the
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from taskstudy.realdata import (
+from taskstudy.world.realdata import (
     CIFAR100_MAN_MADE,
     DEPTH_MAX_M,
     RealDataError,

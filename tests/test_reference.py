@@ -7,7 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy import evaluate, grouping, grouping_report, multitask, reference, task2vec_report
+from taskstudy import reference
+from taskstudy.standley import grouping, grouping_report, multitask
+from taskstudy.task2vec import task2vec_report
+from taskstudy.taskonomy import evaluate
 
 CHAPTERS = ("02_task_networks", "03_transfers", "09_task2vec", "10_task_grouping")
 PAPER_TASKS = ["segment_semantic", "depth_zbuffer", "normals", "keypoints2d", "edge2d"]

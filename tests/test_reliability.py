@@ -164,7 +164,7 @@ def cli_cluster(tmp_path_factory) -> Iterator[str]:
             client.wait_for_workers(2, timeout=60)
         yield address
     finally:
-        from taskstudy.parallel import close_clients
+        from taskstudy.engine.parallel import close_clients
 
         close_clients()
         for proc in reversed(procs):
@@ -180,7 +180,7 @@ def test_cli_cluster_workers_take_the_fast_malloc_path(cli_cluster):
 
     import torch
 
-    from taskstudy.parallel import get_client, large_buffers_mmapped
+    from taskstudy.engine.parallel import get_client, large_buffers_mmapped
 
     client = get_client(0, cli_cluster)
     assert set(client.run(functools.partial(os.getenv, "MALLOC_TRIM_THRESHOLD_")).values()) == {"65536"}
@@ -256,7 +256,7 @@ def _dies_once(marker: str) -> int:
 
 @pytest.mark.slow
 def test_dask_worker_killed_mid_unit_is_retried(tmp_path):
-    from taskstudy.parallel import close_clients, map_units
+    from taskstudy.engine.parallel import close_clients, map_units
 
     try:
         out = map_units(_dies_once, [str(tmp_path / "marker")], workers=1)
@@ -265,14 +265,14 @@ def test_dask_worker_killed_mid_unit_is_retried(tmp_path):
     assert out == [42] and (tmp_path / "marker").exists()
 
 
-# SIGKILL at exact points (taskstudy.faults, armed by TASKSTUDY_FAULT): the fault kills `taskstudy run` and its
+# SIGKILL at exact points (taskstudy.engine.faults, armed by TASKSTUDY_FAULT): the fault kills `taskstudy run` and its
 # kernel at that point; the same command is run again and must recompute exactly the units left unfinished.
 
 RUN_03 = ["run", "03", *RUN[3:]]
 
 
 def test_sweep_removes_only_what_dead_processes_left(tmp_path):
-    from taskstudy.paths import owner_tag, sweep_orphans
+    from taskstudy.engine.paths import owner_tag, sweep_orphans
 
     dead = subprocess.Popen(["true"])
     dead.wait()

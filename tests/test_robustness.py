@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from taskstudy import params
-from taskstudy import robustness as rb
-from taskstudy.params import ParamsError
+from taskstudy.engine import params
+from taskstudy.engine.params import ParamsError
+from taskstudy.taskonomy import robustness as rb
 
 
 def matrix(rows: dict[str, list[float]], cols: list[str]) -> pd.DataFrame:
@@ -125,7 +125,7 @@ def test_every_variation_is_a_params_override_of_the_profile():
 
 
 def test_seed_override_keeps_the_splits_and_split_seed_changes_them():
-    from taskstudy import data
+    from taskstudy.world import data
 
     P = params.load(ROOT / "params/smoke.yaml")
     seed = rb.variation_params(P, ["common.seed=1"])
@@ -217,7 +217,7 @@ def test_variations_side_by_side_on_a_cluster_equal_one_by_one(tmp_path):
     """`run_variations` runs the variations concurrently on the cluster's workers: each unit is trained once, and
     every run's affinities and chosen sources equal those of the variations run one after another (both on Dask
     workers, whose single-threaded training is deterministic)."""
-    from taskstudy.parallel import close_clients
+    from taskstudy.engine.parallel import close_clients
 
     def load(folder: str) -> params.StudyParams:
         return params.load(ROOT / "params/smoke.yaml", [f"common.results_dir={tmp_path / folder}", "common.workers=2",
@@ -239,7 +239,7 @@ def test_variations_side_by_side_on_a_cluster_equal_one_by_one(tmp_path):
 def test_outside_beside_states_each_verdict():
     import pandas as pd
 
-    from taskstudy.robustness import outside_beside
+    from taskstudy.taskonomy.robustness import outside_beside
 
     agree = pd.DataFrame({"rho": [0.6, 0.2, -0.7], "p": [0.01, 0.3, 0.02], "n": [12, 12, 12]},
                          index=["class_object", "class_scene", "other"])

@@ -1,4 +1,4 @@
-"""Tests of the procedural scene renderer (taskstudy.scenes)."""
+"""Tests of the procedural scene renderer (taskstudy.world.scenes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from taskstudy import scenes
+from taskstudy.world import scenes
 
 PIXEL_KEYS = [
     "rgb",

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from taskstudy.store import Store, stable_hash
+from taskstudy.engine.store import Store, stable_hash
 
 
 def test_key_depends_on_every_param_and_version(tmp_path):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from taskstudy import task2vec as t2v
+from taskstudy.task2vec import task2vec as t2v
 
 N, K = 96, 4  # images, classes
 PERM_TOL = 1e-3  # d_sym between a task and its class-relabelled copy (head-fit tolerance only)
@@ -130,8 +130,9 @@ def test_probe_pretrains_on_data_disjoint_from_the_family(tmp_path):
     import hashlib
     from pathlib import Path
 
-    from taskstudy import objects, params
-    from taskstudy.store import Store
+    from taskstudy.engine import params
+    from taskstudy.engine.store import Store
+    from taskstudy.world import objects
 
     root = Path(__file__).resolve().parents[1]
     P = params.load(root / "params/smoke.yaml", [f"common.results_dir={tmp_path / 'results'}"])

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from taskstudy import data, scenes, taskonomy_data, taskonomy_fixture
-from taskstudy import params as P
-from taskstudy import tasks as taskdict
-from taskstudy.realdata import RealDataError
-from taskstudy.store import Store
-from taskstudy.task_networks import average_prediction, study_tasks
+from taskstudy.engine import params as P
+from taskstudy.engine.store import Store
+from taskstudy.taskonomy.task_networks import average_prediction, study_tasks
+from taskstudy.world import data, scenes, taskonomy_data, taskonomy_fixture
+from taskstudy.world import tasks as taskdict
+from taskstudy.world.realdata import RealDataError
 
 BUILDINGS, PER_BUILDING, SIZE = 6, 6, 16
 TASKS = ["autoencoding", "denoising", "jigsaw", "edge2d", "depth_zbuffer", "normals", "segment_unsup2d",

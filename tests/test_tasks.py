@@ -1,4 +1,4 @@
-"""Tests of the task dictionary (taskstudy.tasks)."""
+"""Tests of the task dictionary (taskstudy.world.tasks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from taskstudy import scenes, tasks
+from taskstudy.world import scenes, tasks
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy.benchmarks import bench_taxonomy
-from taskstudy.taxonomy import TaxonomyError, brute_force_taxonomy, min_budget, solve_taxonomy, transfers_from_affinity
+from taskstudy.report.benchmarks import bench_taxonomy
+from taskstudy.taskonomy.taxonomy import (
+    TaxonomyError,
+    brute_force_taxonomy,
+    min_budget,
+    solve_taxonomy,
+    transfers_from_affinity,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

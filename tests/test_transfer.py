@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from taskstudy import task_networks as tn
-from taskstudy import transfer as tr
-from taskstudy.params import load
-from taskstudy.store import Store, file_sha256
+from taskstudy.engine.params import load
+from taskstudy.engine.store import Store, file_sha256
+from taskstudy.taskonomy import task_networks as tn
+from taskstudy.taskonomy import transfer as tr
 
 TASKS = ["autoencoding", "normals", "depth_zbuffer", "class_scene"]
 
@@ -82,7 +82,7 @@ def test_average_baseline_has_the_network_output_form():
 
 
 def test_the_papers_neck_and_decoder_readout_outputs_the_targets_form():
-    from taskstudy.models import make_readout
+    from taskstudy.nn.models import make_readout
 
     z = torch.rand(2, 64, 8, 8)
     for kind, out, shape in [("pixel_regression", 3, (2, 3, 32, 32)), ("pixel_classification", 5, (2, 5, 32, 32)),

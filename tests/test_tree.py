@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taskstudy.tree import (
+from taskstudy.taskonomy.tree import (
     PAPER_GROUPS,
     PAPER_NAMES,
     adjusted_rand,
@@ -110,7 +110,7 @@ def test_reference_path_override(tmp_path, monkeypatch):
 
 
 def test_separation_of_two_families():
-    from taskstudy.tree import separates, separation
+    from taskstudy.taskonomy.tree import separates, separation
 
     t = task_tree(two_family_affinity())
     fam = {"x1": "3D", "x2": "3D", "x3": "3D", "y1": "2D", "y2": "2D"}

@@ -11,9 +11,14 @@ from types import SimpleNamespace
 import pytest
 from conftest import copy_study
 
-from taskstudy import layers, learnability, multitask, novel, parallel, robustness, task2vec, task_networks, transfer
-from taskstudy.params import load
-from taskstudy.store import Store
+from taskstudy.engine import parallel
+from taskstudy.engine.params import load
+from taskstudy.engine.store import Store
+from taskstudy.standley import multitask
+from taskstudy.task2vec import task2vec
+from taskstudy.taskonomy import novel, robustness, task_networks, transfer
+from taskstudy.world import learnability
+from taskstudy.yosinski import layers
 
 COMMON = SimpleNamespace(workers=0, cluster=SimpleNamespace(address=None))
 

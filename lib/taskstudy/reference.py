@@ -3,8 +3,8 @@ al.'s best grouping of their five-task example (reference/standley2020_best_grou
 
 Every claim is stated as its source states it (the seed reviews in the project's shared folder), with the paper's
 section or figure, the number where the source gives one, and the source itself; reference/README.md says where
-each file comes from. The tables of published numbers have their own loaders (taskstudy.tree.load_paper_affinities,
-taskstudy.novel.paper_gain_quality).
+each file comes from. The tables of published numbers have their own loaders
+(taskstudy.taskonomy.tree.load_paper_affinities, taskstudy.taskonomy.novel.paper_gain_quality).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from taskstudy.paths import reference_dir
+from taskstudy.engine.paths import reference_dir
 
 CLAIM_COLUMNS = ["chapter", "finding", "paper", "where", "claim", "number", "source"]
 GROUPING_COLUMNS = ["budget", "network", "size", "cost", "task", "paper_task", "serves"]

@@ -1,0 +1,589 @@
+"""The chapter pipeline: which chapters exist, which are stale, papermill execution, the book build.
+
+Chapters are the notebooks `notebooks/NN_name.ipynb` (ordered by NN); chapter `NN_name` reads params section
+`name`. A chapter's upstream chapters are named in its parameters cell by a comment line `# depends:
+02_task_networks, 03_transfers`; a chapter whose numbers are timings of this machine says `# runs: alone`.
+`run_chapters` runs independent chapters side by side (on the run's shared workers), each as soon as the chapters
+it reads have finished, and an `alone` chapter with nothing beside it. Executed notebooks go to book/chapters/,
+which _toc.yml takes by glob, so a new notebook is listed, run and put in the book with no other change. A chapter
+is *fresh* when its executed notebook exists and was made from the same notebook source, library code, params
+(common, its own section and its upstream chapters' sections) and profile; *stale* when any of those changed;
+*missing* when never run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from taskstudy.engine import faults, parallel
+from taskstudy.engine.params import RESERVED, SECTIONS, StudyParams, _suggest, notebook_defaults
+from taskstudy.engine.paths import build_dir, chapters_dir, find_root, notebooks_dir, owner_tag, sweep_orphans
+
+log = logging.getLogger(__name__)
+
+KERNEL = "taskstudy"
+NAME = re.compile(r"^(\d\d)_([a-z][a-z0-9_]*)$")
+DEPENDS = re.compile(r"^#\s*depends\s*:\s*(.*)$", re.MULTILINE)
+ALONE = re.compile(r"^#\s*runs\s*:\s*alone\b", re.MULTILINE)
+SCENES_ONLY = re.compile(r"^#\s*needs\s*:\s*scenes\b", re.MULTILINE)  # it needs the renderer, not only data
+RUN_ENV = "TASKSTUDY_RUN"  # "<start time>": the `taskstudy run` a kernel belongs to (inherited by the kernels)
+
+
+class ChapterError(RuntimeError):
+    """A chapter that is malformed or failed to execute; the message names the chapter (and cell)."""
+
+
+@dataclass(frozen=True)
+class Chapter:
+    name: str  # "03_transfers"
+    number: int  # 3
+    section: str  # "transfers": its params section
+    path: Path  # notebooks/03_transfers.ipynb
+    depends: tuple[str, ...]  # names of the chapters whose results it reads
+    alone: bool = False  # its numbers are timings: nothing runs beside it
+    scenes_only: bool = False  # it needs the renderer (`# needs: scenes`): skipped on other data
+
+
+def runs_dir(root: Path | None = None) -> Path:
+    """Run records and in-progress / failed executed notebooks."""
+    return (root or find_root()) / "book" / "_runs"
+
+
+def _parameters_source(path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:
+        if "parameters" in c.get("metadata", {}).get("tags", []):
+            return c.source
+    raise ChapterError(f"{path}: no cell tagged 'parameters' (papermill needs one to inject params)")
+
+
+def chapters(root: Path | None = None) -> list[Chapter]:
+    """Every chapter in notebooks/, in order, with its dependencies checked."""
+    root = root or find_root()
+    out = []
+    for p in sorted(notebooks_dir(root).glob("*.ipynb")):
+        m = NAME.match(p.stem)
+        if not m:
+            continue
+        src = _parameters_source(p)
+        deps = ()
+        dm = DEPENDS.search(src)
+        if dm:
+            deps = tuple(d.strip() for d in dm.group(1).split(",") if d.strip())
+        out.append(Chapter(p.stem, int(m.group(1)), m.group(2), p, deps, bool(ALONE.search(src)),
+                           bool(SCENES_ONLY.search(src))))
+    names = [c.name for c in out]
+    for c in out:
+        for d in c.depends:
+            if d not in names:
+                raise ChapterError(f"{c.path}: depends on unknown chapter '{d}'{_suggest(d, names)}")
+            if names.index(d) >= names.index(c.name):
+                raise ChapterError(f"{c.path}: depends on '{d}', which comes later")
+    return out
+
+
+def select(all_chapters: Sequence[Chapter], wanted: Iterable[str]) -> list[Chapter]:
+    """Chapters by full name (03_transfers), number (03 or 3) or section (transfers), in book order."""
+    chosen = set()
+    for w in wanted:
+        hits = [
+            c for c in all_chapters
+            if w in (c.name, c.section) or (w.isdigit() and int(w) == c.number)
+        ]
+        if not hits:
+            keys = [c.name for c in all_chapters] + [c.section for c in all_chapters]
+            raise ChapterError(f"no chapter '{w}'{_suggest(w, keys)}; `taskstudy list` shows them")
+        chosen.update(c.name for c in hits)
+    return [c for c in all_chapters if c.name in chosen]
+
+
+def upstream(all_chapters: Sequence[Chapter], chapter: Chapter) -> list[Chapter]:
+    """Every chapter `chapter` reads from, transitively, in book order."""
+    by_name = {c.name: c for c in all_chapters}
+    seen: set[str] = set()
+    todo = list(chapter.depends)
+    while todo:
+        d = todo.pop()
+        if d not in seen:
+            seen.add(d)
+            todo.extend(by_name[d].depends)
+    return [c for c in all_chapters if c.name in seen]
+
+
+def downstream(all_chapters: Sequence[Chapter], selected: Sequence[Chapter]) -> list[Chapter]:
+    """The selected chapters plus every chapter that reads their results, transitively, in book order."""
+    names = {c.name for c in selected}
+    for c in all_chapters:  # book order: a dependency always comes first
+        if any(d in names for d in c.depends):
+            names.add(c.name)
+    return [c for c in all_chapters if c.name in names]
+
+
+def _notebook_digest(path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return hashlib.sha256("\x00".join(c.source for c in nb.cells).encode()).hexdigest()
+
+
+def _code_digest(path: Path) -> str:
+    """What the chapter's cells call of the library (codehash.source_hash): an edit to code the chapter does not
+    reach, or to a docstring, leaves it fresh."""
+    import nbformat
+
+    from taskstudy.engine.codehash import source_hash
+
+    nb = nbformat.read(path, as_version=4)
+    return source_hash("\n".join(c.source for c in nb.cells if c.cell_type == "code"))
+
+
+def fingerprint(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path) -> str:
+    """What an executed chapter was made from: notebook, library code, profile and the params it reads."""
+    sections = [chapter.section] + [c.section for c in upstream(all_chapters, chapter)]
+    parts = [
+        params.profile,
+        _notebook_digest(chapter.path),
+        _code_digest(chapter.path),
+        params.digest(*sections),
+    ]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
+
+
+def _record_path(chapter: Chapter, root: Path) -> Path:
+    return runs_dir(root) / f"{chapter.name}.json"
+
+
+def read_record(chapter: Chapter, root: Path | None = None) -> dict[str, Any] | None:
+    p = _record_path(chapter, root or find_root())
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def status(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path) -> str:
+    """'fresh', 'stale' or 'missing' for this profile and params."""
+    executed = chapters_dir(root) / f"{chapter.name}.ipynb"
+    rec = read_record(chapter, root)
+    if not executed.is_file() or rec is None:
+        return "missing"
+    if rec.get("fingerprint") != fingerprint(chapter, params, all_chapters, root):
+        return "stale"
+    for up in upstream(all_chapters, chapter):
+        up_rec = read_record(up, root)
+        if up_rec is None or up_rec.get("finished", 0) > rec.get("finished", 0):
+            return "stale"
+    return "fresh"
+
+
+def ensure_kernel() -> str:
+    """Install the `taskstudy` Jupyter kernel for this environment's Python (once) and return its name."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+        if spec.argv and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=KERNEL, display_name="taskstudy (.venv)", prefix=sys.prefix)
+    return KERNEL
+
+
+def chapter_parameters(chapter: Chapter, params: StudyParams, root: Path | None = None) -> dict[str, Any]:
+    """What papermill injects: the params file (relative to the study root when inside it: the kernel runs
+    there, and a page shows no path of the machine that built it) and the overrides. A chapter of the study reads
+    its section from them (its defaults live in taskstudy.engine.params, once); a user's chapter without a section model
+    there keeps its defaults in its parameters cell, and gets the profile's values injected as well."""
+    defaults = notebook_defaults(chapter.path)
+    builtin = chapter.section in SECTIONS
+    own = {} if builtin else params.values(chapter.section)
+    extra = [k for k in defaults if k not in RESERVED] if builtin else [k for k in own if k not in defaults]
+    if extra:
+        raise ChapterError(
+            f"{chapter.path}: the parameters cell defines {extra}, which live in the params section "
+            f"'{chapter.section}' (taskstudy.engine.params); keep only params_file and overrides there" if builtin else
+            f"{chapter.path}: params section '{chapter.section}' has {extra} but the parameters cell does not"
+        )
+    file = params.file.resolve()
+    if root is not None and file.is_relative_to(root.resolve()):
+        file = file.relative_to(root.resolve())
+    return {"params_file": str(file), "overrides": list(params.overrides), **own}
+
+
+def data_note(params: StudyParams) -> str | None:
+    """One admonition for the page of a chapter run on other data than the rendered scenes (None on scenes)."""
+    if params.common.dataset == "scenes":
+        return None
+    from taskstudy.world import taskonomy_data
+
+    root = taskonomy_data.root_of(params.common)
+    fixture = (root / taskonomy_data.FIXTURE_MARK).is_file()
+    what = ("a fixture written by `taskstudy.world.taskonomy_fixture` (the study's rendered scenes in the release's files "
+            "and encodings): its numbers are a fixture's, not the study's or the paper's" if fixture else
+            "its numbers are that data's, not the rendered study's")
+    return (f"```{{note}}\nThis chapter ran on a Taskonomy-format folder (`common.dataset: taskonomy`, folder "
+            f"`{root.name}`), split by building: {what}.\n```")
+
+
+def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str, note: str | None = None) -> Any:
+    """The executed notebook as a book page (Jupyter Book 1 cell tags): every code input collapsed behind a toggle
+    (`hide-input`), the parameters cell and papermill's injected one removed, and in their place one small table of
+    what the chapter ran with (profile, params file, overrides, the section's values); papermill's recorded input
+    and output paths made relative (the page offers the .ipynb for download). Returns `nb`, changed."""
+    import nbformat
+
+    rows = [("profile", profile), *injected.items()]
+    table = "\n".join(["| parameter | value |", "|---|---|",
+                        *(f"| `{k}` | `{json.dumps(v) if not isinstance(v, str) else v}` |" for k, v in rows)])
+    at = None
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            tags.append("remove-cell")
+            at = i if at is None else at
+        elif "hide-input" not in tags and "remove-input" not in tags and "remove-cell" not in tags:
+            tags.append("hide-input")
+    pm = nb.metadata.get("papermill", {})  # papermill records the absolute paths it read and wrote
+    if "input_path" in pm:
+        pm["input_path"] = f"notebooks/{chapter.path.name}"
+    if "output_path" in pm:
+        pm["output_path"] = f"book/chapters/{chapter.path.name}"
+    md = nbformat.v4.new_markdown_cell(f"```{{admonition}} Parameters of this run\n:class: dropdown\n{table}\n```")
+    md.metadata["tags"] = ["chapter-parameters"]
+    nb.cells.insert(at if at is not None else min(1, len(nb.cells)), md)
+    if note:
+        banner = nbformat.v4.new_markdown_cell(note)
+        banner.metadata["tags"] = ["chapter-data"]
+        nb.cells.insert(nb.cells.index(md), banner)
+    return nb
+
+
+def page_problems(path: Path, root: Path) -> list[str]:
+    """What a reader must not see on an executed chapter's page: error outputs, stderr streams carrying a
+    traceback, and absolute paths of the machine that built it (the study root, the Python environment, the home
+    folder) in any shown source or output, or in the notebook's metadata (the page's .ipynb download carries it).
+    One line per problem."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    machine = sorted({str(p) for p in (root.resolve(), Path(sys.prefix), Path(sys.base_prefix), Path.home())
+                      if len(str(p)) > 1}, key=len, reverse=True)
+    problems = []
+    meta = json.dumps(nb.metadata)
+    hit = next((m for m in machine if m in meta), None)
+    if hit:
+        problems.append(f"{path.stem}: notebook metadata: a path of this machine ({hit})")
+    for i, cell in enumerate(nb.cells):
+        if "remove-cell" in cell.metadata.get("tags", []):
+            continue
+        texts = [("source", cell.source)]
+        for out in cell.get("outputs", []):
+            if out.output_type == "error":
+                problems.append(f"{path.stem}: cell {i}: error output {out.ename}: {out.evalue}"[:200])
+            elif out.output_type == "stream":
+                if out.name == "stderr" and "Traceback" in out.text:
+                    problems.append(f"{path.stem}: cell {i}: a traceback on stderr: {out.text.strip().splitlines()[-1]}"
+                                    [:200])
+                texts.append((f"{out.name} output", out.text))
+            for kind, value in out.get("data", {}).items():
+                if kind.startswith("text/") or kind == "application/json":
+                    texts.append((f"{kind} output", value if isinstance(value, str) else json.dumps(value)))
+        for where, text in texts:
+            hit = next((m for m in machine if m in text), None)
+            if hit:
+                line = next(ln for ln in text.splitlines() if hit in ln).strip()
+                problems.append(f"{path.stem}: cell {i}: a path of this machine in its {where}: {line}"[:200])
+    return problems
+
+
+_INTERRUPTED = {"flag": False}
+
+
+def catch_interrupts() -> None:
+    """Install a SIGINT handler that records the interrupt before raising KeyboardInterrupt: papermill's client
+    can swallow a KeyboardInterrupt that lands while it waits on the kernel and go on with the chapter, so
+    `execute` checks the record when papermill returns and stops the run there (nothing of the chapter is kept)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        _INTERRUPTED["flag"] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path,
+            progress: bool = True, workers: Any = None) -> dict[str, Any]:
+    """Run one chapter with papermill into book/chapters/ (atomically); on failure keep the executed notebook
+    under book/_runs/ and raise ChapterError naming the cell and the error. `workers`: the client of the run's
+    shared Dask cluster, whose workers count towards the chapter's peak memory (their peak since the run began)."""
+    import nbformat
+    import papermill as pm
+
+    from taskstudy.engine import machine
+
+    machine.describe(params.common)  # measured once per process, before the chapter's kernel loads the machine
+    runs = runs_dir(root)
+    runs.mkdir(parents=True, exist_ok=True)
+    partial = runs / f".{chapter.name}.{owner_tag()}.ipynb"  # per process: two runs of one chapter may overlap
+    tmp = tempfile.TemporaryDirectory(prefix="taskstudy-")  # outside the study: a killed run leaves nothing there
+    source = Path(tmp.name) / chapter.path.name  # the notebook and its CPU account cell
+    failed = runs / f"{chapter.name}.ipynb"
+    target = chapters_dir(root) / f"{chapter.name}.ipynb"
+    started = time.time()
+    injected = chapter_parameters(chapter, params, root)
+    os.environ["TQDM_DISABLE"] = "1"  # progress bars belong to the terminal, not to the book's pages
+    nbformat.write(with_account_cell(nbformat.read(chapter.path, as_version=4)), source)
+    try:
+        with faults.papermill_writes(chapter.name, partial):  # a no-op unless the reliability tests kill here
+            pm.execute_notebook(
+                str(source),
+                str(partial),
+                parameters=injected,
+                kernel_name=ensure_kernel(),
+                language="python",  # a notebook written outside JupyterLab (nbformat) names no kernel language
+                cwd=str(root),
+                progress_bar=progress,
+                log_output=True,
+            )
+    except pm.PapermillExecutionError as e:
+        if _INTERRUPTED["flag"]:  # Ctrl-C reached the kernel as a KeyboardInterrupt in a cell
+            partial.unlink(missing_ok=True)
+            raise KeyboardInterrupt from None
+        os.replace(partial, failed)
+        raise ChapterError(
+            f"chapter {chapter.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
+            f"{e.ename}: {e.evalue}\n  executed notebook kept for inspection: {failed.relative_to(root)}"
+        ) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)  # interrupted: no half-written notebook left behind
+        raise
+    finally:
+        tmp.cleanup()
+    if _INTERRUPTED["flag"]:  # a Ctrl-C that papermill's client swallowed
+        partial.unlink(missing_ok=True)
+        raise KeyboardInterrupt
+    nb = nbformat.read(partial, as_version=4)
+    cpu = pop_account(nb)
+    shown = {**injected, **params.values(chapter.section)}  # the page's table: every value the chapter ran with
+    nbformat.write(present(nb, chapter, shown, params.profile, data_note(params)), partial)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    faults.point("notebook.move", chapter.name)
+    os.replace(partial, target)
+    failed.unlink(missing_ok=True)  # an earlier failure's notebook is stale now
+    record = {
+        "chapter": chapter.name,
+        "profile": params.profile,
+        "params_file": str(params.file),
+        "overrides": list(params.overrides),
+        "fingerprint": fingerprint(chapter, params, all_chapters, root),
+        "started": started,
+        "finished": time.time(),
+        "wall_s": round(time.time() - started, 2),
+        "run": os.environ.get(RUN_ENV),  # the `taskstudy run` it was part of (its start time)
+        **cpu,  # kernel_cpu_s, units_cpu_s: what it cost, whatever ran beside it
+        "cpu_s": round(cpu.get("kernel_cpu_s", 0.0) + cpu.get("units_cpu_s", 0.0), 2),
+        "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,  # largest kernel
+                                 parallel.workers_peak_rss_mb(workers)), 1),
+        "machine": machine.describe(params.common),  # the CPU and the kernels it resolved: beside every timing
+    }
+    from taskstudy.engine.store import atomic_write
+
+    atomic_write(_record_path(chapter, root), json.dumps(record, indent=1).encode())
+    return record
+
+
+ACCOUNT_TAG = "taskstudy-cpu-account"
+ACCOUNT_SOURCE = "import json\nfrom taskstudy.engine import parallel\nprint(json.dumps(parallel.cpu_account()))"
+
+
+def with_account_cell(nb: Any) -> Any:
+    """`nb` with a last cell printing the kernel's CPU account (`parallel.cpu_account`); `pop_account` takes it
+    out of the executed notebook, so the page never shows it."""
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(ACCOUNT_SOURCE)
+    cell.metadata["tags"] = [ACCOUNT_TAG]
+    nb.cells.append(cell)
+    return nb
+
+
+def pop_account(nb: Any) -> dict[str, float]:
+    """Remove the account cell from an executed notebook and return what it printed ({} if it is not there)."""
+    for i, cell in enumerate(nb.cells):
+        if ACCOUNT_TAG in cell.get("metadata", {}).get("tags", []):
+            del nb.cells[i]
+            text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+            try:
+                return {k: v for k, v in json.loads(text.strip().splitlines()[-1]).items() if k.endswith("_s")}
+            except (ValueError, IndexError):
+                return {}
+    return {}
+
+
+def _interrupt_kernels() -> None:
+    """Send SIGINT to the Jupyter kernels this process started (a Ctrl-C that reached only this process)."""
+    import signal
+
+    import psutil
+
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if any("ipykernel" in a for a in child.cmdline()):
+                child.send_signal(signal.SIGINT)
+
+
+def run_chapters(todo: Sequence[Chapter], run_one: Callable[[Chapter], dict[str, Any]], lanes: int = 1,
+                 on_start: Callable[[Chapter], None] | None = None,
+                 on_done: Callable[[Chapter, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Execute `todo` with up to `lanes` chapters at once (each `run_one(chapter)` in a thread: its kernel is a
+    process of its own). A chapter starts when the chapters of `todo` it depends on have finished; ready chapters
+    start in order of how many chapters of `todo` wait on them (then book order), and a chapter marked `alone`
+    runs with nothing beside it (they come last). After a failure nothing new starts: the running chapters
+    finish (their results are kept) and the first error is raised. Returns the records in the order finished."""
+    import queue
+    import threading
+
+    names = {c.name for c in todo}
+    waiting = {c.name: len(downstream(todo, [c])) for c in todo}
+    pending = sorted(todo, key=lambda c: (c.alone, -waiting[c.name], c.number))
+    running: dict[str, Chapter] = {}
+    done: set[str] = set()
+    finished: queue.Queue = queue.Queue()
+    records: list[dict[str, Any]] = []
+    error: BaseException | None = None
+
+    def lane(c: Chapter) -> None:
+        try:
+            finished.put((c, run_one(c), None))
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            finished.put((c, None, e))
+
+    try:
+        while True:
+            while error is None and pending and len(running) < max(1, lanes):
+                ready = [c for c in pending if not any(d in names and d not in done for d in c.depends)]
+                if not ready or any(r.alone for r in running.values()) or (ready[0].alone and running):
+                    break
+                c = ready[0]
+                pending.remove(c)
+                running[c.name] = c
+                if on_start:
+                    on_start(c)
+                threading.Thread(target=lane, args=(c,), name=f"chapter {c.name}", daemon=True).start()
+            if not running:
+                break
+            c, rec, exc = finished.get()
+            del running[c.name]
+            if exc is not None:
+                error = error or exc
+                continue
+            done.add(c.name)
+            records.append(rec)
+            if on_done:
+                on_done(c, rec)
+    except KeyboardInterrupt:
+        _INTERRUPTED["flag"] = True
+        _interrupt_kernels()
+        deadline = time.time() + 60
+        while running and time.time() < deadline:  # let each chapter remove its half-written notebook
+            with contextlib.suppress(queue.Empty):
+                del running[finished.get(timeout=1)[0].name]
+        raise
+    if error is not None:
+        raise error
+    return records
+
+
+def sweep(root: Path | None = None, results: Path | None = None) -> list[Path]:
+    """Remove what killed runs left behind: half-written executed notebooks (book/_runs/.NN_name.<host>~<pid>.ipynb)
+    and temporary files in book/_runs and the results store, of processes of this host that no longer run (a
+    concurrent run's files are kept). Nothing reads them; `taskstudy run` calls this first to give back space."""
+    root = root or find_root()
+    removed = sweep_orphans(runs_dir(root), (".*.ipynb", ".*.tmp")) if runs_dir(root).is_dir() else []
+    if results is not None and results.is_dir():
+        removed += sweep_orphans(results)
+    for p in removed:
+        log.info("removed %s, left behind by a killed run", p)
+    return removed
+
+
+def plan(params: StudyParams, wanted: Sequence[str] = (), with_downstream: bool = False,
+         force: bool = False, root: Path | None = None) -> list[Chapter]:
+    """The chapters `taskstudy run` would execute: the named ones (plus downstream), else every chapter that
+    is not fresh (all of them with force)."""
+    root = root or find_root()
+    chs = chapters(root)
+    if wanted:
+        todo = select(chs, wanted)
+        todo = downstream(chs, todo) if with_downstream else todo
+    elif force:
+        todo = chs
+    else:
+        todo = []
+        for c in chs:
+            if status(c, params, chs, root) != "fresh" or any(u.name in {t.name for t in todo}
+                                                              for u in upstream(chs, c)):
+                todo.append(c)
+    return todo
+
+
+def skipped_for_data(todo: Sequence[Chapter], params: StudyParams) -> list[Chapter]:
+    """The chapters of `todo` that need the renderer (`# needs: scenes`) when the study runs on other data."""
+    return [] if params.common.dataset == "scenes" else [c for c in todo if c.scenes_only]
+
+
+def build_book(root: Path | None = None, strict: bool = True) -> Path:
+    """Build the Jupyter Book (1.x, execute_notebooks off) into book/_build/html; warnings are errors. A chapter
+    whose page a reader must not see (`page_problems`) stops the build first, one line per problem."""
+    root = root or find_root()
+    problems = [p for path in sorted(chapters_dir(root).glob("*.ipynb")) for p in page_problems(path, root)]
+    if problems:
+        raise ChapterError("the book is not built: executed chapters hold what a reader must not see\n  "
+                           + "\n  ".join(problems))
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root / "book")]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    log_path = build_dir(root) / "build.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(proc.stdout + proc.stderr)
+    index = build_dir(root) / "html" / "index.html"
+    if proc.returncode != 0 or not index.is_file():
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise ChapterError(f"book build failed (full log: {log_path}):\n{tail}")
+    return index
+
+
+def clean(root: Path | None = None, results: Path | None = None) -> list[Path]:
+    """Remove executed chapters, run records and the built book (and a results folder, if given)."""
+    root = root or find_root()
+    removed = []
+    for p in (chapters_dir(root), runs_dir(root), build_dir(root), *([results] if results else [])):
+        if p.exists():
+            shutil.rmtree(p)
+            removed.append(p)
+    return removed

@@ -1,0 +1,1 @@
+"""The data: rendered scenes and their task labels, the object world, splits, Taskonomy folders, CIFAR-100."""
