@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -160,8 +161,28 @@ def test_schedule_check_and_verdict(tmp_path: Path) -> None:
     assert list(check.index) == [*TASKS, "+".join(TASKS)]
     assert (check.iloc[:, 3] <= 4).all() and (check.iloc[:, 2] <= 3).all()  # epochs run under each ceiling
     verdict = grouping_report.schedule_verdict(check, study.control)
-    assert verdict["seed spread %"].notna().all()
-    assert (verdict["converged"] == (verdict["gain %"] <= verdict["seed spread %"])).all()
+    assert verdict["table"]["seed spread %"].notna().all() and verdict["n"] == len(check)
+    assert verdict["gain_lo"] <= verdict["gain"] <= verdict["gain_hi"]
+    assert verdict["converged"] == (verdict["gain_lo"] <= 0)
+
+
+def test_schedule_verdict_is_decided_on_the_paired_gain() -> None:
+    """Every network gains 1% from the longer schedule, well inside a 5% seed spread: the paired gain is beyond
+    noise (not converged), which the old rule (gain within the spread) called converged; gains of either sign
+    are within noise."""
+    names = ["a", "b", "c", "d"]
+    runs = [SimpleNamespace(names=names, results=[{"log": {"val_loss": [1.0 + 0.05 * s * (i % 2 * 2 - 1)]}}
+                                                 for i in range(4)]) for s in (-1, 0, 1)]
+    study = np.array([1.0, 2.0, 3.0, 4.0])
+
+    def check(longer: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"best val (3 epochs)": study, "best val (6 epochs)": longer}, index=names)
+
+    steady = grouping_report.schedule_verdict(check(study * np.array([0.99, 0.988, 0.991, 0.99])), runs)
+    assert (steady["table"]["gain %"] < steady["table"]["seed spread %"]).all()  # each gain inside the spread
+    assert steady["gain_lo"] > 0 and not steady["converged"]
+    noisy = grouping_report.schedule_verdict(check(study * np.array([0.99, 1.01, 0.995, 1.004])), runs)
+    assert noisy["gain_lo"] < 0 < noisy["gain_hi"] and noisy["converged"]
 
 
 def test_a_network_is_the_same_whether_or_not_its_width_was_cached(tmp_path: Path) -> None:

@@ -381,18 +381,22 @@ def paper_beside(study: GroupingStudy, tables: pd.DataFrame | None = None) -> pd
 
 
 
-def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> pd.DataFrame:
-    """Read `multitask.schedule_check` per network: the longer schedule's gain in best val loss, relative to the
-    study's (> 0: it found lower losses), against the seeds' relative spread of that network's best val loss (their
-    standard deviation over the mean); `converged` when the gain is within the spread."""
+def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> dict[str, Any]:
+    """Read `multitask.schedule_check` on the paired differences: per network (the same seed, data and
+    initialisation under both schedules) the longer schedule's gain in best val loss, relative to the study's (> 0:
+    it found lower losses); its mean with the Student-t 95% interval over the networks (gain_lo, gain_hi, in %);
+    `converged` when that interval holds 0 or lies below it (no gain beyond noise). `table`: the gain per network
+    beside the seeds' relative spread of its best val loss (standard deviation over mean), for scale only: a gain
+    from the same seed is not judged against the spread between seeds."""
     study_col, long_col = check.columns[:2]
     names = runs[0].names
     best = {name: [min(r.results[names.index(name)]["log"]["val_loss"]) for r in runs] for name in check.index}
-    out = pd.DataFrame({
+    table = pd.DataFrame({
         "gain %": 100 * (check[study_col] - check[long_col]) / check[study_col],
         "seed spread %": [100 * float(np.std(best[n], ddof=1) / np.mean(best[n])) for n in check.index]})
-    out["converged"] = out["gain %"] <= out["seed spread %"]
-    return out
+    gain, lo, hi = seed_interval(table["gain %"].to_numpy(float))
+    return {"table": table, "gain": gain, "gain_lo": lo, "gain_hi": hi, "n": len(table),
+            "converged": bool(lo <= 0)}
 
 
 __all__ = ["COMPARISONS", "band", "budget_figure", "budget_table", "budget_tables", "calibration_rows",
