@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -347,9 +346,3 @@ def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 256,
     model.eval().to(device)
     outs = [model(inputs[i : i + batch_size].to(device)).cpu() for i in range(0, inputs.shape[0], batch_size)]
     return torch.cat(outs)
-
-
-def per_image(score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pred: torch.Tensor,
-              target: torch.Tensor) -> np.ndarray:
-    """Per-image scores (higher is better) as float64 numpy."""
-    return score_fn(pred, target).detach().double().numpy()

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from taskstudy import uncertainty
+
 CLIP = (0.001, 0.999)
 BASELINES = ("scratch", "full", "random")  # score-table names that are not source sets of dictionary tasks
 SELF = "full"  # the target's own fully supervised network: the paper's `self` column, a candidate of Steps III-IV
@@ -64,7 +66,7 @@ def _pairwise_wins(scores: pd.DataFrame, target: str, candidates: Sequence[str] 
     valid = ~np.isnan(a)
     both = valid[:, :, None] & valid[:, None, :]
     with np.errstate(invalid="ignore"):
-        wins = (a[:, :, None] > a[:, None, :]) + 0.5 * (a[:, :, None] == a[:, None, :])
+        wins = uncertainty.wins(a[:, :, None], a[:, None, :])
     return table.index.to_numpy(), [str(c) for c in table.columns], np.where(both, wins, 0.0), both.astype(float)
 
 

@@ -26,7 +26,7 @@ from taskstudy import uncertainty
 from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.parallel import run_units
 from taskstudy.engine.store import Store
-from taskstudy.nn.models import Encoder, TaskNetwork
+from taskstudy.nn.models import TaskNetwork
 from taskstudy.nn.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
 from taskstudy.taskonomy.tree import PAPER_NAMES, load_paper_affinities
 from taskstudy.world import data
@@ -195,23 +195,6 @@ def study_tasks(common: Common) -> list[str]:
     return wanted
 
 
-def load_encoder(params: StudyParams, task: str) -> Encoder:
-    """The trained encoder E_s of a task network (Step II reads its frozen representation)."""
-    common, cfg = params.common, params.section("task_networks")
-    saved = Store.for_params(params).load("task_network", network_key(common, cfg, task), VERSION)
-    if saved is None:
-        raise LookupError(f"no task network for '{task}' in the store: run chapter 02_task_networks first")
-    net = build_network(task, cfg)
-    net.load_state_dict(saved["state"])
-    return net.encoder.eval()
-
-
-def win_rate(a: np.ndarray, b: np.ndarray) -> float:
-    """Share of images on which score a beats score b, ties counting half (the paper's win rate)."""
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.mean(a > b) + 0.5 * np.mean(a == b))
-
-
 def baseline_table(step: StepResult, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """The paper's Fig. 6 check: per task, the network's per-image win rate on the test split against `avg` and
     against `rand` with 95% bootstrap intervals over the test images (a network passes when it beats both on more
@@ -242,13 +225,6 @@ def curve_table(step: StepResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def history_table(step: StepResult) -> pd.DataFrame:
-    """Training loss per epoch of every network, tidy (task, epoch, loss)."""
-    rows = [{"task": t, "epoch": e + 1, "loss": v}
-            for t, r in step.results.items() for e, v in enumerate(r["network"]["history"])]
-    return pd.DataFrame(rows)
-
-
 def paper_baselines(step: StepResult) -> pd.DataFrame:
     """The paper's Fig. 6 check beside the study's, per task both have. The paper's per-task win rates against
     `rand` and `avg` are not in the sources; the closest published numbers (reference/taskonomy) are the win rate
@@ -264,7 +240,7 @@ def paper_baselines(step: StepResult) -> pd.DataFrame:
         s = r["scores"]
         rows.append({"task": task, "paper task": name,
                      "paper: random-encoder readout wins vs network": float(paper.at[name, "random"]),
-                     "study: rand wins vs network": win_rate(s["rand"], s["network"]),
+                     "study: rand wins vs network": float(uncertainty.wins(s["rand"], s["network"]).mean()),
                      "study: beats avg and rand": bool(beats[task])})
     return pd.DataFrame(rows)
 

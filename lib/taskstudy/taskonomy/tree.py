@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.cluster.hierarchy import dendrogram, fcluster, linkage
+from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from scipy.special import comb
 from scipy.stats import spearmanr
@@ -123,16 +123,6 @@ def cut_groups(tree: TaskTree, k: int) -> dict[str, int]:
     """Cut the tree into (at most) k groups: task -> group number 1..k."""
     ids = fcluster(tree.linkage, t=k, criterion="maxclust")
     return dict(zip(tree.labels, (int(i) for i in ids), strict=True))
-
-
-def plot_tree(tree: TaskTree, ax=None, **kwargs) -> dict:
-    """The dendrogram (scipy) of a task tree, leaves labelled by task, drawn horizontally."""
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        ax = plt.gca()
-    kwargs.setdefault("orientation", "left")
-    return dendrogram(tree.linkage, labels=tree.labels, ax=ax, **kwargs)
 
 
 def adjusted_rand(a: Iterable, b: Iterable) -> float:
