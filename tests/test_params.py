@@ -128,3 +128,18 @@ def test_one_default_per_parameter(repo_root):
 def test_cross_section_and_task_name_errors(repo_root, overrides, key):
     with pytest.raises(P.ParamsError, match=key):
         P.load(repo_root / "params/smoke.yaml", overrides)
+
+
+@pytest.mark.parametrize("profile", ["gpu", "taskonomy", "smoke"])
+def test_a_profile_holds_only_what_differs_from_the_defaults(profile: str) -> None:
+    """Issue 39, item 4: a value a profile repeats from the section models' defaults is a second place to edit
+    (and drifts); each profile file names only what it changes."""
+    import yaml
+
+    from taskstudy.engine import params as pm
+
+    defaults = {"common": pm.Common().model_dump(), **{n: m().model_dump() for n, m in pm.SECTIONS.items()}}
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params" / f"{profile}.yaml").read_text())
+    repeated = [f"{s}.{k}" for s, body in raw.items() if isinstance(body, dict) and s in defaults
+                for k, v in body.items() if k in defaults[s] and defaults[s][k] == v]
+    assert not repeated, f"params/{profile}.yaml repeats defaults: {repeated}"
