@@ -57,8 +57,8 @@ def main() -> None:
     a = ap.parse_args()
     from distributed import Client
 
-    from taskstudy.engine.dask_plugin import StudyWorker
-    from taskstudy.engine.parallel import _local_cluster, _one_torch_thread
+    from taskstudy.engine.dask_plugin import StudyWorker, one_torch_thread
+    from taskstudy.engine.parallel import _local_cluster
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,7 +74,7 @@ def main() -> None:
                                            "1", "--host", "127.0.0.1", "--no-dashboard"], cwd=tmp, **quiet))
             with Client(address) as client:
                 client.wait_for_workers(2, timeout=60)
-                client.run(_one_torch_thread)
+                client.run(one_torch_thread)
                 rows["dask worker, as started"] = _on_every_worker(client, a.images, a.repeats)
                 client.register_plugin(StudyWorker(), name=StudyWorker.name)
                 rows["dask worker, prepared by the study"] = _on_every_worker(client, a.images, a.repeats)
@@ -84,7 +84,7 @@ def main() -> None:
                 p.wait(timeout=60)
     cluster = _local_cluster(2)
     with Client(cluster) as client:
-        client.run(_one_torch_thread)
+        client.run(one_torch_thread)
         rows["LocalCluster of the study"] = _on_every_worker(client, a.images, a.repeats)
     cluster.close()
     base = rows["LocalCluster of the study"]

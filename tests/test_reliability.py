@@ -180,7 +180,8 @@ def test_cli_cluster_workers_take_the_fast_malloc_path(cli_cluster):
 
     import torch
 
-    from taskstudy.engine.parallel import get_client, large_buffers_mmapped
+    from taskstudy.engine.dask_plugin import large_buffers_mmapped
+    from taskstudy.engine.parallel import get_client
 
     client = get_client(0, cli_cluster)
     assert set(client.run(functools.partial(os.getenv, "MALLOC_TRIM_THRESHOLD_")).values()) == {"65536"}
