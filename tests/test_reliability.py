@@ -287,6 +287,31 @@ def test_sweep_removes_only_what_dead_processes_left(tmp_path):
     assert sorted(p.name for p in (tmp_path / "readout").iterdir()) == sorted(set(names.values()) - {names["orphan"]})
 
 
+def test_a_zombie_or_reused_pid_is_a_dead_writer(tmp_path):
+    """A killed writer nobody reaped stays a zombie (pid 1 of a container may not reap), and a pid can be given to
+    a new process (the suite starts thousands): either way the writer's temporary file is an orphan."""
+    import psutil
+
+    from taskstudy.engine.paths import is_orphan, owner_tag
+
+    host = owner_tag().split("~")[0]
+    zombie = subprocess.Popen(["true"])  # exits, not waited for: a zombie until reaped
+    deadline = time.time() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.01)
+    left = tmp_path / f".k.pt.{host}~{zombie.pid}.abcd1234.tmp"
+    left.write_bytes(b"x")
+    assert is_orphan(left)
+    zombie.wait()
+
+    reused = tmp_path / f".k.pt.{host}~{os.getpid()}.abcd1234.tmp"  # a live pid, file written before it started
+    reused.write_bytes(b"x")
+    os.utime(reused, (psutil.Process().create_time() - 60,) * 2)
+    assert is_orphan(reused)
+    os.utime(reused, None)  # written now, by this live process: not an orphan
+    assert not is_orphan(reused)
+
+
 @pytest.fixture(scope="module")
 def after_02(tmp_path_factory) -> Path:
     """A study whose chapter 02 ran (task networks in the store): where the chapter-03 faults start (read-only)."""

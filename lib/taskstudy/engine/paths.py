@@ -62,13 +62,28 @@ def owner_tag() -> str:
 
 def is_orphan(path: Path) -> bool:
     """A temporary file whose writer, a process of this host, no longer runs (it was killed mid-write). Files of
-    live processes and of other hosts (a results folder shared over the network) are never orphans."""
+    live processes and of other hosts (a results folder shared over the network) are never orphans. The writer is
+    dead too when its pid is a zombie (a killed child nobody reaped: in a container whose pid 1 does not reap) or
+    names a process started after the file's last write (the pid was reused: Linux wraps at pid_max, often 32768)."""
     m = _OWNER.search(path.name)
     if not m or m["host"] != _HOST:
         return False
     import psutil
 
-    return not psutil.pid_exists(int(m["pid"]))
+    try:
+        writer = psutil.Process(int(m["pid"]))
+        if writer.status() == psutil.STATUS_ZOMBIE:
+            return True
+        started = writer.create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except psutil.AccessDenied:  # another user's live process
+        return False
+    try:
+        written = path.stat().st_mtime
+    except FileNotFoundError:  # its writer renamed or removed it meanwhile
+        return False
+    return started > written + 1.0  # 1 s: process start times are rounded to clock ticks
 
 
 def sweep_orphans(folder: Path, patterns: tuple[str, ...] = (".*.tmp",)) -> list[Path]:
