@@ -19,12 +19,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from taskstudy.nn import models
+from taskstudy.nn import layernet, models
 from taskstudy.nn.grouped import GroupedReadouts
 from taskstudy.nn.train import TrainConfig, fit, resolve_kernels
 from taskstudy.standley import multitask
-from taskstudy.task2vec import task2vec, task2vec_dense
-from taskstudy.yosinski import layers
+from taskstudy.task2vec import fisher, task2vec_dense
 
 #: tolerances on `_error` (the defect's silent form was 615x off)
 TOLERANCE = {"fp32": 1e-3, "bf16": 0.5}  # against NCHW in the same precision (bf16: up to 0.23 seen)
@@ -40,8 +39,8 @@ def kinds(w: int) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
         for k in models.KINDS}
     out["multitask"] = (lambda: multitask.MultiTaskNetwork(["normals", "segment_semantic", "class_scene"], width=w,
                                                           decoder_width=w), (3, IMAGE, IMAGE))
-    out["task2vec probe"] = (lambda: task2vec.Probe(10, width=w), (3, IMAGE, IMAGE))
-    out["layer net"] = (lambda: layers.LayerNet(layers.NetConfig(4, w, 8, IMAGE, 5)), (3, IMAGE, IMAGE))
+    out["task2vec probe"] = (lambda: fisher.Probe(10, width=w), (3, IMAGE, IMAGE))
+    out["layer net"] = (lambda: layernet.LayerNet(layernet.NetConfig(4, w, 8, IMAGE, 5)), (3, IMAGE, IMAGE))
     for arch in models.READOUTS:
         out[f"readout {arch}"] = (lambda arch=arch: models.make_readout("pixel_regression", enc, 3, w, arch, w),
                                   (enc, IMAGE // 4, IMAGE // 4))

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from taskstudy import uncertainty
 from taskstudy.compare import agreement
-from taskstudy.task2vec import task2vec as t2v
+from taskstudy.task2vec import fisher
 from taskstudy.task2vec import task2vec_dense as dense
 
 TASKS = ["a", "b", "c", "d"]
@@ -69,9 +70,9 @@ def test_disagreements_and_consensus():
 
 
 @pytest.fixture(scope="module")
-def probe() -> t2v.Probe:
+def probe() -> fisher.Probe:
     torch.manual_seed(0)
-    return t2v.Probe(n_classes=5, width=4, depth=1).eval()
+    return fisher.Probe(n_classes=5, width=4, depth=1).eval()
 
 
 def test_per_sample_gradients_of_a_dense_output_match_a_loop(probe):
@@ -81,7 +82,7 @@ def test_per_sample_gradients_of_a_dense_output_match_a_loop(probe):
     model = torch.nn.Sequential(probe.encoder, head).eval()
     convs = [m for m in probe.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
     g = torch.randn(5, 2, 16, 16)
-    fast = t2v._per_sample_sq_grads(model, convs, x, g, nll=dense._linear_nll)
+    fast = fisher._per_sample_sq_grads(model, convs, x, g, nll=dense._linear_nll)
     for i in range(5):
         model.zero_grad()
         (model(x[i : i + 1]) * g[i : i + 1]).sum().backward()
@@ -108,7 +109,7 @@ def test_dense_embedding_shape_determinism_and_task_check(probe):
     y = x.mean(1, keepdim=True)  # a learnable dense target (grey level)
     e1 = dense.dense_fisher_embedding(probe, x, y, "edge2d", head_steps=20, seed=3)
     e2 = dense.dense_fisher_embedding(probe, x, y, "edge2d", head_steps=20, seed=3)
-    assert e1.shape == (t2v.n_filters(probe.encoder),) and np.all(e1 >= 0) and np.array_equal(e1, e2)
+    assert e1.shape == (fisher.n_filters(probe.encoder),) and np.all(e1 >= 0) and np.array_equal(e1, e2)
     with pytest.raises(ValueError, match="not a dense task"):
         dense.fit_dense_head(torch.rand(4, 16, 4, 4), torch.rand(4, 9), "room_layout")
 
@@ -122,7 +123,7 @@ def test_vectorised_permutation_p_equals_scipy_on_the_same_pairings():
     for name, f in (("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
         observed = abs(f(x, y)[0])
         slow = (sum(abs(f(x, y[p])[0]) >= observed - 1e-12 for p in perms) + 1) / 201
-        assert agreement.permutation_p(x, y, name, 200, 5) == pytest.approx(slow)
+        assert uncertainty.permutation_p(x, y, name, 200, 5) == pytest.approx(slow)
 
 
 def test_symmetry_of_directed_relations():

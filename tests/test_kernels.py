@@ -138,7 +138,7 @@ def test_cache_keys_carry_resolved_kernels_never_auto(cpu):
 
 
 def test_machine_record_names_the_cpu_and_the_resolved_kernels():
-    from taskstudy.engine import machine
+    from taskstudy.nn import machine
 
     m = machine.describe(Common(precision="fp32", channels_last=False))
     assert m["cpu"] and m["cores"] >= 1 and m["matmul_gflops"] > 0

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from taskstudy.engine.store import Store
+from taskstudy.nn import layernet
 from taskstudy.nn.train import TrainConfig
+from taskstudy.yosinski import findings as yf
 from taskstudy.yosinski import layers
 
 
@@ -27,14 +29,14 @@ def _realdata_fixtures():  # the CIFAR-100 fixture writer of tests/test_realdata
 
 _write_cifar = _realdata_fixtures()._write_cifar
 
-CFG = layers.NetConfig(layers=6, width=4, hidden=8, image_size=16, n_classes=5)
+CFG = layernet.NetConfig(layers=6, width=4, hidden=8, image_size=16, n_classes=5)
 SMOKE = dict(dataset="objects", cifar_root=None, n_images=96, n_val=96, n_test=96, image_size=16, layers=4,
              width=2, hidden=8, epochs=2, patience=1, batch_size=32, lr=0.003, seeds=2)
 
 
-def _net(seed: int) -> layers.LayerNet:
+def _net(seed: int) -> layernet.LayerNet:
     torch.manual_seed(seed)
-    return layers.LayerNet(CFG)
+    return layernet.LayerNet(CFG)
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -56,7 +58,7 @@ def test_net_has_L_layers_classifier_last() -> None:
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_copy_first_layers_copies_exactly_n(n: int) -> None:
     src, dst = _net(0), _net(1)
-    copy_first_layers = layers.copy_first_layers
+    copy_first_layers = layernet.copy_first_layers
     copy_first_layers(src, dst, n, freeze=True)
     for i in range(CFG.layers):
         assert _same(src.layers[i], dst.layers[i]) == (i < n), f"layer {i + 1} after copying n={n}"
@@ -73,11 +75,11 @@ def test_frozen_layers_unchanged_fine_tuned_layers_change() -> None:
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, seed=0)
     base, n = _net(0), 3
     frozen, tuned = _net(1), _net(1)
-    layers.copy_first_layers(base, frozen, n, freeze=True)
-    layers.copy_first_layers(base, tuned, n, freeze=False)
+    layernet.copy_first_layers(base, frozen, n, freeze=True)
+    layernet.copy_first_layers(base, tuned, n, freeze=False)
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
-    layers.train_net(frozen, n, data, cfg, patience=5)
-    layers.train_net(tuned, 0, data, cfg, patience=5)
+    layernet.train_net(frozen, n, data, cfg, patience=5)
+    layernet.train_net(tuned, 0, data, cfg, patience=5)
     after = frozen.state_dict()
     for i in range(CFG.layers):
         names = [k for k in before if k.startswith(f"layers.{i}.")]
@@ -103,11 +105,11 @@ def test_smoke_run_rows_and_reuse(tmp_path: Path) -> None:
     store = Store(tmp_path / "results")
     df = layers.run_layer_transfer(SMOKE, _common(), store)
     _check_rows(df, SMOKE)
-    f = layers.findings(df, layers.load_paper_curves())
-    assert list(f.index) == list(layers.FINDINGS)
+    f = yf.findings(df, yf.load_paper_curves())
+    assert list(f.index) == list(yf.FINDINGS)
     assert (f.seeds == SMOKE["seeds"]).all() and (f.lo <= f.study).all() and (f.study <= f.hi).all()
     assert set(f.verdict) <= {"reproduced", "not reproduced", "within noise"}
-    curves = layers.calibration_curves(df)
+    curves = yf.calibration_curves(df)
     assert set(curves.split) == {"train", "val"}
     assert curves.groupby(["split_kind", "treatment", "seed"]).best.any().all()
     computed = store.stats["computed"]
@@ -138,16 +140,16 @@ def test_cifar_fixture(tmp_path: Path) -> None:
 
 
 def test_paper_curves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    paper = layers.load_paper_curves()
+    paper = yf.load_paper_curves()
     assert {"similar", "dissimilar"} == set(paper.split_kind)
-    f = layers.findings(paper, paper)
-    sign = {k: s for k, (_, s) in layers.FINDINGS.items()}
+    f = yf.findings(paper, paper)
+    sign = {k: s for k, (_, s) in yf.FINDINGS.items()}
     # the paper's own means show its findings, the co-adaptation dip included (a single "seed": no band)
     assert all(f.loc[k, "paper"] * s > 0 for k, s in sign.items()), f.paper
     assert (f.verdict == "within noise").all()  # one run is no seed band
     monkeypatch.setenv("TASKSTUDY_REFERENCE", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="TASKSTUDY_REFERENCE"):
-        layers.load_paper_curves()
+        yf.load_paper_curves()
 
 
 def test_seed_band_verdicts() -> None:
@@ -162,7 +164,7 @@ def test_seed_band_verdicts() -> None:
                          {"split_kind": kind, "treatment": "AnB+", "n": n, "seed": seed, "top1": 0.5 + boost},
                          {"split_kind": kind, "treatment": "AnB", "n": n, "seed": seed, "top1": 0.5 - 0.02 * n},
                          {"split_kind": kind, "treatment": "random", "n": n, "seed": seed, "top1": 0.1}]
-    f = layers.findings(pd.DataFrame(rows))
+    f = yf.findings(pd.DataFrame(rows))
     assert f.loc["coadaptation", "verdict"] == "reproduced"
     assert f.loc["anbplus_boost", "verdict"] == "within noise"
     assert f.loc["random_worse", "verdict"] == "reproduced"
@@ -170,10 +172,10 @@ def test_seed_band_verdicts() -> None:
 
 
 def test_paper_beside_carries_the_band_verdicts() -> None:
-    paper = layers.load_paper_curves()
-    f = layers.findings(paper, paper)
-    table = layers.paper_beside(f, "a setting")
-    assert set(table.finding) == set(layers.FINDINGS) | {"setting"}
+    paper = yf.load_paper_curves()
+    f = yf.findings(paper, paper)
+    table = yf.paper_beside(f, "a setting")
+    assert set(table.finding) == set(yf.FINDINGS) | {"setting"}
     verdicts = table.set_index("finding").verdict
     assert verdicts["setting"] == "setting" and (verdicts.drop("setting") == f.verdict.reindex(
         verdicts.drop("setting").index)).all()
@@ -182,7 +184,7 @@ def test_paper_beside_carries_the_band_verdicts() -> None:
 def test_selffer_gain_is_paired_by_seed() -> None:
     rows = [{"split_kind": "similar", "treatment": t, "n": n, "seed": s, "top1": v + 0.1 * s}
             for s in range(3) for t, n, v in (("baseB", 0, 0.5), ("BnB+", 2, 0.53), ("BnB+", 4, 0.55))]
-    g = layers.selffer_gain(pd.DataFrame(rows))
+    g = yf.selffer_gain(pd.DataFrame(rows))
     assert g["gain"] == pytest.approx(0.04) and g["lo"] == pytest.approx(0.04)  # the seed offset cancels
 
 

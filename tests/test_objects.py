@@ -9,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from taskstudy.nn.layernet import LayerNet, NetConfig
 from taskstudy.nn.train import TrainConfig, fit, predict, seed_everything
 from taskstudy.world import objects, scenes
-from taskstudy.yosinski.layers import LayerNet, NetConfig
 
 
 def test_render_is_deterministic_and_labelled() -> None:

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+from taskstudy.nn.heads import fit_head
+from taskstudy.task2vec import distances, fisher, selection
 from taskstudy.task2vec import task2vec as t2v
 
 N, K = 96, 4  # images, classes
@@ -25,9 +27,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def probe() -> t2v.Probe:
+def probe() -> fisher.Probe:
     torch.manual_seed(0)
-    return t2v.Probe(n_classes=10, width=4, depth=1).eval()
+    return fisher.Probe(n_classes=10, width=4, depth=1).eval()
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +41,15 @@ def task() -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def embed(probe: t2v.Probe, x: torch.Tensor, y: torch.Tensor, seed: int = 0, mc: int = 4) -> np.ndarray:
-    return t2v.fisher_embedding(probe, x, y, K, mc_samples=mc, seed=seed)
+def embed(probe: fisher.Probe, x: torch.Tensor, y: torch.Tensor, seed: int = 0, mc: int = 4) -> np.ndarray:
+    return fisher.fisher_embedding(probe, x, y, K, mc_samples=mc, seed=seed)
 
 
 def test_one_entry_per_filter(probe, task):
     e = embed(probe, *task, mc=1)
     w = 4  # Encoder(width=4, depth=1): stem w; stage 1: 2 convs of w; stage 2: 2 of 2w + a 1x1 shortcut of 2w;
-    assert t2v.n_filters(probe.encoder) == w + 2 * w + 3 * 2 * w + 3 * 4 * w  # stage 3: 3 convs of 4w
-    assert e.shape == (t2v.n_filters(probe.encoder),)
+    assert fisher.n_filters(probe.encoder) == w + 2 * w + 3 * 2 * w + 3 * 4 * w  # stage 3: 3 convs of 4w
+    assert e.shape == (fisher.n_filters(probe.encoder),)
     assert np.all(np.isfinite(e)) and np.all(e >= 0) and e.sum() > 0
 
 
@@ -60,36 +62,36 @@ def test_class_permutation_gives_near_identical_embedding(probe, task):
     perm = torch.tensor([2, 0, 3, 1])
     e, e_perm = embed(probe, x, y), embed(probe, x, perm[y])
     other = embed(probe, x, (y + (torch.arange(N) // K) % 2) % K)  # a different task on the same images
-    d = t2v.symmetric_distance(e, e_perm)
+    d = distances.symmetric_distance(e, e_perm)
     assert d < PERM_TOL
-    assert d < t2v.symmetric_distance(e, other) / 3
+    assert d < distances.symmetric_distance(e, other) / 3
     # the retrained head is exactly permutation-equivariant (convex problem from a symmetric start)
-    f = t2v.features(probe, x)
-    h, hp = t2v.fit_head(f, y, K), t2v.fit_head(f, perm[y], K)
+    f = fisher.features(probe, x)
+    h, hp = fit_head(f, y, K), fit_head(f, perm[y], K)
     torch.testing.assert_close(hp.weight[perm], h.weight, atol=1e-4, rtol=1e-3)
 
 
 def test_distances():
     rng = np.random.default_rng(0)
     a, b = rng.random(20) + 0.1, rng.random(20) + 0.1
-    assert t2v.symmetric_distance(a, a) == pytest.approx(0, abs=1e-12)
-    assert t2v.symmetric_distance(a, 3 * a) == pytest.approx(0, abs=1e-12)  # scale-free
-    assert t2v.symmetric_distance(a, b) == pytest.approx(t2v.symmetric_distance(b, a))
-    assert t2v.symmetric_distance(a, b) > 0
+    assert distances.symmetric_distance(a, a) == pytest.approx(0, abs=1e-12)
+    assert distances.symmetric_distance(a, 3 * a) == pytest.approx(0, abs=1e-12)  # scale-free
+    assert distances.symmetric_distance(a, b) == pytest.approx(distances.symmetric_distance(b, a))
+    assert distances.symmetric_distance(a, b) > 0
     m = np.stack([a, b, a * b])
-    t0 = t2v.trivial_embedding(m)
-    sym, asym = t2v.distance_matrix(m, "sym"), t2v.distance_matrix(m, "asym", alpha=0.2)
+    t0 = distances.trivial_embedding(m)
+    sym, asym = distances.distance_matrix(m, "sym"), distances.distance_matrix(m, "asym", alpha=0.2)
     assert np.allclose(sym, sym.T) and np.allclose(np.diag(sym), 0)
-    assert asym[0, 1] == pytest.approx(t2v.asymmetric_distance(a, b, t0, alpha=0.2))
-    assert asym[0, 1] == pytest.approx(sym[0, 1] - 0.2 * t2v.symmetric_distance(a, t0))
-    assert sorted(t2v.cluster_order(sym)) == [0, 1, 2]
+    assert asym[0, 1] == pytest.approx(distances.asymmetric_distance(a, b, t0, alpha=0.2))
+    assert asym[0, 1] == pytest.approx(sym[0, 1] - 0.2 * distances.symmetric_distance(a, t0))
+    assert sorted(distances.cluster_order(sym)) == [0, 1, 2]
 
 
 def test_expert_selection_ratio():
     names = ["colour|shape=sphere", "colour|shape=cone", "shape|colour=red"]
     m = np.array([[1.0, 1.0, 0.1], [1.0, 0.9, 0.1], [0.1, 0.1, 1.0]])
     err = pd.DataFrame([[0.1, 0.2, 0.5], [0.3, 0.1, 0.6], [0.6, 0.7, 0.1]], index=names, columns=names)
-    sel = t2v.expert_selection(names, m, err, alpha=0.0).set_index("task")
+    sel = selection.expert_selection(names, m, err, alpha=0.0).set_index("task")
     assert sel.loc["colour|shape=sphere", "chosen expert"] == "colour|shape=cone"
     assert sel.loc["colour|shape=sphere", "ratio"] == pytest.approx(0.3 / 0.3)
     assert (sel["ratio"] >= 1).all() and (sel["random ratio"] >= 1).all()
@@ -100,10 +102,11 @@ def test_domain_embedding_ignores_labels(probe, task):
     embeddings differ."""
     x, y = task
     other = (y + (torch.arange(N) // K) % 2) % K
-    d1, d2 = t2v.domain_embedding(probe, x, mc_samples=2), t2v.domain_embedding(probe, x, mc_samples=2)
-    assert np.array_equal(d1, d2) and d1.shape == (t2v.n_filters(probe.encoder),)
-    assert t2v.symmetric_distance(embed(probe, x, y), embed(probe, x, other)) > 10 * t2v.symmetric_distance(d1, d2)
-    assert t2v.symmetric_distance(d1, t2v.domain_embedding(probe, x[: N // 2], mc_samples=2)) > 0
+    d1, d2 = fisher.domain_embedding(probe, x, mc_samples=2), fisher.domain_embedding(probe, x, mc_samples=2)
+    assert np.array_equal(d1, d2) and d1.shape == (fisher.n_filters(probe.encoder),)
+    between_tasks = distances.symmetric_distance(embed(probe, x, y), embed(probe, x, other))
+    assert between_tasks > 10 * distances.symmetric_distance(d1, d2)
+    assert distances.symmetric_distance(d1, fisher.domain_embedding(probe, x[: N // 2], mc_samples=2)) > 0
 
 
 def test_model2vec_learns_what_distance_misses():
@@ -117,9 +120,9 @@ def test_model2vec_learns_what_distance_misses():
     names = [f"t{i}" for i in range(n)]
     err = pd.DataFrame(0.5 + 0.1 * rng.random((n, n)), index=names, columns=names)
     err.iloc[0, :] = 0.1  # expert t0 is the best for every other target
-    picks = t2v.model2vec_picks(names, m, err, steps=300)
+    picks = selection.model2vec_picks(names, m, err, steps=300)
     assert sum(picks[t] == "t0" for t in names[1:]) >= n - 2, picks
-    sel = t2v.expert_selection(names, m, err, alpha=0.0).set_index("task")
+    sel = selection.expert_selection(names, m, err, alpha=0.0).set_index("task")
     assert (sel.loc[names[1:], "symmetric pick"] != "t0").sum() >= n - 2  # the distance alone misses it
     assert (sel.loc[names[1:], "model2vec ratio"] <= sel.loc[names[1:], "symmetric ratio"]).all()
     assert all(picks[t] != t for t in names)

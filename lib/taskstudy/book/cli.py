@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline.catch_interrupts()
     pipeline.sweep(root, params.results_root())  # temporary files of killed runs
     print(f"running {len(todo)} chapter(s) with profile '{params.profile}'; log: {log_path}")
-    from taskstudy.engine import machine
+    from taskstudy.nn import machine
 
     print(f"machine: {machine.summary(machine.describe(params.common))}")  # measured before any chapter starts
     # several chapters share one Dask cluster (one start-up, one clean shutdown); a single chapter starts its own

@@ -63,7 +63,7 @@ def run_records() -> pd.DataFrame:
     None for a record older than that)."""
     import time
 
-    from taskstudy.engine.machine import summary as machine_summary
+    from taskstudy.nn.machine import summary as machine_summary
 
     rows = []
     for c in pipeline.chapters():

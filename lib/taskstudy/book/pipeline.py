@@ -342,7 +342,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     import nbformat
     import papermill as pm
 
-    from taskstudy.engine import machine
+    from taskstudy.nn import machine
 
     machine.describe(params.common)  # measured once per process, before the chapter's kernel loads the machine
     runs = runs_dir(root)

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from taskstudy.uncertainty import permutation_p
+
 
 def relations(matrix: pd.DataFrame, tasks: Sequence[str], ordered: bool = False) -> pd.Series:
     """One value per pair of distinct `tasks` from M[a, b] (b helps a): indexed (a, b) for every ordered pair,
@@ -37,30 +39,6 @@ def relations(matrix: pd.DataFrame, tasks: Sequence[str], ordered: bool = False)
         vals = [np.mean([m.loc[a, b], m.loc[b, a]]) for a, b in pairs]
     names = ["task", "helper"] if ordered else ["task 1", "task 2"]
     return pd.Series(vals, index=pd.MultiIndex.from_tuples(pairs, names=names), dtype=float)
-
-
-def permutation_p(x: np.ndarray, y: np.ndarray, statistic: str, n_perm: int, seed: int) -> float:
-    """Two-sided permutation p-value of a rank correlation (pairings of y shuffled), with the +1 correction.
-    Vectorised over the permutations: Spearman's rho as the Pearson correlation of average ranks, Kendall's
-    tau-b from the signs of all pairs (shuffling y changes neither side's ties), as scipy defines both."""
-    rng = np.random.default_rng(seed)
-    perms = np.argsort(rng.random((n_perm, len(y))), axis=1)
-    if statistic == "spearman":
-        rx, ry = stats.rankdata(x), stats.rankdata(y)
-        a = rx - rx.mean()
-        b = ry[perms] - ry.mean()
-        sims = (b @ a) / np.sqrt((a @ a) * (b * b).sum(1))
-        observed = (ry - ry.mean()) @ a / np.sqrt((a @ a) * ((ry - ry.mean()) ** 2).sum())
-    else:
-        i, j = np.triu_indices(len(x), 1)
-        sx = np.sign(x[i] - x[j])
-        yp = y[perms]
-        sy = np.sign(yp[:, i] - yp[:, j])
-        norm = np.sqrt(np.count_nonzero(sx) * np.count_nonzero(np.sign(y[i] - y[j])))
-        sims = (sy @ sx) / norm
-        observed = np.sign(y[i] - y[j]) @ sx / norm
-    hits = int((np.abs(sims) >= abs(observed) - 1e-12).sum())
-    return (hits + 1) / (n_perm + 1)
 
 
 def rank_agreement(rel: Mapping[str, pd.Series], n_perm: int = 2000, seed: int = 0) -> pd.DataFrame:

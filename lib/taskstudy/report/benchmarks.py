@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taskstudy.engine.machine import matmul_gflops
+from taskstudy.nn.machine import matmul_gflops
 from taskstudy.taskonomy.taxonomy import brute_force_taxonomy, solve_taxonomy
 from taskstudy.world import scenes, tasks
 
@@ -428,7 +428,7 @@ def study_targets(runs: pd.DataFrame, current_run: str | None = None, cores: int
     checks (name -> met), n_chapters, target_min. The time targets are those of a CPU with or without native bf16
     (`native_bf16`; None: this machine's, `machine.describe`)."""
     if native_bf16 is None:
-        from taskstudy.engine.machine import describe
+        from taskstudy.nn.machine import describe
 
         native_bf16 = bool(describe()["native_bf16"])
     scale = budget_scale(native_bf16)

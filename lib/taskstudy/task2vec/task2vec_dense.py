@@ -29,7 +29,7 @@ from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.store import Store
 from taskstudy.nn.models import PIXEL_KINDS
 from taskstudy.nn.train import predict
-from taskstudy.task2vec import task2vec
+from taskstudy.task2vec import fisher, task2vec
 from taskstudy.world import data
 from taskstudy.world import tasks as taskdict
 
@@ -58,7 +58,7 @@ def fit_dense_head(z: torch.Tensor, y: torch.Tensor, task: str, steps: int = 200
     """A DenseHead on fixed feature maps `z`, full-batch Adam on the task's loss (convex in the head's weights)."""
     t = taskdict.get_task(task)
     if t.kind not in PIXEL_KINDS:
-        raise ValueError(f"'{task}' is not a dense task (kind {t.kind}); use task2vec.fisher_embedding")
+        raise ValueError(f"'{task}' is not a dense task (kind {t.kind}); use fisher.fisher_embedding")
     torch.manual_seed(seed)
     head = DenseHead(z.shape[1], t.channels)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
@@ -77,7 +77,7 @@ def output_gradient(task: str, out: torch.Tensor, scale: float, gen: torch.Gener
     if t.loss_name == "ce":
         prob = F.softmax(out.detach().double(), dim=1)  # (B, C, H, W)
         flat = prob.movedim(1, -1).reshape(-1, prob.shape[1])
-        y = task2vec.sample_labels(flat, gen)
+        y = fisher.sample_labels(flat, gen)
         onehot = F.one_hot(y, prob.shape[1]).double().reshape(*prob.movedim(1, -1).shape).movedim(-1, 1)
         return (prob - onehot).float()
     if t.loss_name == "l1":
@@ -99,7 +99,7 @@ def likelihood_scale(task: str, pred: torch.Tensor, y: torch.Tensor) -> float:
     return 1.0
 
 
-def dense_fisher_embedding(probe: task2vec.Probe, x: torch.Tensor, y: torch.Tensor, task: str, *,
+def dense_fisher_embedding(probe: fisher.Probe, x: torch.Tensor, y: torch.Tensor, task: str, *,
                            head: DenseHead | None = None, mc_samples: int = 1, seed: int = 0,
                            batch_size: int = 64, head_steps: int = 200) -> np.ndarray:
     """The Task2Vec embedding of a dense task (x, y): one Fisher value per probe filter (float64).
@@ -109,7 +109,7 @@ def dense_fisher_embedding(probe: task2vec.Probe, x: torch.Tensor, y: torch.Tens
         head = fit_dense_head(predict(probe.encoder, x), y, task, head_steps, seed=seed)
     model = nn.Sequential(probe.encoder, head).eval()
     scale = likelihood_scale(task, predict(model, x), y)
-    return task2vec.monte_carlo_fisher(model, probe.encoder, x,
+    return fisher.monte_carlo_fisher(model, probe.encoder, x,
                                        lambda out, gen: output_gradient(task, out, scale, gen), nll=_linear_nll,
                                        mc_samples=mc_samples, seed=seed, batch_size=batch_size)
 

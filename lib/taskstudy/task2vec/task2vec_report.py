@@ -12,7 +12,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from taskstudy.reference import beside
-from taskstudy.task2vec import task2vec as t2v
+from taskstudy.task2vec import distances
 
 HOLDS = {True: "holds", False: "does not hold"}
 
@@ -20,9 +20,9 @@ HOLDS = {True: "holds", False: "does not hold"}
 def findings(names: Sequence[str], matrix: np.ndarray, table: pd.DataFrame, selection: pd.DataFrame,
              factor: float = 2.0, seed: int = 0) -> dict[str, Any]:
     """The paper's findings, computed here: numbers and booleans the chapter states in sentences."""
-    dist = t2v.distance_matrix(matrix, "sym")
-    att = t2v.attribute_test(names, dist, seed=seed)
-    cond = t2v.condition_test(names, dist)
+    dist = distances.distance_matrix(matrix, "sym")
+    att = selection.attribute_test(names, dist, seed=seed)
+    cond = selection.condition_test(names, dist)
     rho, p_rho = spearmanr(table["norm"], table["probe error"])
     obj = table[table.attribute != "scene"]
     rho_c, p_c = spearmanr(obj["norm"], obj["probe error"])
@@ -128,7 +128,7 @@ def distance_finding(f: dict[str, Any]) -> str:
 
 
 def domain_finding(d: dict[str, float]) -> str:
-    """Sec. 3's domain embedding against the task embedding (`task2vec.domain_test`): do the labels, not the
+    """Sec. 3's domain embedding against the task embedding (`selection.domain_test`): do the labels, not the
     images, separate the tasks?"""
     same = (f"Tasks on the same images are at mean distance {d['same_images_task']:.3f} under the task embedding and "
             f"{d['same_images_domain']:.3f} under the domain embedding")

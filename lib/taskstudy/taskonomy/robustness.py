@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from taskstudy.compare.agreement import permutation_p
 from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.parallel import run_units
 from taskstudy.engine.paths import find_root
@@ -44,6 +43,7 @@ from taskstudy.engine.store import Store
 from taskstudy.nn.train import predict
 from taskstudy.taskonomy import ahp, taxonomy, transfer, tree
 from taskstudy.taskonomy import task_networks as step1
+from taskstudy.uncertainty import permutation_p
 from taskstudy.world import data, objects
 from taskstudy.world.scenes import OBJECT_CLASSES
 
@@ -287,7 +287,7 @@ def outside_data(P: StudyParams) -> dict[str, torch.Tensor | int]:
     """The outside set as tensors: x_train, y_train, x_test, y_test (images in [0, 1] at common.image_size) and
     n_classes. Object world: `outside_label` is 'shape' (8 classes, the object-classification analogue) or
     'class' (its 48 classes). CIFAR-100: a seeded subset of each official split, fine labels
-    (layers.raw_images, the layer-transfer chapter's loader)."""
+    (image_sets.raw_images, the layer-transfer chapter's loader)."""
     cfg, size = P.section("robustness"), P.common.image_size
     if cfg.outside_dataset == "objects":
         store = Store.for_params(P)
@@ -297,7 +297,7 @@ def outside_data(P: StudyParams) -> dict[str, torch.Tensor | int]:
         n_classes = len(OBJECT_CLASSES) if col == "shape" else objects.num_classes()
         return {"x_train": torch.from_numpy(tr["rgb"]), "y_train": torch.from_numpy(tr[col]),
                 "x_test": torch.from_numpy(te["rgb"]), "y_test": torch.from_numpy(te[col]), "n_classes": n_classes}
-    from taskstudy.yosinski.layers import raw_images
+    from taskstudy.world.image_sets import raw_images
 
     key = {"dataset": "cifar100", "cifar_root": str(_cifar_root(cfg.cifar_root)), "n_images": cfg.outside_train,
            "n_val": 0, "n_test": cfg.outside_test, "seed": P.common.seed, "image_size": size}
@@ -314,9 +314,9 @@ def pooled_features(encoder: torch.nn.Module, x: torch.Tensor, grid: int) -> tor
 
 def probe_accuracy(encoder: torch.nn.Module, d: Mapping[str, Any], grid: int, weight_decay: float,
                    steps: int) -> float:
-    """Linear probe (multinomial logistic regression, task2vec.fit_head) on the pooled frozen features; test
+    """Linear probe (multinomial logistic regression, nn.heads.fit_head) on the pooled frozen features; test
     accuracy."""
-    from taskstudy.task2vec.task2vec import fit_head
+    from taskstudy.nn.heads import fit_head
 
     f_train = pooled_features(encoder, d["x_train"], grid)
     head = fit_head(f_train, d["y_train"], int(d["n_classes"]), weight_decay, steps)
@@ -326,7 +326,7 @@ def probe_accuracy(encoder: torch.nn.Module, d: Mapping[str, Any], grid: int, we
 
 
 def _probe_code() -> str:
-    """What a probe's accuracy is computed by (this module's probe and task2vec.fit_head)."""
+    """What a probe's accuracy is computed by (this module's probe and nn.heads.fit_head)."""
     return computation_hash(_probe_unit)
 
 

@@ -1,6 +1,6 @@
 """How learnable the object world is (issue 18): the table chapter 01 shows.
 
-For each (task, training images) row, the layer-transfer chapter's network (layers.LayerNet, with that chapter's
+For each (task, training images) row, the layer-transfer chapter's network (nn.layernet.LayerNet, with that chapter's
 width, schedule and early stopping) is trained from scratch on the study world's training images relabelled for
 the task (objects.task_families: the 48 classes, the super-category, the shape, the colour) and scored on its test
 images: top-1 against chance, and the CPU seconds it took. Rows run as units (parallel.run_units) and are kept in
@@ -20,9 +20,8 @@ import torch.nn.functional as F
 
 from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.store import Store, stable_hash
-from taskstudy.nn import train
+from taskstudy.nn import layernet, train
 from taskstudy.world import data, objects
-from taskstudy.yosinski import layers
 
 if TYPE_CHECKING:
     from taskstudy.engine.params import StudyParams
@@ -74,7 +73,7 @@ def run_row(row: Row) -> dict[str, float]:
     y["train"] = y["train"][: row.n_images]
     seed = int(stable_hash([row.seed, row.task, row.n_images], 8), 16)
     train.seed_everything(seed)
-    model = layers.LayerNet(layers.NetConfig(net["layers"], net["width"], net["hidden"], row.image_size, n_classes))
+    model = layernet.LayerNet(layernet.NetConfig(net["layers"], net["width"], net["hidden"], row.image_size, n_classes))
     cfg = train.TrainConfig(net["epochs"], net["batch_size"], net["lr"], seed=seed, precision=net["precision"],
                             channels_last=net["channels_last"])
     log = train.fit_validated(model, x["train"], y["train"], F.cross_entropy, cfg, (x["val"], y["val"]),
