@@ -150,3 +150,28 @@ def test_probe_pretrains_on_data_disjoint_from_the_family(tmp_path):
         used = objects.task_families()[[f[0] for f in objects.task_families()].index(task)][1]
         assert not pre_classes & {(objects.classes()[i].shape, objects.classes()[i].colour) for i in used}
     assert int(y.max()) < objects.num_classes("pretrain")
+
+
+def test_report_findings_read_the_family_and_the_selection():
+    """task2vec_report.findings on a synthetic family: embeddings that separate shape tasks from colour tasks, a
+    selection table with known ratios; its numbers are those of the tests and the table it is given."""
+    from taskstudy.task2vec import task2vec_report
+    from taskstudy.world import objects
+
+    names = [n for n, _, _ in objects.task_families()]
+    rng = np.random.default_rng(0)
+    matrix = np.stack([rng.random(16) + (4.0 * (np.arange(16) < 8) if t2v.attribute(n) == "shape" else 0.0)
+                       for n in names]) + 0.1
+    table = pd.DataFrame({"norm": rng.random(len(names)), "probe error": rng.random(len(names)),
+                          "attribute": [t2v.attribute(n) for n in names], "classes": 4})
+    ratios = np.linspace(1.0, 3.0, len(names))
+    sel = pd.DataFrame({"task": names, "ratio": ratios, "symmetric ratio": ratios + 0.5,
+                        "model2vec ratio": ratios, "random ratio": ratios + 1.0})
+    f = task2vec_report.findings(names, matrix, table, sel, factor=2.0, seed=0)
+    dist = distances.distance_matrix(matrix, "sym")
+    att = selection.attribute_test(names, dist, seed=0)
+    assert (f["d_same_attribute"], f["d_different_attribute"], f["attribute_p"]) == (att["same"], att["different"],
+                                                                                      att["p"])
+    assert f["d_same_attribute"] < f["d_different_attribute"]  # shape tasks sit together, apart from colour tasks
+    assert f["ratio_median"] == pytest.approx(2.0) and f["worst_task"] == names[-1]
+    assert f["n_best_chosen"] == 1 and f["beats_random"]

@@ -12,7 +12,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from taskstudy.reference import beside
-from taskstudy.task2vec import distances
+from taskstudy.task2vec.distances import distance_matrix
+from taskstudy.task2vec.selection import attribute_test, condition_test
 
 HOLDS = {True: "holds", False: "does not hold"}
 
@@ -20,9 +21,9 @@ HOLDS = {True: "holds", False: "does not hold"}
 def findings(names: Sequence[str], matrix: np.ndarray, table: pd.DataFrame, selection: pd.DataFrame,
              factor: float = 2.0, seed: int = 0) -> dict[str, Any]:
     """The paper's findings, computed here: numbers and booleans the chapter states in sentences."""
-    dist = distances.distance_matrix(matrix, "sym")
-    att = selection.attribute_test(names, dist, seed=seed)
-    cond = selection.condition_test(names, dist)
+    dist = distance_matrix(matrix, "sym")
+    att = attribute_test(names, dist, seed=seed)
+    cond = condition_test(names, dist)
     rho, p_rho = spearmanr(table["norm"], table["probe error"])
     obj = table[table.attribute != "scene"]
     rho_c, p_c = spearmanr(obj["norm"], obj["probe error"])
