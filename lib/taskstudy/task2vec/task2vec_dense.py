@@ -58,7 +58,7 @@ def fit_dense_head(z: torch.Tensor, y: torch.Tensor, task: str, steps: int = 200
     """A DenseHead on fixed feature maps `z`, full-batch Adam on the task's loss (convex in the head's weights)."""
     t = taskdict.get_task(task)
     if t.kind not in PIXEL_KINDS:
-        raise ValueError(f"'{task}' is not a dense task (kind {t.kind}); use fisher.fisher_embedding")
+        raise ValueError(f"'{task}' is not a dense task (kind {t.kind}); use task2vec.fisher_embedding")
     torch.manual_seed(seed)
     head = DenseHead(z.shape[1], t.channels)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
