@@ -22,7 +22,7 @@ UNIT_KINDS = {
     "scene split": ("taskstudy.world.data", "code_version"),
     "object split": ("taskstudy.world.objects", "render_objects"),
     "Step I network": ("taskstudy.taskonomy.task_networks", "train_network_unit"),
-    "frozen features": ("taskstudy.taskonomy.transfer", "_source_features"),
+    "frozen features": ("taskstudy.taskonomy.features", "_source_features"),
     "readout and scratch": ("taskstudy.taskonomy.transfer", "target_unit"),
     "layer transfer": ("taskstudy.yosinski.layers", "run_unit"),
     "learnability": ("taskstudy.world.learnability", "run_row"),

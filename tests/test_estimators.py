@@ -182,7 +182,7 @@ def test_estimate_reads_the_val_split_only(monkeypatch, repo_root):
         shape = t.label_shape(40, 8)
         return torch.randint(0, t.channels, shape) if "classification" in t.kind else torch.rand(shape)
 
-    monkeypatch.setattr(es.transfer, "load_features", features)
+    monkeypatch.setattr(es.features, "load_features", features)
     monkeypatch.setattr(es, "_val_labels", labels)
     E = es.estimate(P)
     assert set(seen) == {"val"}

@@ -12,7 +12,7 @@ from torch import nn
 
 from taskstudy.engine.params import load
 from taskstudy.nn.train import TrainConfig, fit_validated, mean_loss, predict
-from taskstudy.taskonomy import ahp, evaluate, taxonomy, tree
+from taskstudy.taskonomy import ahp, evaluate, features, taxonomy, tree
 from taskstudy.taskonomy import task_networks as tn
 from taskstudy.taskonomy import transfer as tr
 from taskstudy.world import data
@@ -35,13 +35,13 @@ def tiny(tmp_path, repo_root):
 def test_denoising_readouts_read_the_noisy_query(tiny):
     p = tiny()
     tn.task_networks(p)
-    tr.cache_features(p, ["autoencoding", tr.RANDOM], ("rgb", "noisy"))
+    features.cache_features(p, ["autoencoding", tr.RANDOM], ("rgb", "noisy"))
     test = data.scene_split(tr.Store.for_params(p), p.common, "test")
     noisy = data.network_input(p.common, test, "denoising")
     assert not torch.equal(noisy, data.rgb(test))
-    assert tr.query_kind("denoising") == "noisy" and tr.query_kind("normals") == "rgb"
-    enc = tr.frozen_encoder(p, "autoencoding")
-    z = tr.load_features(p, ("autoencoding",), "test", tr.query_kind("denoising"))
+    assert features.query_kind("denoising") == "noisy" and features.query_kind("normals") == "rgb"
+    enc = features.frozen_encoder(p, "autoencoding")
+    z = features.load_features(p, ("autoencoding",), "test", features.query_kind("denoising"))
     torch.testing.assert_close(z, predict(enc, noisy).half().float())
     assert not torch.allclose(z, predict(enc, data.rgb(test)).half().float())
 
@@ -50,19 +50,19 @@ def test_each_encoder_reads_the_query_in_the_form_it_was_trained_on(tiny):
     p = tiny()
     d = data.scene_split(tr.Store.for_params(p), p.common, "val")
     rgb = data.rgb(d)
-    grey = tr.encoder_view(p, "colorization", "val", "rgb")
+    grey = features.encoder_view(p, "colorization", "val", "rgb")
     torch.testing.assert_close(grey, taskdict.make_input("colorization", rgb))
     assert torch.equal(grey[:, 0], grey[:, 1])  # one grey channel, replicated
-    assert torch.equal(tr.encoder_view(p, "normals", "val", "rgb"), rgb)
-    assert torch.equal(tr.encoder_view(p, "inpainting", "val", "rgb"), rgb)  # the default: the plain query
+    assert torch.equal(features.encoder_view(p, "normals", "val", "rgb"), rgb)
+    assert torch.equal(features.encoder_view(p, "inpainting", "val", "rgb"), rgb)  # the default: the plain query
     q = tiny("transfers.corrupted_view=corrupted")
-    masked = tr.encoder_view(q, "inpainting", "val", "rgb")
+    masked = features.encoder_view(q, "inpainting", "val", "rgb")
     torch.testing.assert_close(masked, taskdict.make_input("inpainting", rgb))
-    noisy = tr.encoder_view(q, "denoising", "val", "rgb")
+    noisy = features.encoder_view(q, "denoising", "val", "rgb")
     torch.testing.assert_close(noisy, data.network_input(q.common, d, "denoising"))
     # a noisy query is not corrupted twice
-    torch.testing.assert_close(tr.encoder_view(q, "denoising", "val", "noisy"), noisy)
-    assert tr.features_key(p, "inpainting", "val") != tr.features_key(q, "inpainting", "val")
+    torch.testing.assert_close(features.encoder_view(q, "denoising", "val", "noisy"), noisy)
+    assert features.features_key(p, "inpainting", "val") != features.features_key(q, "inpainting", "val")
 
 
 # --- the target's own network as a candidate (fix 4) --------------------------------------------------------------

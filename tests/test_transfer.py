@@ -11,6 +11,7 @@ import torch
 
 from taskstudy.engine.params import load
 from taskstudy.engine.store import Store, file_sha256
+from taskstudy.taskonomy import features, transfer_checks
 from taskstudy.taskonomy import task_networks as tn
 from taskstudy.taskonomy import transfer as tr
 
@@ -53,7 +54,7 @@ def test_readouts_leave_frozen_encoders_bit_identical(params):
     store = Store.for_params(p)
     files = sorted((store.root / "task_network").glob("*.pt"))
     before = [file_sha256(f) for f in files]
-    enc = tr.frozen_encoder(p, "normals")
+    enc = features.frozen_encoder(p, "normals")
     state = {k: v.clone() for k, v in enc.state_dict().items()}
     tr.transfers(p)
     tr.predict(enc, torch.rand(4, 3, 16, 16))
@@ -96,8 +97,8 @@ def test_the_papers_neck_and_decoder_readout_outputs_the_targets_form():
 
 def test_capacity_comparison_trains_each_readout_on_the_sample_and_ranks_them_on_val(params):
     p = params(["autoencoding", "normals", "edge2d"])
-    table = tr.capacity_comparison(p, targets=("normals", "edge2d"), sources=("autoencoding",))
-    readouts = {"width 4", *tr.CAPACITY_VARIANTS}
+    table = transfer_checks.capacity_comparison(p, targets=("normals", "edge2d"), sources=("autoencoding",))
+    readouts = {"width 4", *transfer_checks.CAPACITY_VARIANTS}
     assert set(table.readout) == readouts and len(table) == 2 * len(readouts)
     # every variant trained a readout of its own: no two share a val loss on a (target, source) pair
     assert (table.groupby(["target", "source"])["val loss"].nunique() == len(readouts)).all()
@@ -106,10 +107,10 @@ def test_capacity_comparison_trains_each_readout_on_the_sample_and_ranks_them_on
     assert params_of["width 8"] < params_of["width 32"]
     assert params_of["neck + decoder"] != params_of["width 4"]
     assert table.loc[table["profile's"], "readout"].eq("width 4").all()
-    summary = tr.capacity_summary(table)
+    summary = transfer_checks.capacity_summary(table)
     assert set(summary.index) == readouts
     assert summary["pairs"].eq(2).all()
     # a variant that is the profile's own readout is not trained twice
     wide = load(p.file, [*p.overrides, "transfers.readout_width=32"])
-    assert set(tr.capacity_comparison(wide, targets=("normals",), sources=("autoencoding",)).readout) == \
+    assert set(transfer_checks.capacity_comparison(wide, targets=("normals",), sources=("autoencoding",)).readout) == \
         {"width 32", "width 8", "neck + decoder"}

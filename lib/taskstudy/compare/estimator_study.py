@@ -23,7 +23,7 @@ from scipy.stats import kendalltau
 from taskstudy import uncertainty
 from taskstudy.compare import estimators as est
 from taskstudy.engine.store import Store
-from taskstudy.taskonomy import ahp, evaluate, transfer
+from taskstudy.taskonomy import ahp, evaluate, features, transfer
 from taskstudy.taskonomy import robustness as rb
 from taskstudy.taskonomy.task_networks import study_tasks, unit_seed
 from taskstudy.world import data
@@ -63,8 +63,8 @@ def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequ
     sources = list(sources or study_tasks(P.common))
     targets = list(targets or [t for t in sources if not taskdict.get_task(t).source_only])
     names = list(names)
-    query = {t: transfer.query_kind(t) for t in targets}
-    feats = {(s, q): transfer.load_features(P, (s,), "val", q) for q in set(query.values())
+    query = {t: features.query_kind(t) for t in targets}
+    feats = {(s, q): features.load_features(P, (s,), "val", q) for q in set(query.values())
              for s in {*sources, *targets}}
     rows, cpu = [], defaultdict(float)
     for name, vector, score in (("RSA", est.rsa_vector, est.rsa), ("DDS", est.dds_vector, est.dds)):

@@ -112,7 +112,7 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
     readouts per minute and the largest difference of mean test score between the two ways."""
     from taskstudy.engine.store import Store
     from taskstudy.nn.train import TrainConfig, fit, predict
-    from taskstudy.taskonomy import transfer
+    from taskstudy.taskonomy import features, transfer
     from taskstudy.taskonomy.task_networks import unit_seed
     from taskstudy.world import data
 
@@ -120,7 +120,7 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
     cfg, store = params.section("transfers"), Store.for_params(params)
     tr, te = (data.scene_split(store, params.common, s) for s in ("transfer", "test"))
     x_tr, x_te = data.rgb(tr), data.rgb(te)
-    encoders = {s: transfer.frozen_encoder(params, s) for s in sources}
+    encoders = {s: features.frozen_encoder(params, s) for s in sources}
 
     def readout_scores(source: str, target: str, z_train, z_test, model_of) -> float:
         t = tasks.get_task(target)
@@ -250,9 +250,9 @@ def bench_scaleout(params, sources: list[str], targets: list[str], workers: tupl
     """Step II readouts (sources x targets, features cached) run in-process and on Dask LocalClusters of 1 and 2
     single-threaded workers: wall time, speed-up over in-process, and whether the scores agree."""
     from taskstudy.engine.parallel import close_clients, map_units
-    from taskstudy.taskonomy import transfer
+    from taskstudy.taskonomy import features
 
-    transfer.cache_features(params, sources)
+    features.cache_features(params, sources)
     small = _short_readouts(params.subset("task_networks", "transfers"))
     units = [(small, t, s) for s in sources for t in targets]
     rows, base = [], None

@@ -41,7 +41,7 @@ from taskstudy.engine.parallel import run_units
 from taskstudy.engine.paths import find_root
 from taskstudy.engine.store import Store
 from taskstudy.nn.train import predict
-from taskstudy.taskonomy import ahp, taxonomy, transfer, tree
+from taskstudy.taskonomy import ahp, features, taxonomy, transfer, tree
 from taskstudy.taskonomy import task_networks as step1
 from taskstudy.uncertainty import permutation_p
 from taskstudy.world import data, objects
@@ -332,7 +332,7 @@ def _probe_code() -> str:
 
 def _probe_key(P: StudyParams, source: str) -> dict[str, Any]:
     cfg = P.section("robustness")
-    return {"encoder": transfer.encoder_key(P, source), "outside": outside_key(P), "grid": cfg.probe_grid,
+    return {"encoder": features.encoder_key(P, source), "outside": outside_key(P), "grid": cfg.probe_grid,
             "weight_decay": cfg.probe_wd, "steps": cfg.probe_steps, "code": _probe_code()}
 
 
@@ -340,7 +340,7 @@ def _probe_unit(unit: tuple[Any, str]) -> float:
     """One encoder's outside probe accuracy (a unit of parallel.run_units: the outside set is read from the store)."""
     P, source = unit
     cfg = P.section("robustness")
-    return probe_accuracy(transfer.frozen_encoder(P, source), outside_data(P), cfg.probe_grid, cfg.probe_wd,
+    return probe_accuracy(features.frozen_encoder(P, source), outside_data(P), cfg.probe_grid, cfg.probe_wd,
                           cfg.probe_steps)
 
 

@@ -32,7 +32,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,13 +42,22 @@ from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.parallel import run_units
 from taskstudy.engine.store import Store
 from taskstudy.nn import grouped
-from taskstudy.nn.models import Encoder, make_readout
-from taskstudy.nn.train import TrainConfig, fit_validated, kernels, log_rows, predict, resolve_device
+from taskstudy.nn.models import make_readout
+from taskstudy.nn.train import TrainConfig, fit_validated, kernels, predict, resolve_device
+from taskstudy.taskonomy.features import (
+    RANDOM,
+    SPLITS,
+    VERSION,
+    cache_features,
+    encoder_key,
+    load_features,
+    query_kind,
+    view_name,
+)
 from taskstudy.taskonomy.task_networks import VERSION as NET_VERSION
 from taskstudy.taskonomy.task_networks import (
     StepResult,
     build_network,
-    network_key,
     scores_key,
     study_tasks,
     task_networks,
@@ -61,116 +69,13 @@ from taskstudy.world import tasks as taskdict
 if TYPE_CHECKING:
     from taskstudy.engine.params import StudyParams
 
-VERSION = "3"  # 2: val split (early stopping, selection), queries in the target's and the encoder's form;
-#   3: readouts of a unit side by side, the batch order the target's
-RANDOM = "random"  # a random-weight encoder, the paper's `random` source
 SCRATCH = "scratch"  # a task network trained from scratch on the transfer split (Gain's reference)
 FULL = "full"  # the Step I task network (Quality's reference; the paper's `self` candidate)
-SPLITS = ("transfer", "val", "test")  # readouts train on transfer, stop and are selected on val, judged on test
-CORRUPTING = ("inpainting", "denoising")  # sources whose training input corrupts the image (see encoder_view)
 
 
 def sources_key(sources: tuple[str, ...] | list[str]) -> str:
     """Canonical name of a source set: sorted names joined by '+'."""
     return "+".join(sorted(sources))
-
-
-def encoder_key(params: StudyParams, source: str) -> dict[str, Any]:
-    """What determines a source's frozen encoder: its task network's key, or the seed of the random one."""
-    if source == RANDOM:
-        cfg = params.section("task_networks")
-        return {"random": unit_seed(params.common.seed, "random_encoder"), "width": cfg.width, "depth": cfg.depth}
-    return network_key(params.common, params.section("task_networks"), source)
-
-
-def query_kind(target: str) -> str:
-    """The form of a transfer's query image: the target's own input ("noisy" for denoising, else "rgb")."""
-    return taskdict.get_task(target).input
-
-
-def view_name(params: StudyParams, source: str) -> str:
-    """How source `source`'s encoder reads a query (see encoder_view): "grey", "corrupted" or "plain"."""
-    if source == RANDOM:
-        return "plain"
-    t = taskdict.get_task(source)
-    if t.input == "grey":
-        return "grey"
-    if source in CORRUPTING and params.section("transfers").corrupted_view == "corrupted":
-        return "corrupted"
-    return "plain"
-
-
-def query_images(params: StudyParams, split: str, query: str) -> torch.Tensor:
-    """The query images I of a split in form `query` ("rgb": clean; "noisy": denoising's noisy input)."""
-    d = data.scene_split(Store.for_params(params), params.common, split)
-    if query == "rgb":
-        return data.rgb(d)
-    task = next(t for t in taskdict.TASKS.values() if t.input == query)
-    return data.network_input(params.common, d, task.name)
-
-
-def encoder_view(params: StudyParams, source: str, split: str, query: str) -> torch.Tensor:
-    """What E_s reads for queries of form `query`: the query in the form s was trained on. colorization: its
-    grey image; inpainting (corrupted view): the centre masked; denoising (corrupted view): the clean query with
-    the training noise added (a noisy query is left as it is); everything else: the query itself."""
-    x = query_images(params, split, query)
-    view = view_name(params, source)
-    if view == "grey":
-        return taskdict.make_input(source, x)
-    if view == "corrupted":
-        if source == "inpainting":
-            return taskdict.make_input(source, x)
-        if query == "rgb":
-            d = data.scene_split(Store.for_params(params), params.common, split)
-            return taskdict.make_input(source, x, index=d["index"], seed=data.split_seed(params.common))
-    return x
-
-
-def features_key(params: StudyParams, source: str, split: str, query: str = "rgb") -> dict[str, Any]:
-    return {"encoder": encoder_key(params, source), "split": data.split_key(params.common, split), "query": query,
-            "view": view_name(params, source), "code": computation_hash(_source_features)}
-
-
-def frozen_encoder(params: StudyParams, source: str) -> Encoder:
-    """The frozen encoder E_s of a source (its Step I network's, or the seeded random one), in eval mode."""
-    cfg = params.section("task_networks")
-    if source == RANDOM:
-        torch.manual_seed(unit_seed(params.common.seed, "random_encoder"))
-        return Encoder(cfg.width, cfg.depth).eval()
-    saved = Store.for_params(params).load("task_network", encoder_key(params, source), NET_VERSION)
-    if saved is None:
-        raise LookupError(f"no task network for source '{source}': run chapter 02_task_networks first")
-    net = build_network(source, cfg)
-    net.load_state_dict(saved["state"])
-    return net.encoder.eval()
-
-
-def _source_features(unit: tuple[Any, str, tuple[tuple[str, str], ...]]) -> dict[tuple[str, str], torch.Tensor]:
-    """E_s(I) of one source for each (split, query) asked (a unit of parallel.run_units), float16."""
-    params, source, todo = unit
-    encoder, device = frozen_encoder(params, source), resolve_device(params.common.device)
-    return {(split, query): predict(encoder, encoder_view(params, source, split, query), device=device).half()
-            for split, query in todo}
-
-
-def cache_features(params: StudyParams, sources: list[str], queries: tuple[str, ...] = ("rgb",)) -> int:
-    """E_s(I) of every source on the transfer, val and test splits, for every query form, computed once into the
-    store (float16), one unit per source on the cluster's workers. Returns how many were computed now."""
-    store = Store.for_params(params)
-    wanted = tuple((split, query) for query in queries for split in SPLITS)
-
-    def left(unit: tuple[Any, str, tuple[tuple[str, str], ...]]) -> tuple[Any, str, tuple[tuple[str, str], ...]] | None:
-        todo = tuple(w for w in unit[2] if not store.exists("features", features_key(params, unit[1], *w), VERSION))
-        return (unit[0], unit[1], todo) if todo else None
-
-    def save(unit: tuple[Any, str, tuple[tuple[str, str], ...]], z: dict[tuple[str, str], torch.Tensor]) -> None:
-        for (split, query), zs in z.items():
-            store.save("features", features_key(params, unit[1], split, query), {"z": zs}, VERSION, fmt="pt")
-
-    ran = run_units(_source_features, [(params, s, wanted) for s in sources], store=store, kind="features",
-                    key=lambda u: {"encoder": encoder_key(params, u[1]), "view": view_name(params, u[1])},
-                    version=VERSION, save=save, common=params.common, left=left, desc="Step II: frozen features")
-    return sum(len(u[2]) for u in ran)
 
 
 def readout_key(params: StudyParams, target: str, sources: tuple[str, ...]) -> dict[str, Any]:
@@ -216,27 +121,6 @@ class TargetUnit:
 #: Readouts per unit of Step II: small units keep both workers busy to the end of a phase (a unit of a whole
 #: target's 22 readouts took 25-60 s, and the last one left a worker idle that long).
 UNIT_READOUTS = 6
-
-
-@lru_cache(maxsize=96)
-def _features(root: str, key_items: str, split: str) -> torch.Tensor:
-    import json
-
-    z = Store(root).load("features", json.loads(key_items), VERSION)
-    if z is None:
-        raise LookupError(f"features missing from the store ({split}); call cache_features first")
-    return z["z"].float()
-
-
-def load_features(params: StudyParams, sources: tuple[str, ...], split: str, query: str = "rgb") -> torch.Tensor:
-    """Concatenated cached representations of `sources` on a split for queries of form `query`:
-    (N, k * 4w, H/4, W/4)."""
-    import json
-
-    root = str(Store.for_params(params).root)
-    parts = [_features(root, json.dumps(features_key(params, s, split, query), sort_keys=True), split)
-             for s in sorted(sources)]
-    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
 def _labels(params: StudyParams, target: str) -> dict[str, torch.Tensor]:
@@ -358,7 +242,8 @@ def beam_sets(first_order: pd.DataFrame, target: str, beam: int, max_order: int)
     return [c for k in range(2, max_order + 1) for c in itertools.combinations(top, k)]
 
 
-def _run_units(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], phase: str) -> list[str]:
+def run_readouts(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], scratch: set[str], phase: str
+                 ) -> list[str]:
     """Train the readouts in `plan` (target -> source sets) and the scratch networks of `scratch` that are not in
     the store yet: each scratch network one unit (first, as the longest), each target's readouts in units of at
     most UNIT_READOUTS, each unit claimed by a lock per (target, phase, part) against concurrent runs."""
@@ -439,148 +324,6 @@ def score_table(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], wit
     return score_tables(params, plan, with_baselines, (split,))[split]
 
 
-def training_logs(params: StudyParams, plan: dict[str, list[tuple[str, ...]]],
-                  with_scratch: bool = True) -> pd.DataFrame:
-    """Training and validation loss against steps of every readout in `plan` (and scratch network): tidy
-    (target, sources, kind, epoch, step, split, loss, best)."""
-    store = Store.for_params(params)
-    rows = []
-
-    def add(target: str, name: str, kind: str, log: dict[str, Any]) -> None:
-        rows.extend({"target": target, "sources": name, "kind": kind, **row} for row in log_rows(log))
-
-    for target, sets in plan.items():
-        for s in sets:
-            r = store.load("readout", readout_key(params, target, s), VERSION)
-            add(target, sources_key(s), "readout", r["log"])
-        if with_scratch:
-            r = store.load("scratch", scratch_key(params, target), VERSION)
-            if r is not None:
-                add(target, SCRATCH, "scratch", r["log"])
-    return pd.DataFrame(rows)
-
-
-def view_comparison(params: StudyParams, target: str = "normals") -> pd.DataFrame:
-    """Both views of the corrupting sources' encoders on one target (issue 17, queries): for inpainting and
-    denoising, the first-order readout on the plain query and on the query corrupted as in the encoder's training
-    (`transfers.corrupted_view`), each trained and stopped like every readout; per source, both mean val losses and
-    the test win rate of the corrupted view over the plain one (ties half) with its 95% bootstrap interval.
-    attrs["computed"]: readouts trained now."""
-    from taskstudy.taskonomy import evaluate
-
-    sources = [s for s in CORRUPTING if s in study_tasks(params.common)]
-    if not sources:
-        return pd.DataFrame()
-    other = "corrupted" if params.section("transfers").corrupted_view == "plain" else "plain"
-    runs = {params.section("transfers").corrupted_view: params,
-            other: params.with_overrides(f"transfers.corrupted_view={other}")}
-    plan = {target: [(s,) for s in sources]}
-    tables, computed = {}, 0
-    for view, Q in runs.items():
-        task_networks(Q, sources)
-        cache_features(Q, sources, (query_kind(target),))
-        computed += len(_run_units(Q, plan, set(), f"view {view}"))
-        tables[view] = {split: score_table(Q, plan, with_baselines=False, split=split) for split in ("val", "test")}
-    test = pd.concat([tables[v]["test"].assign(sources=tables[v]["test"].sources + "@" + v) for v in runs])
-    ci = evaluate.win_rate_intervals(test, [(target, f"{s}@corrupted", f"{s}@plain") for s in sources],
-                                     seed=params.common.seed).set_index("sources")
-    rows = []
-    for s in sources:
-        val = {v: float(-tables[v]["val"].loc[tables[v]["val"].sources == s, "score"].mean()) for v in runs}
-        r = ci.loc[f"{s}@corrupted"]
-        rows.append({"source": s, "target": target, "val loss, plain": val["plain"],
-                     "val loss, corrupted": val["corrupted"], "corrupted beats plain (test)": r["rate"],
-                     "lo": r["lo"], "hi": r["hi"]})
-    out = pd.DataFrame(rows).set_index("source")
-    out.attrs["computed"] = computed  # readouts trained now (the rest were in the store)
-    return out
-
-
-#: Readouts measured against the default in chapter 03's capacity check: name -> params overrides.
-CAPACITY_VARIANTS = {"width 8": ["transfers.readout_width=8"], "width 32": ["transfers.readout_width=32"],
-                     "neck + decoder": ["transfers.readout=decoder"]}
-
-
-def capacity_comparison(params: StudyParams, targets: Sequence[str] = ("normals", "depth_zbuffer", "edge2d"),
-                        sources: Sequence[str] = ("autoencoding",)) -> pd.DataFrame:
-    """Readout capacity chosen on val loss (issue 17): on a sample of first-order pairs (targets x sources of the
-    dictionary), the profile's readout beside CAPACITY_VARIANTS (narrower, wider, and the paper's neck + full task
-    decoder), each trained and early-stopped like every readout. One row per pair and readout: mean val loss, that
-    loss relative to the best readout of the pair, parameters, training epochs and seconds, and whether it is the
-    profile's readout (a variant equal to it is not trained twice). attrs["computed"]: readouts trained now."""
-
-    tasks = study_tasks(params.common)
-    plan = {t: [(s,) for s in sources if s in tasks] for t in targets if t in tasks}
-    plan = {t: v for t, v in plan.items() if v}
-    if not plan:
-        return pd.DataFrame()
-    cfg = params.section("transfers")
-    name = "neck + decoder" if cfg.readout == "decoder" else f"width {cfg.readout_width}"
-    t0, s0 = next((t, v[0]) for t, v in plan.items())
-    runs = {name: params}
-    for n, ov in CAPACITY_VARIANTS.items():
-        Q = params.with_overrides(*ov)
-        if readout_key(Q, t0, s0) != readout_key(params, t0, s0):  # a variant that is the profile's own: skipped
-            runs[n] = Q
-    store = Store.for_params(params)
-    used = sorted({s for v in plan.values() for (s,) in v})
-    task_networks(params, used)  # the variants change only the readout: one set of encoders and features
-    cache_features(params, used, tuple(sorted({query_kind(t) for t in plan})))
-    rows, computed = [], 0
-    for variant, Q in runs.items():
-        computed += len(_run_units(Q, plan, set(), f"readout {variant}"))
-        for t, sets in plan.items():
-            for src in sets:
-                saved = store.load("readout", readout_key(Q, t, src), VERSION)
-                log = saved["log"]
-                rows.append({"target": t, "source": sources_key(src), "readout": variant, "profile's": Q is params,
-                             "val loss": float(-np.mean(saved["val_scores"])), "epochs": len(log["val_loss"]),
-                             "train s": saved["wall_s"], "parameters": readout_parameters(Q, t, src)})
-    out = pd.DataFrame(rows)
-    out["vs best"] = out["val loss"] / out.groupby(["target", "source"])["val loss"].transform("min")
-    out.attrs["computed"] = computed  # readouts trained now (the rest were in the store)
-    return out
-
-
-def capacity_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """capacity_comparison per readout, best first: pairs, median and worst val loss relative to each pair's best,
-    parameters (median), epochs run (median), training seconds summed over the sample, and whether it is the
-    profile's readout."""
-    if table.empty:
-        return pd.DataFrame()
-    out = table.groupby("readout").agg(**{
-        "pairs": ("vs best", "size"), "median vs best": ("vs best", "median"), "worst vs best": ("vs best", "max"),
-        "parameters": ("parameters", "median"), "epochs": ("epochs", "median"), "train s": ("train s", "sum"),
-        "profile's": ("profile's", "first")})
-    return out.sort_values(["median vs best", "train s"])
-
-
-def readout_parameters(params: StudyParams, target: str, sources: tuple[str, ...]) -> int:
-    """Trainable parameters of the readout the profile builds for `sources` -> `target`."""
-    net_cfg = params.section("task_networks")
-    net = build_readout(params, target, len(sources) * Encoder(net_cfg.width, net_cfg.depth).out_channels)
-    return sum(p.numel() for p in net.parameters())
-
-
-def calibration_summary(logs: pd.DataFrame, ceilings: dict[str, int]) -> pd.DataFrame:
-    """Per kind of network (readout, scratch) in a training_logs table: how many, how many stopped early, the kept
-    epoch (median, 90th percentile, max) against the epoch ceiling, how many ran to the ceiling, and of those how
-    many kept their last epoch (still improving when the schedule ended; the others ran out their patience's
-    last epochs at the ceiling after their best epoch)."""
-    runs = logs.groupby(["kind", "target", "sources"]).agg(ran=("epoch", "max"))
-    kept = logs[logs.best & (logs.split == "val")].set_index(["kind", "target", "sources"])["epoch"]
-    runs["kept"] = kept
-    rows = []
-    for kind, g in runs.groupby(level="kind"):
-        cap = ceilings[kind]
-        rows.append({"kind": kind, "networks": len(g), "epoch ceiling": cap,
-                     "stopped early": int((g.ran < cap).sum()), "kept epoch (median)": float(g.kept.median()),
-                     "kept epoch (90%)": float(g.kept.quantile(0.9)), "kept epoch (max)": int(g.kept.max()),
-                     "reached the ceiling": int((g.ran >= cap).sum()),
-                     "best at the ceiling": int(((g.ran >= cap) & (g.kept >= g.ran)).sum())})
-    return pd.DataFrame(rows).set_index("kind")
-
-
 def transfers(params: StudyParams, targets: list[str] | None = None, baselines: bool = True) -> StepResult:
     """Step II: every first-order readout, then the beam search's higher orders (chosen on val), for every target.
     Returns the per-image score tables, results['scores'] on test (evaluation) and results['val_scores'] on val
@@ -597,10 +340,10 @@ def transfers(params: StudyParams, targets: list[str] | None = None, baselines: 
                    tuple(sorted({query_kind(t) for t in targets})))
 
     first = {t: first_order_sets(sources, random=baselines) for t in targets}
-    computed = _run_units(params, first, set(targets) if baselines else set(), "first-order")
+    computed = run_readouts(params, first, set(targets) if baselines else set(), "first-order")
     first_val = score_table(params, first, with_baselines=False, split="val")
     higher = {t: beam_sets(first_val, t, cfg.beam, cfg.max_order) for t in targets}
-    computed += _run_units(params, higher, set(), "higher-order")
+    computed += run_readouts(params, higher, set(), "higher-order")
     plan = {t: first[t] + higher[t] for t in targets}
     tables = score_tables(params, plan, with_baselines=baselines)
     key = {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
