@@ -274,3 +274,12 @@ def test_rank_agreement_leaves_the_baselines_out():
     ref = matrix({"t1": [0.4, 0.3, 0.2, 0.05, 0.05]}, cols)
     other = matrix({"t1": [0.4, 0.3, 0.2, 0.9, 0.8]}, cols)  # disagrees only on the baselines
     assert rb.per_target_rho(ref, other)["t1"] == pytest.approx(1.0)
+
+
+def test_outside_finding_counts_the_task_encoders_above_the_random_one():
+    ranking = pd.DataFrame({"source": ["a", "b", "c", "random"], "accuracy": [0.40, 0.20, 0.35, 0.30],
+                            "computed": [True, False, False, True]})
+    text = rb.outside_finding(ranking, "object world")
+    assert text.startswith("Outside set: object world. Probe accuracy from 0.20 (b) to 0.40 (a)")
+    assert "the random encoder 0.30, beaten by 2 of 3 task encoders" in text
+    assert text.endswith("2 probes fitted now, 2 read from the store.")

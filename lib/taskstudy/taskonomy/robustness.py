@@ -363,6 +363,19 @@ def outside_ranking(P: StudyParams, sources: Sequence[str]) -> pd.DataFrame:
     return out
 
 
+def outside_finding(ranking: pd.DataFrame, name: str) -> str:
+    """Sec. 5.1's outside probes in a sentence (`outside_ranking`'s table, the outside set's `name`): the task
+    encoders' accuracy range, the random encoder's accuracy and how many task encoders beat it, how many probes
+    were fitted in this run."""
+    acc = ranking.set_index("source")["accuracy"]
+    rnd, tasks_acc = float(acc[transfer.RANDOM]), acc.drop(transfer.RANDOM)
+    fitted = int(ranking["computed"].sum())
+    return (f"Outside set: {name}. Probe accuracy from {tasks_acc.min():.2f} ({tasks_acc.idxmin()}) to "
+            f"{tasks_acc.max():.2f} ({tasks_acc.idxmax()}); the random encoder {rnd:.2f}, beaten by "
+            f"{int((tasks_acc > rnd).sum())} of {len(tasks_acc)} task encoders. {fitted} probes fitted now, "
+            f"{len(ranking) - fitted} read from the store.")
+
+
 def ranking_agreement(accuracy: pd.Series, affinity_row: pd.Series, n_perm: int, seed: int) -> dict[str, float]:
     """Spearman's rho between the outside ranking (probe accuracy per source) and the taxonomy's ranking of the
     same sources for one target (its affinity row, named by the row's name), with a two-sided permutation p-value.
