@@ -24,6 +24,13 @@ def records(study: Path) -> dict[str, float]:
     return {p.stem: json.loads(p.read_text())["finished"] for p in (study / "book/_runs").glob("*.json")}
 
 
+def source_files(study: Path) -> dict[str, bytes]:
+    """Every file of a study but its outputs (results store, executed chapters and run records, built book)."""
+    outputs = ("results", "book/_build", "book/chapters", "book/_runs", ".venv", ".git", ".jupyter_cache")
+    return {str(p.relative_to(study)): p.read_bytes() for p in study.rglob("*")
+            if p.is_file() and not str(p.relative_to(study)).startswith(outputs) and "__pycache__" not in p.parts}
+
+
 def add_chapter(study: Path, name: str, depends: str | None = None, extra: str = "") -> None:
     """A user's new chapter: a copy of the overview notebook with its own parameter."""
     nb = nbformat.read(study / "notebooks/00_overview.ipynb", as_version=4)
@@ -94,7 +101,9 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     intro = (study / "book/_build/html/book/intro.html").read_text()
     assert int(new) < int(old) and f'<span class="pasted-text">{new}</span>' in intro
 
-    # 3. A new notebook is listed, run and in the book; --downstream follows its `# depends:` line.
+    # 3. A new notebook is listed, run and in the book; --downstream follows its `# depends:` line. Adding it
+    # touches no other file of the study (outputs aside: the store, the executed chapters, the built book).
+    sources = source_files(study)
     add_chapter(study, "90_extra", depends="00_overview")
     shutil.rmtree(study / "book/_build")
     assert "90_extra" in taskstudy("list", *SMOKE, cwd=study).stdout
@@ -102,6 +111,8 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     taskstudy("book", cwd=study)
     assert "90_extra" in html_pages(study)
     assert "hello from the new chapter" in (study / "book/_build/html/book/chapters/90_extra.html").read_text()
+    added = source_files(study)
+    assert {k for k in added.keys() | sources.keys() if added.get(k) != sources.get(k)} == {"notebooks/90_extra.ipynb"}
     before = records(study)
     taskstudy("run", "overview", *SMOKE, "--downstream", "--quiet", cwd=study)
     after = records(study)
