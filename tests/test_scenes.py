@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from taskstudy.world import scenes
+from taskstudy.world import raycast, scene_geometry, scene_sampling, scenes
 
 PIXEL_KEYS = [
     "rgb",
@@ -113,7 +113,7 @@ def test_vanishing_directions_orthonormal(batch: dict[str, np.ndarray]) -> None:
 
 
 def _one_object(cls: int, size: tuple[float, float, float], n: int = 2) -> scenes.SceneParams:
-    p = scenes._sample_scenes("train", np.arange(n), 0)
+    p = scene_sampling._sample_scenes("train", np.arange(n), 0)
     p.obj_class[:] = -1
     p.obj_class[:, 0] = cls
     p.obj_size[:, 0] = size
@@ -130,7 +130,7 @@ def _one_object(cls: int, size: tuple[float, float, float], n: int = 2) -> scene
 
 def test_curvature_planes_sphere_cylinder() -> None:
     r = 0.4
-    buf = scenes._render_params(_one_object(0, (r, r, r)), 48)
+    buf = raycast._render_params(_one_object(0, (r, r, r)), 48)
     on = buf["instance"] == scenes.N_ROOM
     assert on.sum() > 50
     k = buf["curvature"]
@@ -138,24 +138,24 @@ def test_curvature_planes_sphere_cylinder() -> None:
     np.testing.assert_allclose(k[:, 1][on], 1 / r, rtol=1e-3)
     room = buf["semantic"] < 3  # floor, wall, ceiling are planes
     assert (k[:, 0][room] == 0).all() and (k[:, 1][room] == 0).all()
-    cyl = scenes._render_params(_one_object(3, (0.3, 0.8, 0.3)), 48)
+    cyl = raycast._render_params(_one_object(3, (0.3, 0.8, 0.3)), 48)
     on = cyl["instance"] == scenes.N_ROOM
     k = cyl["curvature"]
     side = on & (k[:, 0] > 0)
     assert side.sum() > 30
     np.testing.assert_allclose(k[:, 0][side], 1 / 0.3, rtol=1e-3)
     np.testing.assert_allclose(k[:, 1][side], 0.0, atol=1e-3)
-    box = scenes._render_params(_one_object(5, (0.3, 0.6, 0.3)), 32)
+    box = raycast._render_params(_one_object(5, (0.3, 0.6, 0.3)), 32)
     assert (box["curvature"] == 0).all()
 
 
 def test_sphere_geometry_exact() -> None:
     r = 0.5
     p = _one_object(0, (r, r, r), n=1)
-    buf = scenes._render_params(p, 40)
+    buf = raycast._render_params(p, 40)
     on = buf["instance"][0] == scenes.N_ROOM
     # world hit points from the camera-frame points: distance to the sphere centre is r
-    rot = scenes._camera_matrix(p)[0]
+    rot = scene_geometry._camera_matrix(p)[0]
     pts = buf["point"][0][:, on].T.astype(np.float64) @ rot.T + p.cam_pos[0]
     centre = np.array([p.obj_pos[0, 0, 0], r, p.obj_pos[0, 0, 1]])
     np.testing.assert_allclose(np.linalg.norm(pts - centre, axis=1), r, rtol=1e-4)

@@ -32,7 +32,7 @@ from functools import cache
 
 import numpy as np
 
-from taskstudy.world import scenes
+from taskstudy.world import raycast, scene_sampling, scenes
 
 __all__ = [
     "SUPERCATEGORIES",
@@ -108,8 +108,8 @@ def _sample(world: str, split: str, indices: np.ndarray, seed: int) -> scenes.Sc
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     name = _split_name(world, split)
     code = scenes.split_code(name)
-    base = scenes._sample_scenes(name, idx, seed + 7_777_777)  # background rooms from an unrelated stream
-    u = scenes._rngs_uniforms(seed, code, idx, 1)
+    base = scene_sampling._sample_scenes(name, idx, seed + 7_777_777)  # background rooms from an unrelated stream
+    u = scene_sampling._rngs_uniforms(seed, code, idx, 1)
     n = len(idx)
     label = idx % len(cl)
     shape = np.array([scenes.OBJECT_CLASSES.index(cl[k].shape) for k in label], np.int64)
@@ -120,7 +120,7 @@ def _sample(world: str, split: str, indices: np.ndarray, seed: int) -> scenes.Sc
     obj = np.full((n, scenes.MAX_OBJECTS), -1, np.int64)
     obj[:, 0] = shape
     size = np.zeros((n, scenes.MAX_OBJECTS, 3))
-    size[:, 0] = scenes._object_sizes(shape, u[:, 0:4])
+    size[:, 0] = scene_sampling._object_sizes(shape, u[:, 0:4])
     size[:, 0] *= (0.35 / (0.2 + 0.3 * u[:, 0]))[:, None]  # normalise the base size to 0.35 m
     pos = np.zeros((n, scenes.MAX_OBJECTS, 2))
     room = base.room
@@ -128,7 +128,7 @@ def _sample(world: str, split: str, indices: np.ndarray, seed: int) -> scenes.Sc
     heading = 2 * math.pi * u[:, 4]
     s0 = size[:, 0]
     height = np.where(shape == 0, 2 * s0[:, 0], np.where(shape == 1, 2 * s0[:, 1], s0[:, 1]))
-    extent = np.maximum(height, 2 * scenes._footprint(shape, s0))
+    extent = np.maximum(height, 2 * scene_sampling._footprint(shape, s0))
     dist = (0.9 + 0.4 * u[:, 5]) * extent / math.tan(math.radians(scenes.FOV_DEG) / 2) + 0.3
     sh, ch = np.sin(heading), np.cos(heading)
     cam_h = 0.5 + 0.9 * u[:, 6]
@@ -162,7 +162,7 @@ def render_objects(split: str, indices: Sequence[int] | np.ndarray, seed: int, i
     scenes._check_size(image_size)
     with scenes._threads():
         p = _sample(world, split, np.asarray(indices), seed)
-        buf = scenes._render_params(p, image_size)
+        buf = raycast._render_params(p, image_size)
     out = {k: v.astype(np.int64) for k, v in p.extra.items()}
     return {"rgb": buf["rgb"], **out, "mask": (buf["instance"] == scenes.N_ROOM).astype(np.uint8),
             "index": p.index.astype(np.int64)}
