@@ -17,14 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from taskstudy.world.realdata import (
-    CIFAR100_MAN_MADE,
-    DEPTH_MAX_M,
-    RealDataError,
-    TaskonomyFolder,
-    cifar100,
-    cifar100_split,
-)
+from taskstudy.world.cifar import CIFAR100_MAN_MADE, cifar100, cifar100_split
+from taskstudy.world.realdata import DEPTH_MAX_M, RealDataError, TaskonomyFolder
 
 H = W = 8
 

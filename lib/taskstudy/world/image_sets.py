@@ -29,7 +29,7 @@ def raw_images(key: Mapping[str, Any], store_root: str) -> tuple[Any, ...]:
             d = data.object_split(store, split, n, key["seed"], key["image_size"])
             out += [d["rgb"], d["label"]]
         return (*out, objects.num_classes())
-    from taskstudy.world.realdata import cifar100
+    from taskstudy.world.cifar import cifar100
 
     out = []
     for train, sizes in ((True, (key["n_images"], key["n_val"])), (False, (key["n_test"],))):
@@ -53,7 +53,7 @@ def class_splits(key: Mapping[str, Any], store_root: str) -> dict[str, dict[str,
         from taskstudy.world import objects
 
         return objects.class_splits(key["seed"])
-    from taskstudy.world.realdata import cifar100, cifar100_split
+    from taskstudy.world.cifar import cifar100, cifar100_split
 
     ds = cifar100(key["cifar_root"], train=True)
     perm = np.random.default_rng([key["seed"], 4242]).permutation(100)
