@@ -113,7 +113,7 @@ def test_taxonomy_is_bip_policy(scores):
 
 
 def test_gain_quality_trends_judge_changes_on_paired_differences():
-    from taskstudy.taskonomy.evaluate import gain_quality_trends
+    from taskstudy.taskonomy.findings import gain_quality_trends
     from taskstudy.uncertainty import change_verdict
 
     rng = np.random.default_rng(0)
@@ -157,7 +157,7 @@ def test_paired_change_where_intervals_overlap():
 
 
 def test_transfer_claims_compare_the_paper_and_the_study_per_claim():
-    from taskstudy.taskonomy.evaluate import quality_finding, transfer_claims, verdict_counts
+    from taskstudy.taskonomy.findings import quality_finding, transfer_claims, verdict_counts
 
     cols = pd.MultiIndex.from_tuples([(m, w) for m in ("best gain", "best quality", "random gain")
                                       for w in ("paper", "study", "verdict")]
@@ -178,7 +178,7 @@ def test_transfer_claims_compare_the_paper_and_the_study_per_claim():
 
 
 def test_paper_gain_quality_by_order_states_each_number_against_the_interval(scores):
-    from taskstudy.taskonomy.evaluate import paper_gain_quality_by_order
+    from taskstudy.taskonomy.findings import paper_gain_quality_by_order
 
     affinity = affinity_matrix(scores, max_order=2)
     tr = transfers_from_affinity(affinity)
