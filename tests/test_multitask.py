@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from taskstudy.engine import params
-from taskstudy.standley import grouping, grouping_report, multitask
+from taskstudy.standley import grouping, grouping_report, multitask, training
 
 TASKS = ["segment_semantic", "depth_zbuffer", "edge2d"]
 
@@ -28,9 +28,9 @@ def _params(results: Path, *extra: str) -> params.StudyParams:
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[multitask.GroupingStudy, multitask.GroupingStudy]:
+def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[training.GroupingStudy, training.GroupingStudy]:
     P = _params(tmp_path_factory.mktemp("results"))
-    return multitask.train_all(P), multitask.train_all(P)
+    return training.train_all(P), training.train_all(P)
 
 
 def test_every_group_half_and_equal_budget_network_per_seed(studies) -> None:
@@ -85,10 +85,10 @@ def test_grouping_chosen_on_val_and_scored_on_test(studies) -> None:
         assert row.best_val == pytest.approx(grouping.total_loss(val, chosen, run.tasks))
 
 
-def _swapped(run: multitask.GroupingRun) -> multitask.GroupingRun:
+def _swapped(run: training.GroupingRun) -> training.GroupingRun:
     """The run with val and test losses exchanged."""
     results = [{**r, "losses": r["val_losses"], "val_losses": r["losses"]} for r in run.results]
-    return multitask.GroupingRun(**{**run.__dict__, "results": results})
+    return training.GroupingRun(**{**run.__dict__, "results": results})
 
 
 def test_choice_follows_val_not_test() -> None:
@@ -98,7 +98,7 @@ def test_choice_follows_val_not_test() -> None:
     val = [{"a": 2.0}, {"b": 2.0}, together, {"a": 3.0}, {"b": 3.0}]
     test = [{"a": 0.5}, {"b": 0.5}, together, {"a": 3.0}, {"b": 3.0}]
     results = [{"losses": t, "val_losses": v, "early_losses": v} for t, v in zip(test, val, strict=True)]
-    run = multitask.GroupingRun(tasks=["a", "b"], networks=nets, costs=costs, results=results, lookahead=None,
+    run = training.GroupingRun(tasks=["a", "b"], networks=nets, costs=costs, results=results, lookahead=None,
                                 computed=[], wall_s=0.0, config=None)
     row = grouping_report.budget_table(run, [2.0]).iloc[0]
     assert row["best"] == "a+b" and row["best_loss"] == 2.0  # chosen on val, judged on test (apart: 1.0)
@@ -156,8 +156,8 @@ def test_network_outputs_and_half_cost() -> None:
 
 def test_schedule_check_and_verdict(tmp_path: Path) -> None:
     P = _params(tmp_path, "task_grouping.check_epochs=4", "task_grouping.seeds=2")
-    study = multitask.train_all(P)
-    check = multitask.schedule_check(P)
+    study = training.train_all(P)
+    check = training.schedule_check(P)
     assert list(check.index) == [*TASKS, "+".join(TASKS)]
     assert (check.iloc[:, 3] <= 4).all() and (check.iloc[:, 2] <= 3).all()  # epochs run under each ceiling
     verdict = grouping_report.schedule_verdict(check, study.control)

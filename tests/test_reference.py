@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from taskstudy import reference
-from taskstudy.standley import grouping, grouping_report, multitask
+from taskstudy.standley import grouping, grouping_report, training
 from taskstudy.task2vec import task2vec_report
 from taskstudy.taskonomy import evaluate
 
@@ -70,7 +70,7 @@ def test_task2vec_paper_beside():
     assert (df["paper's number"] == "not in the sources").all()
 
 
-def _study(losses_of, seeds: int = 3) -> multitask.GroupingStudy:
+def _study(losses_of, seeds: int = 3) -> training.GroupingStudy:
     """Three seeds of the same synthetic losses (val = test, each seed's scaled a little); a 1/k single-task network
     has 10% more loss per k."""
     nets, costs = grouping.candidate_networks(PAPER_TASKS)
@@ -84,9 +84,9 @@ def _study(losses_of, seeds: int = 3) -> multitask.GroupingStudy:
         equal = {k: {t: {"losses": {t: r["losses"][t] * (1 + 0.1 * k)}} for t, r in single.items()}
                  for k in range(2, 6)}
         equal[1] = single
-        runs.append(multitask.GroupingRun(tasks=PAPER_TASKS, networks=nets, costs=costs, results=results,
+        runs.append(training.GroupingRun(tasks=PAPER_TASKS, networks=nets, costs=costs, results=results,
                                           lookahead=None, computed=[], wall_s=0.0, config=None, equal=equal, seed=s))
-    return multitask.GroupingStudy(runs={"control": runs}, computed=0, total=0, wall_s=0.0)
+    return training.GroupingStudy(runs={"control": runs}, computed=0, total=0, wall_s=0.0)
 
 
 def test_multitask_paper_beside_recovers_the_papers_grouping():

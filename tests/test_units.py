@@ -14,7 +14,7 @@ from conftest import copy_study
 from taskstudy.engine import parallel
 from taskstudy.engine.params import load
 from taskstudy.engine.store import Store
-from taskstudy.standley import multitask
+from taskstudy.standley import training
 from taskstudy.task2vec import task2vec
 from taskstudy.taskonomy import novel, robustness, task_networks, transfer
 from taskstudy.world import learnability
@@ -73,7 +73,7 @@ KINDS = [
     ("transfer_unit", lambda P: transfer.transfers(P, targets=["normals"])),
     ("layer_units", lambda P: layers.run_layer_transfer(P.values("layer_transfer"), P.common, Store.for_params(P))),
     ("learnability", lambda P: learnability.learnability_table(P, [96], tasks=learnability.TASKS[:1])),
-    ("mtl_network", lambda P: multitask.train_all(P)),
+    ("mtl_network", lambda P: training.train_all(P)),
     ("task2vec_embedding", lambda P: task2vec.embeddings(P)),
     ("task2vec_expert_errors", lambda P: task2vec.expert_errors(P)),
     ("outside_probe", lambda P: robustness.outside_ranking(P, ["autoencoding"])),

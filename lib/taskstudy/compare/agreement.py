@@ -120,14 +120,14 @@ def method_matrices(P: StudyParams, tasks: Sequence[str]) -> dict[str, pd.DataFr
     columns: the task serving it; higher: closer): Taskonomy's first-order AHP affinity on val (Step III),
     Task2Vec's negative symmetric distance of the dense embeddings (Sec. 3), Standley's pair gain and the lookahead
     affinity (seed means; the lookahead's matrix transposed to the same orientation)."""
-    from taskstudy.standley import grouping_report, multitask
+    from taskstudy.standley import grouping_report, training
     from taskstudy.task2vec import task2vec_dense
     from taskstudy.task2vec.distances import distance_matrix
     from taskstudy.taskonomy import ahp, transfer
 
     cfg = P.section("agreement")
     scores = transfer.transfers(P).results["val_scores"]  # Step II on val: affinities select
-    runs = multitask.train_all(P).control  # the task-grouping chapter's networks, every seed
+    runs = training.train_all(P).control  # the task-grouping chapter's networks, every seed
     emb = task2vec_dense.scene_embeddings(P, list(tasks), cfg.fisher_images, cfg.head_steps)
     dist = distance_matrix(np.stack([emb[t] for t in tasks]), "sym")
     return {

@@ -276,7 +276,7 @@ def on_grouping_tasks(P: StudyParams, truth: pd.DataFrame, estimates: Estimates)
     store entries), every estimator's and those two's mean per-target rho with the ground truth restricted to the
     same sources, a target's own source left out (Task2Vec's distance of a task to itself is 0 by definition, and
     chapter 11 leaves the diagonal out too)."""
-    from taskstudy.standley import grouping_report, multitask
+    from taskstudy.standley import grouping_report, training
     from taskstudy.task2vec import distances, task2vec_dense
 
     tasks = sorted(P.values("task_grouping")["tasks"])
@@ -285,7 +285,7 @@ def on_grouping_tasks(P: StudyParams, truth: pd.DataFrame, estimates: Estimates)
     dist = distances.distance_matrix(np.stack([emb[t] for t in tasks]), "sym")
     matrices = {n: estimates.matrix(n) for n in estimates.scores.estimator.unique()}
     matrices["Task2Vec (-distance)"] = -pd.DataFrame(dist, index=tasks, columns=tasks)
-    matrices["lookahead (TAG)"] = grouping_report.mean_lookahead(multitask.train_all(P).control).T
+    matrices["lookahead (TAG)"] = grouping_report.mean_lookahead(training.train_all(P).control).T
 
     def off_diagonal(m: pd.DataFrame) -> pd.DataFrame:
         sub = m.reindex(index=tasks, columns=tasks).astype(float)

@@ -17,7 +17,7 @@ import pandas as pd
 from taskstudy.nn import train
 from taskstudy.reference import beside, standley_best_grouping
 from taskstudy.standley import grouping
-from taskstudy.standley.multitask import GroupingRun, GroupingStudy
+from taskstudy.standley.training import GroupingRun, GroupingStudy
 from taskstudy.uncertainty import seed_interval, sign_verdict
 
 
@@ -382,7 +382,7 @@ def paper_beside(study: GroupingStudy, tables: pd.DataFrame | None = None) -> pd
 
 
 def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> dict[str, Any]:
-    """Read `multitask.schedule_check` on the paired differences: per network (the same seed, data and
+    """Read `training.schedule_check` on the paired differences: per network (the same seed, data and
     initialisation under both schedules) the longer schedule's gain in best val loss, relative to the study's (> 0:
     it found lower losses); its mean with the Student-t 95% interval over the networks (gain_lo, gain_hi, in %);
     `converged` when that interval holds 0 or lies below it (no gain beyond noise). `table`: the gain per network
