@@ -12,7 +12,7 @@ import torch
 from taskstudy.engine import params as P
 from taskstudy.engine.store import Store
 from taskstudy.taskonomy.task_networks import average_prediction, study_tasks
-from taskstudy.world import data, scenes, taskonomy_data, taskonomy_fixture
+from taskstudy.world import data, labels, scenes, taskonomy_data, taskonomy_fixture
 from taskstudy.world import tasks as taskdict
 from taskstudy.world.realdata import RealDataError
 
@@ -76,7 +76,7 @@ def test_labels_decode_to_the_rendered_ones(folder: Path, tmp_path: Path) -> Non
     assert (sem[holes] == taskdict.IGNORE_INDEX).any() and (sem[~holes] >= 0).all()
     assert not np.isnan(data.target(d, "edge2d").numpy()).any()
     np.testing.assert_array_equal(data.target(d, "autoencoding"), d["rgb"])
-    np.testing.assert_array_equal(data.target(d, "jigsaw"), taskdict.jigsaw_class(d["index"], common.seed))
+    np.testing.assert_array_equal(data.target(d, "jigsaw"), labels.jigsaw_class(d["index"], common.seed))
 
 
 def test_tasks_the_folder_lacks_are_named(folder: Path, capsys: pytest.CaptureFixture) -> None:

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from taskstudy.world import scenes, tasks
+from taskstudy.world import labels, scenes, tasks
 
 
 @pytest.fixture(scope="module")
 def labelled() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     buf = scenes.render("train", np.arange(12), 1, 24)
-    return buf, tasks.make_labels(buf)
+    return buf, labels.make_labels(buf)
 
 
 def test_groups() -> None:
@@ -47,7 +47,7 @@ def test_every_label_shape_and_finite(labelled) -> None:  # noqa: ANN001
             assert y.dtype == np.float32, name
         if t.kind == "distribution":
             np.testing.assert_allclose(y.sum(1), 1.0, rtol=1e-5)
-    assert (lab["jigsaw"] < tasks.JIGSAW_K).all() and (lab["jigsaw"] >= 0).all()
+    assert (lab["jigsaw"] < labels.JIGSAW_K).all() and (lab["jigsaw"] >= 0).all()
     for name in (
         "edge2d",
         "keypoints2d",
@@ -61,8 +61,8 @@ def test_every_label_shape_and_finite(labelled) -> None:  # noqa: ANN001
 
 
 def test_labels_batch_independent() -> None:
-    a = tasks.make_labels(scenes.render("val", np.arange(5), 2, 20))
-    b = tasks.make_labels(scenes.render("val", [3], 2, 20))
+    a = labels.make_labels(scenes.render("val", np.arange(5), 2, 20))
+    b = labels.make_labels(scenes.render("val", [3], 2, 20))
     for k in a:
         assert a[k][3:4].tobytes() == b[k].tobytes(), k
 
@@ -106,14 +106,14 @@ def test_inputs(labelled) -> None:  # noqa: ANN001
         tasks.make_input("jigsaw", rgb)
     jig = tasks.make_input("jigsaw", rgb, idx, seed=1)
     assert torch.equal(jig, tasks.make_input("jigsaw", rgb, idx, seed=1))
-    np.testing.assert_array_equal(lab["jigsaw"], tasks.jigsaw_class(idx, 1))
+    np.testing.assert_array_equal(lab["jigsaw"], labels.jigsaw_class(idx, 1))
 
 
 def test_jigsaw_tiles() -> None:
     x = torch.arange(9, dtype=torch.float32).reshape(1, 1, 3, 3).expand(1, 3, 3, 3).repeat_interleave(4, 2)
     x = x.repeat_interleave(4, 3)  # 12x12 image whose tile j has value j
-    for c in range(tasks.JIGSAW_K):
+    for c in range(labels.JIGSAW_K):
         y = tasks.shuffle_tiles(x, np.array([c]))
         got = y[0, 0, ::4, ::4].reshape(-1).long().numpy()
-        np.testing.assert_array_equal(got, tasks.PERMUTATIONS[c])
-    assert len({tuple(p) for p in tasks.PERMUTATIONS}) == tasks.JIGSAW_K
+        np.testing.assert_array_equal(got, labels.PERMUTATIONS[c])
+    assert len({tuple(p) for p in labels.PERMUTATIONS}) == labels.JIGSAW_K

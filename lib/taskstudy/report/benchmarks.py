@@ -14,7 +14,7 @@ import torch
 
 from taskstudy.nn.machine import matmul_gflops
 from taskstudy.taskonomy.taxonomy import brute_force_taxonomy, solve_taxonomy
-from taskstudy.world import scenes, tasks
+from taskstudy.world import labels, scenes, tasks
 
 TARGET_32PX = 1000.0
 
@@ -45,7 +45,7 @@ def bench_render(
             t0 = time.perf_counter()
             for s in range(0, m, batch):
                 buf = scenes.render("train", np.arange(s, min(m, s + batch)) + r * m, 0, size)
-                tasks.make_labels(buf)
+                labels.make_labels(buf)
             rates.append(m / (time.perf_counter() - t0))
         rows.append(
             {

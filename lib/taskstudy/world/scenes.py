@@ -100,10 +100,10 @@ def generate_split(
     split: str, n: int, seed: int, image_size: int, batch_size: int = 256, progress: bool = True
 ) -> dict[str, np.ndarray]:
     """All ``n`` samples of a split (indices 0..n-1): the RGB image, instance/semantic maps, per-scene arrays,
-    and every task's label under ``label_<task>`` (tasks.make_labels). Deterministic, independent of
+    and every task's label under ``label_<task>`` (labels.make_labels). Deterministic, independent of
     batch_size.
     """
-    from taskstudy.world import tasks as tasks_mod
+    from taskstudy.world import labels as labels_mod
 
     _check_size(image_size)
     chunks: list[dict[str, np.ndarray]] = []
@@ -115,7 +115,7 @@ def generate_split(
         it = bar(starts, desc=f"scenes {split}", unit="batch", leave=False)
     for s in it:
         buf = render(split, np.arange(s, min(n, s + batch_size)), seed, image_size)
-        labels = tasks_mod.make_labels(buf)
+        labels = labels_mod.make_labels(buf)
         out = {k: buf[k] for k in _KEEP}
         out.update({LABEL_PREFIX + k: v for k, v in labels.items()})
         chunks.append(out)

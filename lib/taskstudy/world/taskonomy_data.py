@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from taskstudy.world import realdata
+from taskstudy.world import labels, realdata
 from taskstudy.world import tasks as taskdict
 from taskstudy.world.realdata import RealDataError, TaskonomyFolder
 
@@ -203,7 +203,7 @@ def assemble(samples: list[dict[str, Any]], tasks: list[str], seed: int,
     for t in tasks:
         y = torch.stack([s[t] for s in samples])
         if t in BOUNDARY_TASKS:
-            y = taskdict.label_boundaries(y[:, None].float())
+            y = labels.label_boundaries(y[:, None].float())
         if t == "segment_semantic":
             n_cls = taskdict.get_task(t).channels
             if int(y.max()) >= n_cls:
@@ -214,6 +214,6 @@ def assemble(samples: list[dict[str, Any]], tasks: list[str], seed: int,
         elif t in GEOMETRIC and valid is not None:
             y = torch.where(valid.expand_as(y), y, torch.full_like(y, float("nan")))
         out["label_" + t] = y.numpy()
-    out["label_jigsaw"] = taskdict.jigsaw_class(index, seed)
+    out["label_jigsaw"] = labels.jigsaw_class(index, seed)
     out["rgb_targets"] = np.array(sorted(t for t in FROM_RGB if t != "jigsaw"), dtype="U32")
     return out

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from taskstudy.world import scenes
-from taskstudy.world import tasks as taskdict
+from taskstudy.world import labels, scenes
 from taskstudy.world.realdata import DEPTH_INVALID, DEPTH_UNITS_PER_M
 from taskstudy.world.taskonomy_data import FIXTURE_MARK
 
@@ -69,7 +68,7 @@ def write_fixture(root: str | Path, buildings: int = 6, per_building: int = 24, 
     root = Path(root)
     n = buildings * per_building
     d = scenes.generate_split("taskonomy_fixture", n, seed, image_size, progress=False)
-    clusters = taskdict.colour_clusters(torch.from_numpy(d["rgb"]))[:, 0].numpy().astype(np.uint8)
+    clusters = labels.colour_clusters(torch.from_numpy(d["rgb"]))[:, 0].numpy().astype(np.uint8)
     for b in range(buildings):
         name = f"building{b:02d}"
         for i in range(b * per_building, (b + 1) * per_building):
