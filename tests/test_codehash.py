@@ -249,3 +249,27 @@ def test_hashes_kept_between_processes_equal_a_fresh_walk(tmp_path, monkeypatch,
     _edit(root, "train", "def ", "def _unused_helper():\n    return 1\n\n\ndef ")
     _hashes(root, monkeypatch)
     assert len(list((tmp_path / "cache/codehash").glob("*.json"))) == 2
+
+
+def test_no_unit_or_chapter_reaches_a_name_that_is_not_there(monkeypatch, tmp_path):
+    """A reference to a definition the package does not have (a module's attribute left behind by a move) is hashed
+    as the bare name: the key changes silently and the code fails only when it runs. Every unit kind's reach and
+    every chapter's must resolve."""
+    missing: set[str] = set()
+    real = codehash._definition
+
+    def recording(module: str, name: str):  # noqa: ANN202
+        found = real(module, name)
+        if isinstance(found, str) and found.startswith("missing:"):
+            missing.add(f"{module}.{name}")
+        return found
+
+    monkeypatch.setattr(codehash, "_definition", recording)
+    monkeypatch.setenv("TASKSTUDY_CACHE", str(tmp_path))  # a fresh walk, not hashes kept from earlier
+    for memo in (codehash._DONE, codehash._MEMO, codehash._RAW):
+        memo.clear()
+    for sym in UNIT_KINDS.values():
+        codehash.symbol_hash(*sym)
+    for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
+        pipeline._code_digest(nb)
+    assert not missing, sorted(missing)
