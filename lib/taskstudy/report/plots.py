@@ -86,7 +86,7 @@ def calibration_curves(curves: pd.DataFrame, unit: str, col: str | None = None, 
 def chapter_costs(runs: pd.DataFrame, per_chapter: pd.DataFrame, title: str) -> plt.Figure:
     """Left: each chapter's last run as a bar from its start to its end (seconds since its `taskstudy run` began;
     chapters side by side overlap), shaded by the cores it kept busy (CPU-s / wall s). Right: its CPU-seconds, with
-    the targets of the chapters that have one (benchmarks.chapter_targets)."""
+    the targets of the chapters that have one (budgets.chapter_targets)."""
     runs = runs.reset_index(drop=True)
     origin = pd.to_numeric(runs["run"], errors="coerce").fillna(runs["start"]).astype(float)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.3 * len(runs) + 1.5), sharey=True,
