@@ -1,4 +1,4 @@
-"""Throughput of the scene renderer with every task label (scenes.render + tasks.make_labels).
+"""Throughput of the scene renderer with every task label (scenes.render + labels.make_labels).
 
 Run ``python benchmarks/bench_scenes.py``; other scripts call ``bench_render`` to collect the figures.
 Target (../design/scenes.md): at least 1,000 fully labelled 32x32 scenes per second on 2 CPU cores.
