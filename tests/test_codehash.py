@@ -32,10 +32,10 @@ UNIT_KINDS = {
     "task2vec probe": ("taskstudy.task2vec.task2vec", "train_probe"),
     "task2vec embedding": ("taskstudy.task2vec.task2vec", "embed_unit"),
     "task2vec expert": ("taskstudy.task2vec.task2vec", "expert_unit"),
-    "outside probe": ("taskstudy.taskonomy.robustness", "_probe_unit"),
+    "outside probe": ("taskstudy.taskonomy.outside", "_probe_unit"),
     "taskonomy split": ("taskstudy.world.taskonomy_data", "load_split"),
     "task2vec dense embedding": ("taskstudy.task2vec.task2vec_dense", "scene_embeddings"),
-    "outside data": ("taskstudy.taskonomy.robustness", "outside_data"),
+    "outside data": ("taskstudy.taskonomy.outside", "outside_data"),
     "novel readout unit": ("taskstudy.taskonomy.novel", "novel_readout_unit"),
     "render benchmark": ("taskstudy.report.benchmarks", "bench_render"),
 }

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
+from taskstudy import uncertainty
 from taskstudy.engine import params
 from taskstudy.engine.params import ParamsError
+from taskstudy.taskonomy import outside
 from taskstudy.taskonomy import robustness as rb
 
 
@@ -93,10 +95,10 @@ def test_stability_verdicts_against_the_seed_spread():
 def test_ranking_agreement_on_known_rankings():
     acc = pd.Series({"a": 0.9, "b": 0.7, "c": 0.5, "d": 0.3, "e": 0.1, "f": 0.05})
     same = pd.Series({"a": 0.5, "b": 0.2, "c": 0.1, "d": 0.08, "e": 0.06, "f": 0.06 - 1e-3, "random": 0.9})
-    out = rb.ranking_agreement(acc, same, n_perm=400, seed=0)
+    out = outside.ranking_agreement(acc, same, n_perm=400, seed=0)
     assert out["rho"] == pytest.approx(1.0) and out["n"] == 6
     assert out["p"] == pytest.approx(2 / 720, abs=0.02)  # exact two-sided p of a perfect 6-ranking: 2/720
-    rev = rb.ranking_agreement(acc, -same, n_perm=400, seed=0)
+    rev = outside.ranking_agreement(acc, -same, n_perm=400, seed=0)
     assert rev["rho"] == pytest.approx(-1.0)
 
 
@@ -155,10 +157,10 @@ def test_critical_rho_matches_the_t_test_threshold():
     from scipy import stats
 
     for n in (8, 21, 40):
-        r = rb.critical_rho(n)
+        r = uncertainty.critical_rho(n)
         t = r * np.sqrt((n - 2) / (1 - r * r))
         assert 2 * stats.t.sf(t, n - 2) == pytest.approx(0.05)
-    assert rb.critical_rho(10) > rb.critical_rho(40)  # more pairs, a smaller rho suffices
+    assert uncertainty.critical_rho(10) > uncertainty.critical_rho(40)  # more pairs, a smaller rho suffices
 
 
 def test_linear_probe_reads_what_the_representation_holds():
@@ -170,9 +172,9 @@ def test_linear_probe_reads_what_the_representation_holds():
     x[torch.arange(300), y] += 0.5  # the class is which channel is bright
     d = {"x_train": x[:200], "y_train": y[:200], "x_test": x[200:], "y_test": y[200:], "n_classes": 3}
     identity = torch.nn.Identity()
-    assert rb.probe_accuracy(identity, d, grid=2, weight_decay=1e-3, steps=50) > 0.95
+    assert outside.probe_accuracy(identity, d, grid=2, weight_decay=1e-3, steps=50) > 0.95
     shuffled = {**d, "y_train": d["y_train"][torch.randperm(200, generator=gen)]}
-    assert rb.probe_accuracy(identity, shuffled, grid=2, weight_decay=1e-3, steps=50) < 0.6  # chance is 1/3
+    assert outside.probe_accuracy(identity, shuffled, grid=2, weight_decay=1e-3, steps=50) < 0.6  # chance is 1/3
 
 
 def test_outside_set_from_a_cifar100_copy(tmp_path):
@@ -183,14 +185,14 @@ def test_outside_set_from_a_cifar100_copy(tmp_path):
     over = ["robustness.outside_dataset=cifar100", f"robustness.cifar_root={root}", "robustness.outside_train=50",
             "robustness.outside_test=30", f"common.results_dir={tmp_path / 'results'}"]
     P = params.load(ROOT / "params/smoke.yaml", over)
-    d = rb.outside_data(P)
+    d = outside.outside_data(P)
     size = P.common.image_size
     assert d["x_train"].shape == (50, 3, size, size) and d["x_test"].shape == (30, 3, size, size)
     assert d["n_classes"] == 100 and 0 <= int(d["y_train"].min()) and int(d["y_train"].max()) < 100
     assert 0.0 <= float(d["x_train"].min()) and float(d["x_train"].max()) <= 1.0
-    assert rb.outside_name(P).startswith("CIFAR-100")
+    assert outside.outside_name(P).startswith("CIFAR-100")
     with pytest.raises(ValueError, match="cifar_root"):
-        rb.outside_key(params.load(ROOT / "params/smoke.yaml", ["robustness.outside_dataset=cifar100"]))
+        outside.outside_key(params.load(ROOT / "params/smoke.yaml", ["robustness.outside_dataset=cifar100"]))
 
 
 def test_stability_targets_and_per_target_seed_rho():
@@ -239,7 +241,7 @@ def test_variations_side_by_side_on_a_cluster_equal_one_by_one(tmp_path):
 def test_outside_beside_states_each_verdict():
     import pandas as pd
 
-    from taskstudy.taskonomy.robustness import outside_beside
+    from taskstudy.taskonomy.outside import outside_beside
 
     agree = pd.DataFrame({"rho": [0.6, 0.2, -0.7], "p": [0.01, 0.3, 0.02], "n": [12, 12, 12]},
                          index=["class_object", "class_scene", "other"])
@@ -279,7 +281,7 @@ def test_rank_agreement_leaves_the_baselines_out():
 def test_outside_finding_counts_the_task_encoders_above_the_random_one():
     ranking = pd.DataFrame({"source": ["a", "b", "c", "random"], "accuracy": [0.40, 0.20, 0.35, 0.30],
                             "computed": [True, False, False, True]})
-    text = rb.outside_finding(ranking, "object world")
+    text = outside.outside_finding(ranking, "object world")
     assert text.startswith("Outside set: object world. Probe accuracy from 0.20 (b) to 0.40 (a)")
     assert "the random encoder 0.30, beaten by 2 of 3 task encoders" in text
     assert text.endswith("2 probes fitted now, 2 read from the store.")

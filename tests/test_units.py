@@ -16,7 +16,7 @@ from taskstudy.engine.params import load
 from taskstudy.engine.store import Store
 from taskstudy.standley import training
 from taskstudy.task2vec import task2vec
-from taskstudy.taskonomy import novel, robustness, task_networks, transfer
+from taskstudy.taskonomy import novel, outside, task_networks, transfer
 from taskstudy.world import learnability
 from taskstudy.yosinski import layers
 
@@ -76,7 +76,7 @@ KINDS = [
     ("mtl_network", lambda P: training.train_all(P)),
     ("task2vec_embedding", lambda P: task2vec.embeddings(P)),
     ("task2vec_expert_errors", lambda P: task2vec.expert_errors(P)),
-    ("outside_probe", lambda P: robustness.outside_ranking(P, ["autoencoding"])),
+    ("outside_probe", lambda P: outside.outside_ranking(P, ["autoencoding"])),
     ("novel_readout", lambda P: novel.imagenet_scores(P, ["normals"])),
 ]
 

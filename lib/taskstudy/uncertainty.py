@@ -138,3 +138,10 @@ def permutation_p(x: np.ndarray, y: np.ndarray, statistic: str, n_perm: int, see
         observed = np.sign(y[i] - y[j]) @ sx / norm
     hits = int((np.abs(sims) >= abs(observed) - 1e-12).sum())
     return (hits + 1) / (n_perm + 1)
+
+
+def critical_rho(n: int, alpha: float = 0.05) -> float:
+    """The smallest |Spearman's rho| over n pairs that is significant at `alpha` (two-sided), by the usual t
+    approximation t = rho sqrt((n - 2) / (1 - rho^2))."""
+    t = stats.t.ppf(1 - alpha / 2, n - 2)
+    return float(t / np.sqrt(n - 2 + t * t))

@@ -187,7 +187,7 @@ def rank_agreement(study: pd.DataFrame, paper: pd.DataFrame,
     rankings of 5 sources that agree on nothing else score 0.5 on average (1 - 6 * 10 / 120). `self_entry=True`
     keeps it (say so beside the number). The last row, "pooled", is Spearman rho over all (target, source) pairs
     together; n = pairs compared. The chance level of a rho over n pairs is 0 (its 95% bound:
-    robustness.critical_rho(n))."""
+    uncertainty.critical_rho(n))."""
     excl = set(exclude)
     rows, xs_all, ys_all = [], [], []
     for t in study.index:
