@@ -115,24 +115,30 @@ def agreement_summary(table: pd.DataFrame) -> dict[str, object]:
             "same_run_place": int((valid.spearman > same.spearman.iloc[0]).sum()) + 1 if len(same) else None}
 
 
+def task2vec_relation(P: StudyParams, tasks: Sequence[str]) -> pd.DataFrame:
+    """Task2Vec's relation between `tasks` (Sec. 3): minus the symmetric distance of their dense embeddings (the
+    agreement section's Fisher images and head steps), read from the store or computed."""
+    from taskstudy.task2vec import task2vec_dense
+    from taskstudy.task2vec.distances import distance_matrix
+
+    cfg, tasks = P.section("agreement"), list(tasks)
+    emb = task2vec_dense.scene_embeddings(P, tasks, cfg.fisher_images, cfg.head_steps)
+    return -pd.DataFrame(distance_matrix(np.stack([emb[t] for t in tasks]), "sym"), index=tasks, columns=tasks)
+
+
 def method_matrices(P: StudyParams, tasks: Sequence[str]) -> dict[str, pd.DataFrame]:
     """Each method's pairwise relation between the study's tasks, read from the store (rows: the task served;
     columns: the task serving it; higher: closer): Taskonomy's first-order AHP affinity on val (Step III),
-    Task2Vec's negative symmetric distance of the dense embeddings (Sec. 3), Standley's pair gain and the lookahead
-    affinity (seed means; the lookahead's matrix transposed to the same orientation)."""
+    Task2Vec's negative symmetric distance of the dense embeddings (`task2vec_relation`), Standley's pair gain and
+    the lookahead affinity (seed means; the lookahead's matrix transposed to the same orientation)."""
     from taskstudy.standley import grouping_report, training
-    from taskstudy.task2vec import task2vec_dense
-    from taskstudy.task2vec.distances import distance_matrix
     from taskstudy.taskonomy import ahp, transfer
 
-    cfg = P.section("agreement")
     scores = transfer.transfers(P).results["val_scores"]  # Step II on val: affinities select
     runs = training.train_all(P).control  # the task-grouping chapter's networks, every seed
-    emb = task2vec_dense.scene_embeddings(P, list(tasks), cfg.fisher_images, cfg.head_steps)
-    dist = distance_matrix(np.stack([emb[t] for t in tasks]), "sym")
     return {
         "Taskonomy": ahp.affinity_matrix(scores, max_order=1),  # P[target, source]
-        "Task2Vec": -pd.DataFrame(dist, index=list(tasks), columns=list(tasks)),  # minus the symmetric distance
+        "Task2Vec": task2vec_relation(P, tasks),
         "Standley": grouping_report.mean_pairwise(runs),  # loss drop of the row task paired with the column
         "lookahead": grouping_report.mean_lookahead(runs).T,  # Z[step on column -> loss of row]
     }

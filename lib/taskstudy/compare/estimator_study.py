@@ -276,15 +276,12 @@ def on_grouping_tasks(P: StudyParams, truth: pd.DataFrame, estimates: Estimates)
     store entries), every estimator's and those two's mean per-target rho with the ground truth restricted to the
     same sources, a target's own source left out (Task2Vec's distance of a task to itself is 0 by definition, and
     chapter 11 leaves the diagonal out too)."""
+    from taskstudy.compare.agreement import task2vec_relation
     from taskstudy.standley import grouping_report, training
-    from taskstudy.task2vec import distances, task2vec_dense
 
     tasks = sorted(P.values("task_grouping")["tasks"])
-    ag = P.section("agreement")
-    emb = task2vec_dense.scene_embeddings(P, tasks, ag.fisher_images, ag.head_steps)
-    dist = distances.distance_matrix(np.stack([emb[t] for t in tasks]), "sym")
     matrices = {n: estimates.matrix(n) for n in estimates.scores.estimator.unique()}
-    matrices["Task2Vec (-distance)"] = -pd.DataFrame(dist, index=tasks, columns=tasks)
+    matrices["Task2Vec (-distance)"] = task2vec_relation(P, tasks)
     matrices["lookahead (TAG)"] = grouping_report.mean_lookahead(training.train_all(P).control).T
 
     def off_diagonal(m: pd.DataFrame) -> pd.DataFrame:
