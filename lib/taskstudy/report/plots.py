@@ -30,9 +30,6 @@ def heatmap(matrix: pd.DataFrame, title: str, ax: plt.Axes | None = None, fmt: s
     return ax
 
 
-# ---- Taskonomy Steps III-IV and the task tree (Zamir et al. 2018, Fig. 7, 8, 11, 13) --------------------------
-
-
 def agreement_figure(corr: pd.DataFrame, pair_ranks: pd.DataFrame, title: str) -> plt.Figure:
     """Left: the methods' rank correlations; right: every task pair's rank under each method (1 = most related),
     one line per pair, so crossings show where the methods disagree."""
@@ -108,5 +105,3 @@ def chapter_costs(runs: pd.DataFrame, per_chapter: pd.DataFrame, title: str) -> 
         right.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
-
-

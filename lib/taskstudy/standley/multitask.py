@@ -330,8 +330,3 @@ def _train_unit(u: Unit) -> dict[str, Any]:
         out["lookahead"] = look.frame()
         out["lookahead_updates"] = look.count
     return out
-
-
-# --------------------------------------------------------------------------------------------------- the run
-
-

@@ -58,12 +58,6 @@ SECTION = "task2vec"
 SCENE_TASKS = ("class_scene", "class_object")  # scene classification tasks that may join the family
 
 
-# ---------------------------------------------------------------------------------------------- the probe
-
-
-# ------------------------------------------------------------------------------------------- distances
-
-
 # ------------------------------------------------------------------------------------------ the family
 
 
@@ -384,8 +378,3 @@ def expert_errors(P: StudyParams) -> pd.DataFrame:
     rows = {t: store.load("task2vec_expert_errors", errors_key(P.common, cfg, t, names), VERSION)["errors"]
             for t in names}
     return pd.DataFrame(np.stack([rows[t] for t in names]), index=names, columns=names)
-
-
-# ----------------------------------------------------------------------------------- selection, findings
-
-

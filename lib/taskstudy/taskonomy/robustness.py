@@ -238,7 +238,7 @@ def stability_table(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataF
     return pd.DataFrame(rows).set_index("variation")
 
 
-# --- Sec. 5.1: an outside dataset -----------------------------------------------------------------------------
+# --- the variations' verdicts ----------------------------------------------------------------------------------------
 
 
 def variation_verdicts(table: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:

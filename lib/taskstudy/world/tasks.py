@@ -226,12 +226,6 @@ def held_out_tasks() -> list[str]:
     return [t.name for t in _ALL if t.held_out]
 
 
-# ---- jigsaw permutations ----------------------------------------------------------------------------------
-
-
-# ---- deterministic filters (shifted sums: no convolution algorithm choice, bit-stable per sample) ---
-
-
 # ---- input transforms -------------------------------------------------------------------------------------
 def _noise(index: np.ndarray, seed: int | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     idx = np.asarray(index, np.int64).reshape(-1)
