@@ -137,9 +137,20 @@ def test_agreement_of_a_perfect_an_inverted_and_a_partial_estimator():
     assert table.loc["perfect", "top-1"] == 1.0 and table.loc["perfect", "pooled rho"] > 0.9
     assert table.loc["inverted", "mean rho"] == pytest.approx(-1.0) and table.loc["inverted", "top-1"] == 0.0
     assert table.loc["partial", "targets"] == 2 and table.loc["partial", "top-1"] == 1.0
-    lines = es.headline(table, {"mean rho": 0.9})
-    assert any("perfect" in x and "above chance" in x and "reaches" in x for x in lines)
+    # set against the ceiling on the ceiling's footing only (issue 38, item 2): each estimator's rho against the
+    # truth of the base's seed runs, not its rho over the whole dictionary
+    across = pd.DataFrame({"base": [0.95, -1.0, 0.5], "seed 1": [0.9, -0.9, 0.4], "smaller dictionary": [0, 0, 0]},
+                          index=["perfect", "inverted", "partial"])
+    base = es.on_base(across)
+    assert base.loc["perfect", "mean rho"] == pytest.approx(0.925) and base.loc["partial", "highest"] == 0.5
+    top = {"mean rho": 0.9, "lowest": 0.85, "highest": 0.95, "pooled rho": 0.95, "pairs": 1}
+    lines = es.headline(table, top, base)
+    assert any("perfect" in x and "above chance" in x and "within its reach" in x for x in lines)
+    assert any("partial" in x and "above chance" in x and ": below it" in x for x in lines)  # 1.0 over the dictionary
     assert any("inverted" in x and "below chance" in x for x in lines)
+    assert not any("seed agreement" in x for x in es.headline(table, top))  # no base: no ceiling verdict
+    summary = es.summary_table(table, pd.DataFrame(), pd.DataFrame({"fraction of Step II": []}), top, 1, base)
+    assert summary.loc[es.CEILING, "mean rho, base"] == 0.9 and np.isnan(summary.loc[es.CEILING, "mean rho"])
 
 
 def test_quality_verdicts_read_the_paired_difference():

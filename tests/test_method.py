@@ -63,6 +63,35 @@ def test_each_encoder_reads_the_query_in_the_form_it_was_trained_on(tiny):
     # a noisy query is not corrupted twice
     torch.testing.assert_close(features.encoder_view(q, "denoising", "val", "noisy"), noisy)
     assert features.features_key(p, "inpainting", "val") != features.features_key(q, "inpainting", "val")
+    # one view per encoder (issue 38, item 5): inpainting corrupted, denoising plain, keys apart accordingly
+    m = tiny("transfers.corrupted_view={inpainting: corrupted}")
+    torch.testing.assert_close(features.encoder_view(m, "inpainting", "val", "rgb"), masked)
+    assert torch.equal(features.encoder_view(m, "denoising", "val", "rgb"), rgb)
+    assert features.features_key(m, "inpainting", "val") == features.features_key(q, "inpainting", "val")
+    assert features.features_key(m, "denoising", "val") == features.features_key(p, "denoising", "val")
+
+
+def test_each_corrupting_encoders_view_is_chosen_on_val_not_test(tiny):
+    """issue 38, item 5: per encoder, the view with the lower val loss on more targets; test only judges it."""
+    from taskstudy.taskonomy import transfer_checks as tc
+
+    idx = pd.MultiIndex.from_product([["inpainting", "denoising"], ["normals", "edge2d", "segment_semantic"]],
+                                     names=["source", "target"])
+    # inpainting: the corrupted view is lower on val on 2 of 3 targets but loses on test everywhere;
+    # denoising: the plain view is lower on val on 2 of 3 although the corrupted one wins on test
+    change = [-0.02, -0.01, 0.05, 0.01, 0.02, -0.04]
+    test_rate = [0.30, 0.35, 0.30, 0.70, 0.70, 0.70]
+    views = pd.DataFrame({"val loss, plain": 1.0, "val loss, corrupted": [1 + c for c in change],
+                          "change (val)": change, "corrupted beats plain (test)": test_rate, "lo": 0.0, "hi": 1.0},
+                         index=idx)
+    choice = tc.view_choice(tiny(), views)
+    assert choice.loc["inpainting", "val chooses"] == "corrupted"
+    assert choice.loc["denoising", "val chooses"] == "plain"
+    assert choice.loc["inpainting", "chosen view wins (test)"] == pytest.approx(np.mean([0.30, 0.35, 0.30]))
+    assert not choice.loc["inpainting", "profile follows val"] and choice.loc["denoising", "profile follows val"]
+    text = tc.view_finding(choice)
+    assert "inpainting: the corrupted view has the lower val loss on 2 of 3" in text
+    assert "denoising: the plain view has the lower val loss on 2 of 3" in text
 
 
 # --- the target's own network as a candidate (fix 4) --------------------------------------------------------------
@@ -228,6 +257,50 @@ def test_early_stopping_keeps_the_best_val_epoch_and_stops_after_patience(tmp_pa
     log_b = fit_validated(b, x, y, loss, cfg, (xv, yv), patience=3, checkpoint=ckpt)
     assert log_b.val_loss == log.val_loss and log_b.best_epoch == log.best_epoch
     assert all(torch.equal(u, v) for u, v in zip(net.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_plateau_schedule_ends_annealed_wherever_it_stops(tmp_path):
+    """issue 38, item 4: the rate is divided by 10 at each of two val plateaus and the third stops the run, so a
+    run that stops early has still annealed (a cosine stopped early has not); resumable like the cosine."""
+    from taskstudy.nn import train
+
+    assert train.plateau_step(best_epoch=5, last_decay=0, epoch=6, decays=0, patience=4) == (0, 0, False)
+    assert train.plateau_step(best_epoch=5, last_decay=0, epoch=7, decays=0, patience=4) == (1, 7, False)
+    assert train.plateau_step(best_epoch=5, last_decay=7, epoch=8, decays=1, patience=4) == (1, 7, False)
+    assert train.plateau_step(best_epoch=5, last_decay=7, epoch=9, decays=1, patience=4) == (2, 9, False)
+    assert train.plateau_step(best_epoch=5, last_decay=9, epoch=11, decays=2, patience=4) == (2, 9, True)
+    x, y, xv, yv = _overfit_problem()
+    loss = nn.functional.mse_loss
+    cfg = TrainConfig(epochs=200, batch_size=8, lr=1e-2, seed=0, schedule="plateau")
+    rates = []
+    net = _net()
+    log = fit_validated(net, x, y, loss, cfg, (xv, yv), patience=4,
+                        before_step=lambda m, b, opt, step: rates.append(opt.param_groups[0]["lr"]))
+    assert log.stopped_early
+    assert rates[-1] == pytest.approx(1e-4) and rates[0] == pytest.approx(1e-2)
+    assert log.epochs_run >= log.best_epoch + 3 * 2  # three plateaus of ceil(4 / 2) epochs after the best
+    assert mean_loss(net, xv, yv, loss) == pytest.approx(log.best_val)
+    ckpt = tmp_path / "p.pt"
+    calls = {"n": 0}
+
+    def dying(pred, target):
+        calls["n"] += 1
+        if calls["n"] > 4 * (log.epochs_run - 2):  # killed after a decay, before the stop
+            raise KeyboardInterrupt
+        return loss(pred, target)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_validated(_net(), x, y, dying, cfg, (xv, yv), patience=4, checkpoint=ckpt)
+    log_b = fit_validated(_net(), x, y, loss, cfg, (xv, yv), patience=4, checkpoint=ckpt)
+    assert log_b.val_loss == log.val_loss and log_b.best_epoch == log.best_epoch
+    with pytest.raises(ValueError, match="val split"):
+        train.fit(_net(), x, y, loss, cfg)
+
+
+def test_readouts_on_the_plateau_schedule_are_their_own_units(tiny):
+    p, q = tiny(), tiny("transfers.schedule=plateau")
+    assert "schedule" not in tr.readout_key(p, "normals", ("autoencoding",))
+    assert tr.readout_key(q, "normals", ("autoencoding",))["schedule"] == "plateau"
 
 
 def test_early_stopping_reads_only_the_first_val_images_when_told():

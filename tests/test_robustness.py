@@ -285,3 +285,56 @@ def test_outside_finding_counts_the_task_encoders_above_the_random_one():
     assert text.startswith("Outside set: object world. Probe accuracy from 0.20 (b) to 0.40 (a)")
     assert "the random encoder 0.30, beaten by 2 of 3 task encoders" in text
     assert text.endswith("2 probes fitted now, 2 read from the store.")
+
+
+def test_budget_variations_are_judged_against_the_seed_band():
+    """issue 38, item 4: a budget variation that reorders more than two seeds do is called so, one that reorders
+    less is within the band; both sentences follow the table."""
+    cols = ["a", "b", "c", "d", "e"]
+    base = matrix({"t1": [0.4, 0.3, 0.2, 0.1, 0.0], "t2": [0.0, 0.1, 0.2, 0.3, 0.4]}, cols)
+    seed = matrix({"t1": [0.4, 0.2, 0.3, 0.1, 0.0], "t2": [0.0, 0.1, 0.3, 0.2, 0.4]}, cols)  # one swap each
+    same = matrix({"t1": [0.5, 0.3, 0.15, 0.05, 0.0], "t2": [0.0, 0.05, 0.15, 0.3, 0.5]}, cols)
+    moved = matrix({"t1": [0.0, 0.1, 0.2, 0.3, 0.4], "t2": [0.4, 0.3, 0.2, 0.1, 0.0]}, cols)
+    runs = {"base": run("base", base, {1: {"a"}}), "seed 1": run("seed 1", seed, {1: {"a"}}),
+            rb.BUDGET_VARIATIONS[0]: run(rb.BUDGET_VARIATIONS[0], same, {1: {"a"}}),
+            rb.BUDGET_VARIATIONS[1]: run(rb.BUDGET_VARIATIONS[1], moved, {1: {"e"}}),
+            "another": run("another", same, {1: {"a"}})}
+    spread = rb.seed_spread(runs, [1])
+    sens = rb.budget_sensitivity(rb.stability_table(runs, [1]), spread)
+    assert list(sens.index) == list(rb.BUDGET_VARIATIONS)  # the budget variations only
+    assert sens.loc[rb.BUDGET_VARIATIONS[0], "verdict"].startswith("within")
+    assert sens.loc[rb.BUDGET_VARIATIONS[1], "verdict"].startswith("below")
+    text = rb.budget_finding(sens)
+    assert f"{rb.BUDGET_VARIATIONS[0]}: pooled rho 1.00" in text and "no more under it than" in text
+    assert "moves beyond what a change of seed does" in text
+    assert rb.seed_runs(runs) == ["base", "seed 1"]
+
+
+def test_the_default_base_leaves_eight_sources_per_target(repo_root):
+    """issue 38, item 2: with the own entry left out, at least 8 sources per target, 3 training seeds, and the
+    budget variations in the default profile."""
+    P = params.load(repo_root / "params/default.yaml")
+    cfg = P.section("robustness")
+    assert len(cfg.tasks) - 1 >= 8 and len(cfg.seeds) + 1 >= 3
+    assert cfg.n_train is None and cfg.epochs is None  # trained exactly like the main study
+    assert set(rb.BUDGET_VARIATIONS) <= set(cfg.variations)
+
+
+def test_the_base_shares_the_main_studys_networks_and_chapter_02s_check(repo_root):
+    """The base's seed-0 Step I networks are the main study's, and its 2x-epochs variation's are chapter 02's
+    convergence check's (the same keys: trained once)."""
+    from math import ceil
+
+    from taskstudy.taskonomy.task_networks import network_key
+
+    P = params.load(repo_root / "params/default.yaml")
+    base = rb.variation_params(P, [])
+    longer = rb.variation_params(P, rb.variations(P)["Step I at 2x epochs"])
+    net = P.section("task_networks")
+    check = P.with_overrides(f"task_networks.epochs={net.check_epochs}",
+                             f"task_networks.patience={ceil(net.patience * net.check_epochs / net.epochs)}")
+    for task in net.check_tasks:
+        assert network_key(base.common, base.section("task_networks"), task) == \
+            network_key(P.common, net, task)
+        assert network_key(longer.common, longer.section("task_networks"), task) == \
+            network_key(check.common, check.section("task_networks"), task)

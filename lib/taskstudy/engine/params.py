@@ -96,10 +96,14 @@ class Transfers(Section):
     max_order: int = Field(3, ge=1, le=4)  # highest transfer order k (sources per readout)
     beam: int = Field(3, ge=1)  # top-b first-order sources per target (by val score) whose k-combinations are tried
     scratch_epochs: int = Field(32, ge=1)  # at most this many epochs of the from-scratch network (Gain's reference)
-    corrupted_view: Literal["plain", "corrupted"] = "plain"
-    # ^ what the encoders of inpainting and denoising read: the query as it is, or corrupted as in their training
+    corrupted_view: Literal["plain", "corrupted"] | dict[Literal["inpainting", "denoising"],
+                                                         Literal["plain", "corrupted"]] = "plain"
+    # ^ what the encoders of inpainting and denoising read: the query as it is, or corrupted as in their training;
+    #   one view for both, or one per encoder (an encoder left out reads the plain query). Chosen on val (chapter 03)
     readout: Literal["shuffle", "decoder"] = "shuffle"
     # ^ the readout: two convs + pixel shuffle, or the paper's two-conv neck + the task's full decoder (chapter 03)
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    # ^ the readouts' rate: a cosine over `epochs`, or divided by 10 on val plateaus (annealed wherever it stops)
 
 
 class Performance(Section):
@@ -210,13 +214,16 @@ class Agreement(Section):
 
 
 class Robustness(Section):
-    tasks: list[str] = ["autoencoding", "edge2d", "depth_zbuffer", "normals",
-                        "segment_semantic"]  # the base's dictionary (a subset, for time)
+    tasks: list[str] = ["autoencoding", "edge2d", "keypoints2d", "depth_zbuffer", "normals", "reshading",
+                        "curvature", "segment_semantic", "class_object"]  # the base's dictionary (a subset, for time)
     n_train: int | None = Field(None, ge=1)  # a smaller Step I split for the base; None = the main study's
     epochs: int | None = Field(None, ge=1)  # fewer Step I epochs for the base; None = the main study's
     seeds: list[int] = [1, 2]  # extra training seeds (common.seed, splits pinned): their spread is the yardstick
     variations: dict[str, list[str]] = {  # name -> dotted overrides on top of the base
-        "smaller dictionary": ["common.tasks=[autoencoding, edge2d, depth_zbuffer, normals]"]}
+        "smaller dictionary": ["common.tasks=[autoencoding, edge2d, keypoints2d, depth_zbuffer, normals, reshading, "
+                               "segment_semantic, class_object]"],
+        "Step I at 2x epochs": ["task_networks.epochs=32", "task_networks.patience=6"],
+        "readouts annealed on plateaus": ["transfers.schedule=plateau"]}
     budgets: list[int] = [1, 2, 3, 4]  # supervision budgets whose chosen source sets are compared (Jaccard)
     outside_dataset: Literal["objects", "cifar100"] = "objects"  # Sec. 5.1's outside set: object world or CIFAR-100
     outside_label: Literal["shape", "class"] = "shape"  # object world: 8 shapes or its 48 classes

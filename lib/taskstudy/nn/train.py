@@ -19,7 +19,10 @@ Calibration (`fit_validated`): the loss on a held-out `val` split (its first `va
 short runs, validation of a whole 500-image split cost a quarter of a readout's training) is measured after every
 epoch, the weights of the best epoch are kept, and training stops once `patience` epochs pass without improvement
 (early stopping, Prechelt 1998). The epoch budget `cfg.epochs` is then a ceiling that sets the cosine's length;
-the log of training and validation loss against steps is what the calibration figures plot.
+the log of training and validation loss against steps is what the calibration figures plot. A run that stops
+early has not reached the cosine's low-rate end; `schedule="plateau"` (ReduceLROnPlateau's rule, with early
+stopping) instead divides a constant rate by 10 at each of two val plateaus and stops at the third, so every run
+ends annealed wherever it stops (chapter 12 measures whether that moves the taxonomy).
 
 Multi-task networks train in the same loop: targets may be a dict of tensors (one per task, indexed alike) and the
 model may return a dict; `before_step` sees every batch before the optimiser steps on it (the lookahead affinity
@@ -68,6 +71,7 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16": forward passes under bfloat16 autocast (losses and weights stay fp32)
     channels_last: bool = False  # image batches and conv weights in NHWC layout (faster CPU convolutions)
     val_images: int | None = None  # early stopping reads the first val_images of the val split (None: all of it)
+    schedule: str = "cosine"  # "plateau": a constant rate divided at each val plateau (fit_validated only)
 
 
 #: oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which oneDNN still has bf16 dot-product instructions
@@ -140,6 +144,22 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def cosine_lr(lr: float, step: int, total: int) -> float:
     """The learning rate at `step` of `total`: lr * (1 + cos(pi * step / total)) / 2."""
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+#: The plateau schedule: the rate is divided by PLATEAU_FACTOR at each of the first PLATEAU_DECAYS plateaus; the
+#: next plateau stops the run. A plateau: ceil(patience / 2) epochs without a better val loss (since the best epoch
+#: or the last decay, whichever is later).
+PLATEAU_FACTOR, PLATEAU_DECAYS = 10.0, 2
+
+
+def plateau_step(best_epoch: int, last_decay: int, epoch: int, decays: int, patience: int) -> tuple[int, int, bool]:
+    """After 1-based `epoch` of a plateau-scheduled run: (decays, last_decay, stop). Unlike the cosine, which spans
+    the epoch ceiling, this schedule has annealed whenever the run stops (issue 38, item 4)."""
+    if epoch - max(best_epoch, last_decay) < math.ceil(patience / 2):
+        return decays, last_decay, False
+    if decays < PLATEAU_DECAYS:
+        return decays + 1, epoch, False
+    return decays, last_decay, True
 
 
 @dataclass
@@ -285,6 +305,12 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn
     log = TrainLog(steps_per_epoch=steps, max_epochs=cfg.epochs)
     best_state: dict | None = None
     start = 0
+    plateau = cfg.schedule == "plateau"
+    if cfg.schedule not in ("cosine", "plateau"):
+        raise ValueError(f"schedule must be 'cosine' or 'plateau', got {cfg.schedule!r}")
+    if plateau and (val is None or patience is None):
+        raise ValueError("the plateau schedule needs a val split and a patience (fit_validated)")
+    decays, last_decay, stop = 0, 0, False
     if checkpoint is not None and checkpoint.is_file():
         from taskstudy.engine.store import load_weights
 
@@ -295,15 +321,17 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn
             start = state["epoch"]
             log = TrainLog(**state["log"])
             best_state = state.get("best")
+            decays, last_decay, stop = state.get("plateau", (0, 0, False))
     for epoch in range(start, cfg.epochs):
-        if val is not None and log.best_epoch and epoch - log.best_epoch >= patience:
+        if stop or (not plateau and val is not None and log.best_epoch and epoch - log.best_epoch >= patience):
             break
         model.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         total, count = 0.0, 0
         for j, i in enumerate(progress(range(0, n, cfg.batch_size), desc=desc, leave=False, disable=desc is None)):
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(cfg.lr, epoch * steps + j, cfg.epochs * steps)
+                group["lr"] = (cfg.lr / PLATEAU_FACTOR ** decays if plateau
+                               else cosine_lr(cfg.lr, epoch * steps + j, cfg.epochs * steps))
             idx = order[i : i + cfg.batch_size]
             x, y = inputs[idx].to(device), _take(targets, idx, device)
             if nhwc:
@@ -325,12 +353,15 @@ def _fit(model: nn.Module, inputs: torch.Tensor, targets: Batch, loss_fn: LossFn
             if not log.best_epoch or v < log.best_val:
                 log.best_epoch = epoch + 1
                 best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            if plateau:
+                decays, last_decay, stop = plateau_step(log.best_epoch, last_decay, epoch + 1, decays, patience)
         if after_epoch is not None:
             after_epoch(model, epoch + 1)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "log": log.as_dict(),
                 "epoch": epoch + 1, "config": asdict(cfg), "patience": patience, "best": best_state,
+                "plateau": (decays, last_decay, stop),
             })
     if best_state is not None:
         model.load_state_dict(best_state)

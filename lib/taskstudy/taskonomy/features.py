@@ -57,8 +57,9 @@ def view_name(params: StudyParams, source: str) -> str:
     t = taskdict.get_task(source)
     if t.input == "grey":
         return "grey"
-    if source in CORRUPTING and params.section("transfers").corrupted_view == "corrupted":
-        return "corrupted"
+    if source in CORRUPTING:
+        view = params.section("transfers").corrupted_view
+        return view if isinstance(view, str) else view.get(source, "plain")
     return "plain"
 
 

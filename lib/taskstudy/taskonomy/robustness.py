@@ -189,9 +189,14 @@ def compare(ref: Run, run: Run, budgets: Iterable[int]) -> dict[str, Any]:
             **{f"jaccard@{k}": v for k, v in jac.items()}}
 
 
+def seed_runs(runs: Mapping[str, Run]) -> list[str]:
+    """The training-seed runs among `runs`: the base and each `seed s` run (the yardstick)."""
+    return [n for n in runs if n == BASE or n.startswith("seed ")]
+
+
 def seed_spread(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataFrame:
     """The yardstick: `compare` for every pair of training-seed runs (the base and each `seed s` run)."""
-    names = [n for n in runs if n == BASE or n.startswith("seed ")]
+    names = seed_runs(runs)
     rows = [{"pair": f"{a} vs {b}", **compare(runs[a], runs[b], budgets)} for a, b in itertools.combinations(names, 2)]
     return pd.DataFrame(rows)
 
@@ -203,7 +208,7 @@ STABILITY_TARGETS = {"pooled rho": 0.9, "median target rho": 0.85, "lowest targe
 def seed_rho_per_target(runs: Mapping[str, Run]) -> pd.DataFrame:
     """Spearman's rho of every target's first-order affinities between every two training-seed runs: targets x
     seed pairs, with the pooled rho as a last row."""
-    names = [n for n in runs if n == BASE or n.startswith("seed ")]
+    names = seed_runs(runs)
     cols = {}
     for a, b in itertools.combinations(names, 2):
         rho = per_target_rho(runs[a].affinity, runs[b].affinity)
@@ -253,3 +258,50 @@ def variation_verdicts(table: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFram
     v["above every seed pair"] = v["pooled rho"] > spread["pooled rho"].max()
     return v[["overrides", "pooled rho", "mean jaccard", "verdict", "lowest target", "lowest target rho",
               "above every seed pair"]]
+
+
+# --- what the training budgets do to the taxonomy (issue 38, item 4) ----------------------------------------------
+
+#: The variations that change a training budget: Step I's epoch ceiling doubled (patience scaled), and readouts on a
+#: rate that has annealed wherever they stop (`transfers.schedule=plateau`), against the base's cosine.
+BUDGET_VARIATIONS = ("Step I at 2x epochs", "readouts annealed on plateaus")
+
+
+def budget_sensitivity(table: pd.DataFrame, spread: pd.DataFrame,
+                       names: Sequence[str] = BUDGET_VARIATIONS) -> pd.DataFrame:
+    """The budget variations among `stability_table`'s rows against the seed band: their agreement with the base
+    (pooled, median and lowest per-target rho, own entries left out; mean Jaccard of the BIP's choices) beside the
+    lowest and highest value two training seeds reach, and the verdict of `variation_verdicts`."""
+    names = [n for n in names if n in table.index]
+    if not names or spread.empty:
+        return pd.DataFrame()
+    verdicts = variation_verdicts(table, spread)
+    rows = []
+    for n in names:
+        r = table.loc[n]
+        rows.append({"variation": n, "pooled rho": r["pooled rho"],
+                     "seeds' pooled rho": f"{spread['pooled rho'].min():.2f} to {spread['pooled rho'].max():.2f}",
+                     "median target rho": r["median target rho"],
+                     "seeds' median rho": (f"{spread['median target rho'].min():.2f} to "
+                                           f"{spread['median target rho'].max():.2f}"),
+                     "lowest target rho": r["lowest target rho"], "lowest target": r["lowest target"],
+                     "mean jaccard": r["mean jaccard"],
+                     "seeds' jaccard": f"{spread['mean jaccard'].min():.2f} to {spread['mean jaccard'].max():.2f}",
+                     "verdict": verdicts.loc[n, "verdict"], "trained": r["trained"]})
+    return pd.DataFrame(rows).set_index("variation")
+
+
+def budget_finding(sens: pd.DataFrame) -> str:
+    """Chapter 12's sentence on the budgets, per variation, from `budget_sensitivity`."""
+    if sens.empty:
+        return "No budget variation in this profile."
+    parts = []
+    for n, r in sens.iterrows():
+        within = r["verdict"].startswith("within")
+        seeds_rho, seeds_jac = r["seeds' pooled rho"], r["seeds' jaccard"]
+        parts.append(f"{n}: pooled rho {r['pooled rho']:.2f} with the base (two seeds: {seeds_rho}), mean Jaccard "
+                     f"{r['mean jaccard']:.2f} ({seeds_jac}), {r['verdict']}: "
+                     + ("the taxonomy moves no more under it than under a change of seed" if within else
+                        "the taxonomy moves beyond what a change of seed does"))
+    return "; ".join(parts) + "."
+

@@ -91,6 +91,7 @@ def readout_key(params: StudyParams, target: str, sources: tuple[str, ...]) -> d
         **kernels(params.common),
         **({"readout": cfg.readout, "decoder_width": params.section("task_networks").decoder_width}
            if cfg.readout != "shuffle" else {}),
+        **({"schedule": cfg.schedule} if cfg.schedule != "cosine" else {}),
     }
 
 
@@ -147,7 +148,7 @@ def fit_readouts(params: StudyParams, target: str, zs: dict[str, dict[str, torch
     y = _labels(params, target)
     device = resolve_device(params.common.device)
     tc = TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=unit_seed(params.common.seed, "readout order", target),
-                     **kernels(params.common))
+                     schedule=cfg.schedule, **kernels(params.common))
     models, groups = {}, defaultdict(list)
     for name, z in zs.items():
         torch.manual_seed(unit_seed(params.common.seed, "readout", target, name))
@@ -157,7 +158,7 @@ def fit_readouts(params: StudyParams, target: str, zs: dict[str, dict[str, torch
     for names in groups.values():
         rs = [models[n] for n in names]
         start = time.perf_counter()
-        if grouped.groupable(rs):
+        if grouped.groupable(rs) and tc.schedule == "cosine":  # a group shares one rate: the cosine's
             logs = grouped.fit_readouts(rs, [zs[n]["transfer"] for n in names], y["transfer"], t.per_image_loss,
                                         tc, ([zs[n]["val"] for n in names], y["val"]), cfg.patience, device)
         else:

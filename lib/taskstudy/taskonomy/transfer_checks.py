@@ -14,7 +14,7 @@ import pandas as pd
 from taskstudy.engine.store import Store
 from taskstudy.nn.models import Encoder
 from taskstudy.nn.train import log_rows
-from taskstudy.taskonomy.features import CORRUPTING, VERSION, cache_features, query_kind
+from taskstudy.taskonomy.features import CORRUPTING, VERSION, cache_features, query_kind, view_name
 from taskstudy.taskonomy.task_networks import study_tasks, task_networks
 from taskstudy.taskonomy.transfer import (
     SCRATCH,
@@ -51,40 +51,83 @@ def training_logs(params: StudyParams, plan: dict[str, list[tuple[str, ...]]],
     return pd.DataFrame(rows)
 
 
-def view_comparison(params: StudyParams, target: str = "normals") -> pd.DataFrame:
-    """Both views of the corrupting sources' encoders on one target (issue 17, queries): for inpainting and
+#: The targets on which chapter 03 chooses each corrupting encoder's view (a 3D, a 2D and a semantic one).
+VIEW_TARGETS = ("normals", "edge2d", "segment_semantic")
+
+
+def view_comparison(params: StudyParams, targets: Sequence[str] | str = VIEW_TARGETS) -> pd.DataFrame:
+    """Both views of the corrupting sources' encoders (issue 17, queries; issue 38, item 5): for inpainting and
     denoising, the first-order readout on the plain query and on the query corrupted as in the encoder's training
-    (`transfers.corrupted_view`), each trained and stopped like every readout; per source, both mean val losses and
-    the test win rate of the corrupted view over the plain one (ties half) with its 95% bootstrap interval.
+    (`transfers.corrupted_view`) for every target of `targets`, each trained and stopped like every readout. One
+    row per (source, target): both mean val losses (what chooses the view, `view_choice`) and the test win rate of
+    the corrupted view over the plain one (ties half) with its 95% bootstrap interval (what judges it).
     attrs["computed"]: readouts trained now."""
     from taskstudy.taskonomy import evaluate
 
-    sources = [s for s in CORRUPTING if s in study_tasks(params.common)]
-    if not sources:
+    tasks = study_tasks(params.common)
+    sources = [s for s in CORRUPTING if s in tasks]
+    targets = [t for t in ([targets] if isinstance(targets, str) else targets) if t in tasks]
+    if not sources or not targets:
         return pd.DataFrame()
-    other = "corrupted" if params.section("transfers").corrupted_view == "plain" else "plain"
-    runs = {params.section("transfers").corrupted_view: params,
-            other: params.with_overrides(f"transfers.corrupted_view={other}")}
-    plan = {target: [(s,) for s in sources]}
+    runs = {v: params.with_overrides(f"transfers.corrupted_view={v}") for v in ("plain", "corrupted")}
+    plan = {t: [(s,) for s in sources if s != t] for t in targets}
     tables, computed = {}, 0
     for view, Q in runs.items():
         task_networks(Q, sources)
-        cache_features(Q, sources, (query_kind(target),))
+        cache_features(Q, sources, tuple(sorted({query_kind(t) for t in targets})))
         computed += len(run_readouts(Q, plan, set(), f"view {view}"))
         tables[view] = {split: score_table(Q, plan, with_baselines=False, split=split) for split in ("val", "test")}
     test = pd.concat([tables[v]["test"].assign(sources=tables[v]["test"].sources + "@" + v) for v in runs])
-    ci = evaluate.win_rate_intervals(test, [(target, f"{s}@corrupted", f"{s}@plain") for s in sources],
-                                     seed=params.common.seed).set_index("sources")
+    pairs = [(t, f"{s}@corrupted", f"{s}@plain") for t, sets in plan.items() for (s,) in sets]
+    ci = evaluate.win_rate_intervals(test, pairs, seed=params.common.seed).set_index(["target", "sources"])
     rows = []
-    for s in sources:
-        val = {v: float(-tables[v]["val"].loc[tables[v]["val"].sources == s, "score"].mean()) for v in runs}
-        r = ci.loc[f"{s}@corrupted"]
-        rows.append({"source": s, "target": target, "val loss, plain": val["plain"],
-                     "val loss, corrupted": val["corrupted"], "corrupted beats plain (test)": r["rate"],
-                     "lo": r["lo"], "hi": r["hi"]})
-    out = pd.DataFrame(rows).set_index("source")
+    for t, sets in plan.items():
+        for (s,) in sets:
+            val = {v: float(-tab.loc[(tab.target == t) & (tab.sources == s), "score"].mean())
+                   for v, tab in ((v, tables[v]["val"]) for v in runs)}
+            r = ci.loc[(t, f"{s}@corrupted")]
+            rows.append({"source": s, "target": t, "val loss, plain": val["plain"],
+                         "val loss, corrupted": val["corrupted"],
+                         "change (val)": val["corrupted"] / val["plain"] - 1,
+                         "corrupted beats plain (test)": r["rate"], "lo": r["lo"], "hi": r["hi"]})
+    out = pd.DataFrame(rows).set_index(["source", "target"])
     out.attrs["computed"] = computed  # readouts trained now (the rest were in the store)
     return out
+
+
+def view_choice(params: StudyParams, views: pd.DataFrame) -> pd.DataFrame:
+    """Each corrupting encoder's view as val chooses it (`view_comparison`): the view with the lower mean val loss
+    on more of the targets (a tie: the mean relative change decides), beside the profile's view
+    (`transfers.corrupted_view`) and the test win rate of the chosen view over the other, averaged over the targets
+    (the judge, not the chooser)."""
+    rows = []
+    for s, g in views.groupby(level="source", sort=False):
+        wins = int((g["change (val)"] < 0).sum())
+        mean_change = float(g["change (val)"].mean())
+        chosen = ("corrupted" if wins * 2 > len(g) or (wins * 2 == len(g) and mean_change < 0) else "plain")
+        rate = float(g["corrupted beats plain (test)"].mean())
+        rows.append({"source": s, "targets": len(g), "corrupted lower on val": wins,
+                     "mean change (val)": mean_change, "val chooses": chosen, "profile's view": view_name(params, s),
+                     "chosen view wins (test)": rate if chosen == "corrupted" else 1 - rate})
+    out = pd.DataFrame(rows).set_index("source")
+    out["profile follows val"] = out["val chooses"] == out["profile's view"]
+    return out
+
+
+def view_finding(choice: pd.DataFrame) -> str:
+    """Chapter 03's sentence on the views, per encoder, from `view_choice`."""
+    if choice.empty:
+        return "The dictionary has no corrupting encoder."
+    parts = []
+    for s, r in choice.iterrows():
+        chosen, profile = r["val chooses"], r["profile's view"]
+        lower = r["corrupted lower on val"] if chosen == "corrupted" else r["targets"] - r["corrupted lower on val"]
+        follows = ("the profile reads it so" if r["profile follows val"]
+                   else f"but the profile reads the {profile} view (`transfers.corrupted_view`)")
+        parts.append(f"{s}: the {chosen} view has the lower val loss on {lower} of {r['targets']} targets (the "
+                     f"corrupted view's mean change {r['mean change (val)']:+.1%}), {follows}; on test the {chosen} "
+                     f"view wins on {r['chosen view wins (test)']:.2f} of the images")
+    return "Chosen on val, per encoder: " + "; ".join(parts) + "."
 
 
 #: Readouts measured against the default in chapter 03's capacity check: name -> params overrides.
