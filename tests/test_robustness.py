@@ -338,3 +338,32 @@ def test_the_base_shares_the_main_studys_networks_and_chapter_02s_check(repo_roo
             network_key(P.common, net, task)
         assert network_key(longer.common, longer.section("task_networks"), task) == \
             network_key(check.common, check.section("task_networks"), task)
+
+
+def test_source_separation_names_tied_sources_as_the_reason(monkeypatch, repo_root):
+    """A target whose sources lie within the seed noise of each other is named with that measured reason; a
+    target with well separated sources is not (issue 38, item 2)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    level = {"far": {"a": 1.0, "b": 0.5, "c": 0.0, "d": -0.5}, "tied": {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}}
+    tables, affinities = {}, {}
+    for seed in (0, 1, 2):
+        rows, aff = [], {}
+        for t, row in level.items():
+            means = {s: m + 0.05 * rng.standard_normal() for s, m in row.items()}
+            aff[t] = [means[s] for s in "abcd"]
+            rows += [{"target": t, "sources": s, "order": 1, "image": i, "score": v} for s, v in means.items()
+                     for i in range(4)]
+        tables[seed] = pd.DataFrame(rows)
+        affinities[seed] = matrix(aff, list("abcd"))
+    monkeypatch.setattr(rb.transfer, "transfers",
+                        lambda Q, baselines=True: SimpleNamespace(results={"val_scores": tables[Q.common.seed]}))
+    P = params.load(repo_root / "params/default.yaml")
+    runs = {"base": rb.Run("base", [], affinities[0], {}, 0, 0, 0.0),
+            **{f"seed {s}": rb.Run(f"seed {s}", [f"common.seed={s}"], affinities[s], {}, 0, 0, 0.0) for s in (1, 2)}}
+    sep = rb.source_separation(P, runs)
+    assert sep.loc["far", "separation"] > 10 > 2 > sep.loc["tied", "separation"]
+    assert sep.loc["far", "worst seed rho"] == pytest.approx(1.0)
+    text = rb.separation_finding(sep, floor=0.99)
+    assert "tied (worst rho" in text and "far (" not in text

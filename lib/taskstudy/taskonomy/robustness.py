@@ -243,6 +243,52 @@ def stability_table(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataF
     return pd.DataFrame(rows).set_index("variation")
 
 
+# --- why a target's ranking moves between seeds --------------------------------------------------------------------
+
+def source_separation(P: StudyParams, runs: Mapping[str, Run]) -> pd.DataFrame:
+    """Why a target's ranking moves between training seeds (issue 38, item 2: a target below the stability target
+    is named with a measured reason). Per target, over its first-order sources (its own entry left out): how far
+    apart the sources' mean val scores lie (the s.d. across sources of each source's mean over the seed runs:
+    *spread*) against how far one source's mean val score moves between seed runs (s.d. across the seed runs,
+    averaged over the sources: *seed noise*), and their ratio. At a ratio near 1 or below, the sources are tied
+    within the seed noise, and no ranking of them can be stable. Read from the store (the seed runs' readouts)."""
+    means = {}
+    for name in seed_runs(runs):
+        val = transfer.transfers(variation_params(P, runs[name].overrides), baselines=False).results["val_scores"]
+        val = val[(val["order"] == 1) & (val["sources"] != val["target"]) & (val["sources"] != transfer.RANDOM)]
+        means[name] = val.groupby(["target", "sources"])["score"].mean()
+    m = pd.DataFrame(means)
+    if m.shape[1] < 2:
+        return pd.DataFrame()
+    spread = m.mean(axis=1).groupby(level="target").std()
+    noise = m.std(axis=1).groupby(level="target").mean()
+    rho = seed_rho_per_target(runs).drop(index="pooled")
+    return pd.DataFrame({"spread": spread, "seed noise": noise, "separation": spread / noise,
+                         "mean seed rho": rho.mean(axis=1), "worst seed rho": rho.min(axis=1)})
+
+
+def separation_finding(sep: pd.DataFrame, floor: float = 0.5) -> str:
+    """Chapter 12's sentence on `source_separation`: each target below `floor` in some seed pair with its
+    separation, the lowest separation among the others, and the rank correlation of separation with the mean seed
+    rho over the targets (with the |rho| chance reaches at p = 0.05 for that many targets)."""
+    from taskstudy import uncertainty
+
+    if sep.empty:
+        return "One seed run only: no separation."
+    low = sep[sep["worst seed rho"] < floor].sort_values("separation")
+    ok = sep.drop(index=low.index)
+    rho = float(stats.spearmanr(sep["separation"], sep["mean seed rho"]).statistic) if len(sep) > 2 else float("nan")
+    text = (f"Across the {len(sep)} targets, a target's separation and its mean seed-to-seed rho correlate at "
+            f"Spearman {rho:+.2f} (chance reaches |rho| {uncertainty.critical_rho(len(sep)):.2f} at p = 0.05). ")
+    if low.empty:
+        return text + f"No target falls below {floor} in any seed pair."
+    named = ", ".join(f"{t} (worst rho {r['worst seed rho']:+.2f}; its sources lie {r['separation']:.2f} seed-noise "
+                      "units apart)" for t, r in low.iterrows())
+    rest = (f"; every target at or above {floor} has a separation of at least {ok['separation'].min():.2f}"
+            if len(ok) else "")
+    return text + f"Below {floor} in some seed pair: {named}{rest}."
+
+
 # --- the variations' verdicts ----------------------------------------------------------------------------------------
 
 
