@@ -42,7 +42,7 @@ def task() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def embed(probe: fisher.Probe, x: torch.Tensor, y: torch.Tensor, seed: int = 0, mc: int = 4) -> np.ndarray:
-    return fisher.fisher_embedding(probe, x, y, K, mc_samples=mc, seed=seed)
+    return fisher.fisher_embedding(probe, x, y, K, mc_samples=mc, seed=seed, head_steps=100)
 
 
 def test_one_entry_per_filter(probe, task):
@@ -175,3 +175,15 @@ def test_report_findings_read_the_family_and_the_selection():
     assert f["d_same_attribute"] < f["d_different_attribute"]  # shape tasks sit together, apart from colour tasks
     assert f["ratio_median"] == pytest.approx(2.0) and f["worst_task"] == names[-1]
     assert f["n_best_chosen"] == 1 and f["beats_random"]
+
+
+def test_no_shadow_defaults_for_the_profiles_values(probe, task):
+    """issue 39, step 4: alpha and the head's steps come from the profile, not from a library default that could
+    drift from it (the functions fail without them)."""
+    m = np.abs(np.random.default_rng(0).standard_normal((3, 5)))
+    with pytest.raises(ValueError, match="alpha"):
+        distances.distance_matrix(m, "asym")
+    with pytest.raises(TypeError):
+        selection.expert_selection(["a", "b", "c"], m, pd.DataFrame())  # alpha required
+    with pytest.raises(ValueError, match="head_steps"):
+        fisher.fisher_embedding(probe, *task, K)

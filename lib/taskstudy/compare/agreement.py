@@ -45,7 +45,7 @@ def relations(matrix: pd.DataFrame, tasks: Sequence[str], ordered: bool = False)
     return pd.Series(vals, index=pd.MultiIndex.from_tuples(pairs, names=names), dtype=float)
 
 
-def rank_agreement(rel: Mapping[str, pd.Series], n_perm: int = 2000, seed: int = 0) -> pd.DataFrame:
+def rank_agreement(rel: Mapping[str, pd.Series], n_perm: int, seed: int = 0) -> pd.DataFrame:
     """For every two methods: Spearman's rho and Kendall's tau over the pairs both rate, with permutation
     p-values (`n_perm` shuffles, seeded) and the number of pairs."""
     rows = []

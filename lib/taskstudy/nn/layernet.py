@@ -18,11 +18,13 @@ from taskstudy.nn.train import TrainConfig, fit_validated, predict
 
 @dataclass(frozen=True)
 class NetConfig:
-    layers: int = 6  # L: L-3 conv blocks, 2 hidden fully connected layers, the classifier
-    width: int = 8  # channels of the first conv block; later blocks 2x, then 4x
-    hidden: int = 64  # units of each hidden fully connected layer
-    image_size: int = 32  # input images are image_size x image_size
-    n_classes: int = 24  # outputs of the classifier (the classes of one half)
+    """One LayerNet's shape (the `layer_transfer` section's values: no defaults here)."""
+
+    layers: int  # L: L-3 conv blocks, 2 hidden fully connected layers, the classifier
+    width: int  # channels of the first conv block; later blocks 2x, then 4x
+    hidden: int  # units of each hidden fully connected layer
+    image_size: int  # input images are image_size x image_size
+    n_classes: int  # outputs of the classifier (the classes of one half)
 
 
 class LayerNet(nn.Module):

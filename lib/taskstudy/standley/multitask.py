@@ -57,21 +57,22 @@ NETWORK_SETS = ("all", "pairs")  # every candidate network, or the single-task a
 
 @dataclass(frozen=True)
 class GroupingConfig:
-    """One setting of the chapter's section `task_grouping`, as plain values (picklable for Dask workers)."""
+    """One setting of the chapter's section `task_grouping`, as plain values (picklable for Dask workers). No
+    defaults here: the profile holds them (`from_params`)."""
 
     tasks: tuple[str, ...]  # the N tasks; every non-empty subset gets a network
-    width: int = 8  # full-size encoder width w (stages of w, 2w, 4w channels)
-    depth: int = 1  # BasicBlocks per encoder stage
-    decoder_width: int = 16  # channels of each task decoder
-    epochs: int = 12  # at most (the cosine's length); early stopping on val decides
-    patience: int = 3  # epochs without a better val loss before a network stops
-    early_epoch: int = 2  # epoch after which the early-stopping approximation records its val losses
-    batch_size: int = 64  # images per step
-    lr: float = 1e-2  # Adam learning rate (the lookahead takes Adam's step too)
-    train_images: int = 500  # first images of the train split used (0 = all)
-    lookahead_every: int = 5  # steps between lookahead measurements in the all-tasks network
-    seeds: int = 3  # every network is trained with this many seeds
-    equal_budget: bool = True  # Table 1: single-task networks of 1/k size, k = 3..N (1/2 is the half size)
+    width: int  # full-size encoder width w (stages of w, 2w, 4w channels)
+    depth: int  # BasicBlocks per encoder stage
+    decoder_width: int  # channels of each task decoder
+    epochs: int  # at most (the cosine's length); early stopping on val decides
+    patience: int  # epochs without a better val loss before a network stops
+    early_epoch: int  # epoch after which the early-stopping approximation records its val losses
+    batch_size: int  # images per step
+    lr: float  # Adam learning rate (the lookahead takes Adam's step too)
+    train_images: int  # first images of the train split used (0 = all)
+    lookahead_every: int  # steps between lookahead measurements in the all-tasks network
+    seeds: int  # every network is trained with this many seeds
+    equal_budget: bool  # Table 1: single-task networks of 1/k size, k = 3..N (1/2 is the half size)
     networks: str = "all"  # "all" candidates, or "pairs": the full-size single-task and pair networks only
 
     @classmethod

@@ -30,15 +30,15 @@ def trivial_embedding(matrix: np.ndarray) -> np.ndarray:
     return np.full(matrix.shape[1], float(np.mean(matrix)))
 
 
-def asymmetric_distance(source: np.ndarray, target: np.ndarray, trivial: np.ndarray, alpha: float = 0.15) -> float:
+def asymmetric_distance(source: np.ndarray, target: np.ndarray, trivial: np.ndarray, alpha: float) -> float:
     """d_asym(source -> target) = d_sym(source, target) - alpha * d_sym(source, t0) (Achille et al. 2019, Eq. 5):
     how well an expert trained on `source` should serve `target`; complex sources are brought closer."""
     return symmetric_distance(source, target) - alpha * symmetric_distance(source, trivial)
 
 
-def distance_matrix(matrix: np.ndarray, kind: str = "sym", alpha: float = 0.15) -> np.ndarray:
+def distance_matrix(matrix: np.ndarray, kind: str = "sym", alpha: float | None = None) -> np.ndarray:
     """Pairwise distances between the rows (tasks) of `matrix`; for kind="asym", entry [a, b] is
-    d_asym(a -> b) (row = source, column = target)."""
+    d_asym(a -> b) (row = source, column = target), with `alpha` (`task2vec.alpha`) required."""
     n = len(matrix)
     sym = np.zeros((n, n))
     for i in range(n):
@@ -48,6 +48,8 @@ def distance_matrix(matrix: np.ndarray, kind: str = "sym", alpha: float = 0.15) 
         return sym
     if kind != "asym":
         raise ValueError(f"unknown distance kind '{kind}' (sym or asym)")
+    if alpha is None:
+        raise ValueError("the asymmetric distance needs alpha (task2vec.alpha)")
     t0 = trivial_embedding(matrix)
     comp = np.array([symmetric_distance(m, t0) for m in matrix])
     return sym - alpha * comp[:, None]

@@ -56,7 +56,7 @@ def head_error(model: Probe, head: nn.Linear, x: torch.Tensor, y: torch.Tensor) 
 
 def fisher_embedding(probe: Probe, x: torch.Tensor, y: torch.Tensor, n_classes: int, *,
                      head: nn.Linear | None = None, mc_samples: int = 1, seed: int = 0, batch_size: int = 64,
-                     weight_decay: float = 1e-3, head_steps: int = 100) -> np.ndarray:
+                     weight_decay: float = 1e-3, head_steps: int | None = None) -> np.ndarray:
     """The Task2Vec embedding of the task (x, y): one Fisher value per encoder filter (float64).
 
     The probe's head is replaced by one retrained on (x, y) (or `head`, when given); the encoder is frozen and
@@ -64,7 +64,9 @@ def fisher_embedding(probe: Probe, x: torch.Tensor, y: torch.Tensor, n_classes: 
     `mc_samples` labels are drawn from p(y|x); F_w = mean over draws of (d/dw -log p(y_draw|x))^2, then
     averaged over each filter's weights. Labels are drawn by `sample_labels`, so relabelling the classes of
     a task changes its embedding only through the head's optimisation tolerance."""
-    if head is None:
+    if head is None:  # fitted here: `task2vec.head_wd` and `task2vec.head_steps` of the caller's profile
+        if head_steps is None:
+            raise ValueError("fisher_embedding: give a fitted head or head_steps")
         head = fit_head(features(probe, x), y, n_classes, weight_decay, head_steps)
     model = nn.Sequential(probe.encoder, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
     return monte_carlo_fisher(model, probe.encoder, x, lambda out, gen: sample_labels(F.softmax(out, dim=1), gen),

@@ -17,7 +17,7 @@ from taskstudy.task2vec.task2vec import attribute, condition
 from taskstudy.world import objects
 
 
-def expert_selection(names: Sequence[str], matrix: np.ndarray, errors: pd.DataFrame, alpha: float = 0.15,
+def expert_selection(names: Sequence[str], matrix: np.ndarray, errors: pd.DataFrame, alpha: float,
                      n_test: Sequence[int] | None = None) -> pd.DataFrame:
     """For each target: the expert Task2Vec picks (smallest d_asym(expert task -> target), the target's own
     expert excluded), its error, the brute-force best expert and its error, and their ratio. Errors are floored

@@ -101,11 +101,14 @@ def likelihood_scale(task: str, pred: torch.Tensor, y: torch.Tensor) -> float:
 
 def dense_fisher_embedding(probe: fisher.Probe, x: torch.Tensor, y: torch.Tensor, task: str, *,
                            head: DenseHead | None = None, mc_samples: int = 1, seed: int = 0,
-                           batch_size: int = 64, head_steps: int = 200) -> np.ndarray:
+                           batch_size: int = 64, head_steps: int | None = None) -> np.ndarray:
     """The Task2Vec embedding of a dense task (x, y): one Fisher value per probe filter (float64).
 
-    The probe's encoder is frozen, in eval mode; the head is `head` or one fitted on (x, y)."""
+    The probe's encoder is frozen, in eval mode; the head is `head` or one fitted on (x, y) in `head_steps` steps
+    (`agreement.head_steps`)."""
     if head is None:
+        if head_steps is None:
+            raise ValueError("dense_fisher_embedding: give a fitted head or head_steps")
         head = fit_dense_head(predict(probe.encoder, x), y, task, head_steps, seed=seed)
     model = nn.Sequential(probe.encoder, head).eval()
     scale = likelihood_scale(task, predict(model, x), y)
@@ -125,9 +128,10 @@ def embedding_key(common: Common, cfg: Task2VecSection, task: str, n: int, head_
             "seed": task2vec.unit_seed(common.seed, "task2vec_dense", task), "code": computation_hash(scene_embeddings)}
 
 
-def scene_embeddings(P: StudyParams, tasks: list[str], n: int = 480, head_steps: int = 200) -> dict[str, np.ndarray]:
-    """Dense Task2Vec embeddings of scene tasks on the first `n` transfer-split images, with the probe of chapter
-    09 (trained here if missing); each a store entry."""
+def scene_embeddings(P: StudyParams, tasks: list[str], n: int, head_steps: int) -> dict[str, np.ndarray]:
+    """Dense Task2Vec embeddings of scene tasks on the first `n` transfer-split images (`agreement.fisher_images`),
+    heads of `head_steps` steps (`agreement.head_steps`), with the probe of chapter 09 (trained here if missing);
+    each a store entry."""
     store, cfg = Store.for_params(P), P.section(task2vec.SECTION)
     probe = task2vec.train_probe(store, P.common, cfg)
     split = data.scene_split(store, P.common, "transfer")
