@@ -339,3 +339,34 @@ def test_cifar100_corrupt_file(tmp_path: Path) -> None:
     (base / "train").write_bytes(b"not a pickle")
     with pytest.raises(RealDataError, match=str(base / "train")):
         cifar100(tmp_path, train=True)
+
+
+class _Runs:
+    """Unpickling an instance of this calls os.getpid: a stand-in for a file that runs code when loaded."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getpid, ())
+
+
+def test_cifar100_files_cannot_run_code(tmp_path: Path) -> None:
+    """issue 39, step 5: a CIFAR file is read by a restricted unpickler; one that would call a function fails with
+    an error naming the file, before anything runs. A copy that is not the official archive says so."""
+    base = _write_cifar(tmp_path)
+    ds = cifar100(tmp_path, train=True)
+    assert not ds.official  # the fixture is not the official archive (md5), and loads all the same
+    with open(base / "train", "wb") as f:
+        pickle.dump({"data": _Runs()}, f, protocol=2)
+    with pytest.raises(RealDataError, match="refused to load posix.getpid|refused to load os.getpid"):
+        cifar100(tmp_path, train=True)
+
+
+def test_one_cifar_root_for_every_chapter(tmp_path: Path, monkeypatch) -> None:
+    from taskstudy.world import cifar
+
+    with pytest.raises(ValueError, match="robustness.cifar_root is not set"):
+        cifar.cifar_root(None, "robustness.cifar_root")
+    assert cifar.cifar_root(str(tmp_path), "x") == tmp_path.resolve()
+    monkeypatch.setattr(cifar, "find_root", lambda: tmp_path)
+    assert cifar.cifar_root("data/c", "x") == (tmp_path / "data/c").resolve()

@@ -8,7 +8,6 @@ sources for a classification target (Spearman's rho, permutation p-value), the t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -18,12 +17,11 @@ from scipy import stats
 
 from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.parallel import run_units
-from taskstudy.engine.paths import find_root
 from taskstudy.engine.store import Store
 from taskstudy.nn.train import predict
 from taskstudy.taskonomy import ahp, features, transfer
 from taskstudy.uncertainty import permutation_p
-from taskstudy.world import data, objects
+from taskstudy.world import cifar, data, objects
 from taskstudy.world.scenes import OBJECT_CLASSES
 
 if TYPE_CHECKING:
@@ -40,15 +38,8 @@ def outside_key(P: StudyParams) -> dict[str, Any]:
     if cfg.outside_dataset == "objects":
         key["label"] = cfg.outside_label
     else:
-        key["cifar_root"] = str(_cifar_root(cfg.cifar_root))
+        key["cifar_root"] = str(cifar.cifar_root(cfg.cifar_root, "robustness.cifar_root"))
     return {**key, "code": computation_hash(outside_data)}
-
-
-def _cifar_root(root: str | None) -> Path:
-    if not root:
-        raise ValueError("robustness.outside_dataset is 'cifar100' but robustness.cifar_root is not set")
-    p = Path(root)
-    return p if p.is_absolute() else find_root() / p
 
 
 def outside_name(P: StudyParams) -> str:
@@ -76,7 +67,8 @@ def outside_data(P: StudyParams) -> dict[str, torch.Tensor | int]:
                 "x_test": torch.from_numpy(te["rgb"]), "y_test": torch.from_numpy(te[col]), "n_classes": n_classes}
     from taskstudy.world.image_sets import raw_images
 
-    key = {"dataset": "cifar100", "cifar_root": str(_cifar_root(cfg.cifar_root)), "n_images": cfg.outside_train,
+    key = {"dataset": "cifar100", "cifar_root": str(cifar.cifar_root(cfg.cifar_root, "robustness.cifar_root")),
+           "n_images": cfg.outside_train,
            "n_val": 0, "n_test": cfg.outside_test, "seed": P.common.seed, "image_size": size}
     xtr, ytr, _, _, xte, yte, n_classes = raw_images(key, str(Store.for_params(P).root))
     return {"x_train": torch.from_numpy(xtr), "y_train": torch.from_numpy(ytr), "x_test": torch.from_numpy(xte),

@@ -39,6 +39,7 @@ from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.store import Store, stable_hash
 from taskstudy.nn.layernet import LayerNet, NetConfig, copy_first_layers, train_net
 from taskstudy.nn.train import TrainConfig, kernels, resolve_device, seed_everything
+from taskstudy.world import cifar
 from taskstudy.world.image_sets import class_splits, raw_images
 
 if TYPE_CHECKING:
@@ -59,21 +60,10 @@ def data_key(values: Mapping[str, Any], common: Common) -> dict[str, Any]:
                            "n_test": values["n_test"], "image_size": values["image_size"], "seed": common.seed,
                            "code": computation_hash(run_unit)}
     if values["dataset"] == "cifar100":
-        key["cifar_root"] = str(_cifar_root(values["cifar_root"]))
+        key["cifar_root"] = str(cifar.cifar_root(values["cifar_root"], "layer_transfer.cifar_root"))
     elif values["dataset"] != "objects":
         raise ValueError(f"layer_transfer.dataset must be 'objects' or 'cifar100', got {values['dataset']!r}")
     return key
-
-
-def _cifar_root(root: str | None) -> Path:
-    if not root:
-        raise ValueError("layer_transfer.dataset is 'cifar100' but layer_transfer.cifar_root is not set")
-    p = Path(root).expanduser()
-    if not p.is_absolute():
-        from taskstudy.engine.paths import find_root
-
-        p = find_root() / p
-    return p.resolve()
 
 
 @lru_cache(maxsize=2)
