@@ -128,3 +128,23 @@ def test_task2vec_sentences_follow_the_findings():
     assert task2vec_report.beside_summary(side) == ("Of the 3 findings the sources state (none with a number), the "
                                                     "study tests 2 and agrees with 1 (a); it does not agree on b: y "
                                                     "(why: below).")
+
+
+def test_the_papers_numbers_live_under_reference_only():
+    """issue 39, step 5: no table of published numbers in the library's code; the Taskonomy novel-task and
+    Gain/Quality tables come from reference/ through the one loader."""
+    import re
+    from pathlib import Path
+
+    from taskstudy import reference
+    from taskstudy.taskonomy import novel
+
+    wins = novel.paper_wins()
+    assert wins.loc["Normals", "scratch"] == pytest.approx(0.97) and wins.shape == (10, 8)
+    gq = novel.paper_gain_quality()
+    assert len(gq) == 22 * 2 * 4 and gq["task"].isna().sum() == 4 * 2 * 4
+    lib = Path(reference.__file__).parent
+    for path in lib.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"(\[\d\d, \d\d, \d\d, \d\d, \d\d){2}", text), path  # rows of a published table
+        assert not re.search(r"^\w+\|[^|]+\|[.\d ]+$", text, flags=re.M), path  # the old pipe-delimited table

@@ -1,15 +1,19 @@
-"""The papers' reported findings that come as claims rather than tables (reference/claims.csv), and Standley et
-al.'s best grouping of their five-task example (reference/standley2020_best_grouping.csv).
+"""The papers' published numbers, all under reference/ and all read by `read_reference`: the findings that come
+as claims rather than tables (claims.csv), Standley et al.'s best grouping of their five-task example
+(standley2020_best_grouping.csv), and the tables the chapters read through their own named loaders
+(taskonomy/: `taskstudy.taskonomy.tree.load_paper_affinities`, `taskonomy_novel_wins`, `taskonomy_gain_quality`;
+Yosinski et al.'s curves: `taskstudy.yosinski.findings.load_paper_curves`).
 
 Every claim is stated as its source states it (the seed reviews in the project's shared folder), with the paper's
 section or figure, the number where the source gives one, and the source itself; reference/README.md says where
-each file comes from. The tables of published numbers have their own loaders
-(taskstudy.taskonomy.tree.load_paper_affinities, taskstudy.taskonomy.novel.paper_gain_quality).
+each file comes from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -19,13 +23,31 @@ CLAIM_COLUMNS = ["chapter", "finding", "paper", "where", "claim", "number", "sou
 GROUPING_COLUMNS = ["budget", "network", "size", "cost", "task", "paper_task", "serves"]
 
 
-def read_reference(name: str) -> pd.DataFrame:
-    """One CSV of reference/ (or $TASKSTUDY_REFERENCE), with a clear error when it is missing."""
-    path = reference_dir() / name
+def read_reference(name: str, folder: str | Path | None = None, **read_csv: Any) -> pd.DataFrame:
+    """One CSV of the papers' numbers: `name` under reference/ (or $TASKSTUDY_REFERENCE, or `folder`), with a clear
+    error when it is missing; `read_csv` passes on to pandas (empty cells are NaN, "NA" is text)."""
+    path = Path(folder if folder is not None else reference_dir()) / name
     if not path.is_file():
         raise FileNotFoundError(f"paper reference file {path} not found; set TASKSTUDY_REFERENCE to the folder "
                                 f"holding {name}")
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return pd.read_csv(path, **({"keep_default_na": False, "na_values": [""]} | read_csv))
+
+
+def taskonomy_novel_wins() -> pd.DataFrame:
+    """Zamir et al. 2018, Table 2 (seed 004): the win rate (0-1) of the taxonomy's transfer against each method, per
+    novel task (rows), the methods as the paper names them (columns)."""
+    return read_reference("taskonomy/novel_task_wins.csv", index_col=0) / 100
+
+
+def taskonomy_gain_quality() -> pd.DataFrame:
+    """Zamir et al. 2018, Fig. 9 (seed 004's table): per target task and max transfer order, Gain and Quality at one
+    supervision budget, tidy: task (study name, None where the study has no counterpart), paper_task, metric
+    (gain/quality), order, value."""
+    wide = read_reference("taskonomy/gain_quality_by_order.csv")
+    rows = [{"task": None if r["task"] == "-" else r["task"], "paper_task": r["paper_task"], "metric": metric,
+             "order": k, "value": float(r[f"{metric}_{k}"])}
+            for _, r in wide.iterrows() for metric in ("gain", "quality") for k in range(1, 5)]
+    return pd.DataFrame(rows)
 
 
 def claims(chapter: str | None = None) -> pd.DataFrame:

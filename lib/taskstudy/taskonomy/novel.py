@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from taskstudy import uncertainty
+from taskstudy import reference, uncertainty
 from taskstudy.engine.codehash import computation_hash
 from taskstudy.engine.store import Store
 from taskstudy.nn.models import TaskNetwork
@@ -46,64 +46,23 @@ IMAGENET = "imagenet"  # the supervised-classification encoder from another doma
 SELF_SUPERVISED = ("autoencoding", "colorization", "jigsaw", "inpainting")
 TAXONOMY = "taxonomy"
 
-# The paper's novel-task table (seed 004 / Zamir et al. 2018, Table 2): win rate (%) of the taxonomy's transfer
-# against each method, per novel task. Columns: the paper's reference numbers [49] ImageNet (Krizhevsky et al.),
-# [93] Wang (tracking), [1] Agrawal (egomotion), [97] Zamir (generic 3D), [100] Zhang (colorization), [65] Noroozi
-# (jigsaw).
-PAPER_WINS = pd.DataFrame(
-    [[88, 88, 93, 89, 88, 84, 86, 43], [80, 52, 83, 74, 74, 71, 75, 15], [78, 79, 82, 85, 76, 78, 84, 21],
-     [79, 54, 82, 76, 75, 76, 76, 34], [97, 98, 98, 98, 98, 97, 97, 6], [80, 93, 92, 89, 90, 84, 87, 40],
-     [93, 96, 95, 93, 94, 93, 94, 42], [88, 94, 89, 85, 88, 92, 88, 29], [79, 78, 83, 77, 76, 74, 71, 59],
-     [80, 76, 85, 79, 77, 78, 70, 36]],
-    index=pd.Index(["Depth", "Scene Cls.", "Sem. Segm.", "Object Cls.", "Normals", "2.5D Segm.", "Occ. Edges",
-                    "Curvature", "Egomotion", "Layout"], name="novel task"),
-    columns=["scratch", "ImageNet", "Wang (tracking)", "Agrawal (egomotion)", "Zamir (3D)",
-             "Zhang (colorization)", "Noroozi (jigsaw)", "full sup."],
-) / 100
 # The paper's columns that correspond to this study's baselines.
 PAPER_COLUMNS = {SCRATCH: "scratch", IMAGENET: "ImageNet", "colorization": "Zhang (colorization)",
                  "jigsaw": "Noroozi (jigsaw)", FULL: "full sup."}
 
-# The paper's Gain and Quality per target task and max transfer order at one supervision budget (the table in
-# seed 004; Zamir et al. 2018, Fig. 9): rows = (study task name or None, the paper's label), columns =
-# gain order 1..4, quality order 1..4. Used by the taxonomy chapter to set the paper's order trend beside ours.
-_PAPER_GQ = """
-segment_unsup25d|2.5D Segm.|.1 .1 .1 .9 .0 .0 .0 .0
-edge2d|2D Edges|.8 .8 .8 .8 .4 .4 .4 .4
-keypoints2d|2D Keypt.|.8 .8 .9 .9 .2 .2 .2 .2
-segment_unsup2d|2D Segm.|.8 .9 .9 .9 .2 .3 .3 .3
-keypoints3d|3D Keypt.|.0 .1 .9 .9 .0 .0 .0 .0
-autoencoding|Autoenc.|.9 1. 1. 1. .0 .0 .0 .0
-curvature|Curvature|.9 .9 .9 .9 .3 .4 .4 .4
-denoising|Denoising|.7 .8 .8 .8 .5 .6 .6 .6
-depth_euclidean|Distance|.7 .7 .7 .7 .4 .4 .4 .4
--|Egomotion|.0 .9 .9 .9 .0 .0 .0 .0
-room_layout|Layout|.9 .9 .9 .9 .1 .2 .2 .2
--|Matching|.6 .6 .6 .6 .5 .5 .5 .5
-normals|Normals|.6 .7 .7 .7 .2 .4 .4 .5
-class_object|Object Cls.|.9 .9 .9 .9 .4 .5 .5 .5
-edge_occlusion|Occ. Edges|.9 .9 .9 .9 .4 .4 .4 .4
--|Pose (fix)|.9 .9 .9 .9 .4 .5 .5 .5
--|Pose (nonfix)|.9 1. 1. 1. .0 .0 .1 .1
-reshading|Reshading|.8 .8 .8 .8 .3 .3 .4 .4
-class_scene|Scene Cls.|.8 .8 .8 .8 .4 .4 .4 .4
-segment_semantic|Sem. Segm.|.5 .5 .5 .5 .4 .4 .4 .4
-vanishing_point|Vanishing|.7 .8 .8 .8 .2 .2 .2 .2
-depth_zbuffer|Z-Depth|.9 .9 .9 .9 .2 .2 .2 .2
-"""
+def paper_wins() -> pd.DataFrame:
+    """The paper's novel-task table (Zamir et al. 2018, Table 2): win rates of the taxonomy's transfer against each
+    method, per novel task (reference/taskonomy/novel_task_wins.csv). Columns: the paper's reference numbers [49]
+    ImageNet (Krizhevsky et al.), [93] Wang (tracking), [1] Agrawal (egomotion), [97] Zamir (generic 3D), [100]
+    Zhang (colorization), [65] Noroozi (jigsaw)."""
+    return reference.taskonomy_novel_wins()
 
 
 def paper_gain_quality() -> pd.DataFrame:
-    """The paper's per-task Gain and Quality by max order (seed 004's table) as a tidy frame: task (study name,
-    None where the study has no counterpart), paper_task, metric (gain/quality), order, value."""
-    rows = []
-    for line in filter(None, _PAPER_GQ.strip().split("\n")):
-        name, label, vals = line.split("|")
-        v = [float(x) for x in vals.split()]
-        for i, metric in enumerate(("gain", "quality")):
-            rows += [{"task": None if name == "-" else name, "paper_task": label, "metric": metric, "order": k + 1,
-                      "value": v[4 * i + k]} for k in range(4)]
-    return pd.DataFrame(rows)
+    """The paper's per-task Gain and Quality by max order (Fig. 9; reference/taskonomy/gain_quality_by_order.csv),
+    tidy: task (study name, None where the study has no counterpart), paper_task, metric, order, value. The
+    taxonomy chapter sets the paper's order trend beside the study's."""
+    return reference.taskonomy_gain_quality()
 
 
 def _cfg(params: StudyParams) -> Any:
@@ -282,11 +241,11 @@ def loss_table(scores: pd.DataFrame, tax: taxmod.Taxonomy,
 def paper_beside(table: pd.DataFrame) -> pd.DataFrame:
     """The study's mean win rates of the taxonomy beside the paper's (mean over its ten novel tasks), for the
     baselines both have."""
-    rows = []
+    rows, wins = [], paper_wins()
     for ours, theirs in PAPER_COLUMNS.items():
         if ours not in table.columns:
             continue
-        paper = PAPER_WINS[theirs].mean()
+        paper = wins[theirs].mean()
         row = {"against": ours, "paper's column": theirs, "paper (mean win rate)": paper,
                "study (mean win rate)": table.loc["mean", ours]}
         if "mean lo" in table.index:
@@ -363,5 +322,5 @@ def novel_tasks(params: StudyParams, targets: Sequence[str] | None = None) -> St
     return StepResult(results, step1.computed + step2.computed, time.perf_counter() - start)
 
 
-__all__ = ["IMAGENET", "SELF_SUPERVISED", "PAPER_WINS", "imagenet_encoder", "imagenet_scores", "novel_affinity",
+__all__ = ["IMAGENET", "SELF_SUPERVISED", "paper_wins", "imagenet_encoder", "imagenet_scores", "novel_affinity",
            "novel_taxonomy", "comparison", "loss_table", "paper_beside", "novel_tasks", "paper_gain_quality"]

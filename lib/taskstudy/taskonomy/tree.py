@@ -21,6 +21,7 @@ from scipy.spatial.distance import pdist
 from scipy.special import comb
 from scipy.stats import spearmanr
 
+from taskstudy.reference import read_reference
 from taskstudy.taskonomy.ahp import BASELINES
 
 # study task name -> the paper's code name (None: no counterpart in the published first-order results)
@@ -165,11 +166,7 @@ def load_paper_affinities(kind: str = "affinities") -> pd.DataFrame:
     task's own fully supervised network) and "random" are kept."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from {sorted(KINDS)}")
-    path = reference_dir() / "taskonomy" / KINDS[kind]
-    if not path.is_file():
-        raise FileNotFoundError(f"paper reference file {path} not found; set TASKSTUDY_REFERENCE to the folder "
-                                f"holding taskonomy/{KINDS[kind]}")
-    df = pd.read_csv(path, index_col=0).T
+    df = read_reference(f"taskonomy/{KINDS[kind]}", index_col=0).T
     df.index.name, df.columns.name = "target", "sources"
     return df
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from taskstudy import uncertainty
-from taskstudy.engine.paths import reference_dir
+from taskstudy.reference import read_reference
 from taskstudy.yosinski.layers import BASES, SPLIT_KINDS
 
 # Paper conditions (reference CSV) -> (split kind, our treatment name).
@@ -160,14 +160,8 @@ def base_levels(df: pd.DataFrame, splits: Mapping[str, Mapping[str, np.ndarray]]
 def load_paper_curves(path: str | Path | None = None) -> pd.DataFrame:
     """Yosinski et al.'s ImageNet top-1 per condition and n (reference CSV) as rows of split_kind, treatment,
     n, top1, runs, condition."""
-    p = Path(path) if path is not None else reference_dir()
-    if p.is_dir():
-        p = p / PAPER_CSV
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"the paper's reference numbers are missing: {p} (set TASKSTUDY_REFERENCE to the folder holding "
-            f"{PAPER_CSV})")
-    raw = pd.read_csv(p)
+    p = Path(path) if path is not None else None
+    raw = (read_reference(PAPER_CSV, p) if p is None or p.is_dir() else read_reference(p.name, p.parent))
     need = {"condition", "n_layers_copied", "mean_top1", "runs"}
     if not need <= set(raw.columns):
         raise ValueError(f"{p}: expected columns {sorted(need)}, got {list(raw.columns)}")
