@@ -317,7 +317,7 @@ def test_the_default_base_leaves_eight_sources_per_target(repo_root):
     cfg = P.section("robustness")
     assert len(cfg.tasks) - 1 >= 8 and len(cfg.seeds) + 1 >= 3
     assert cfg.n_train is None and cfg.epochs is None  # trained exactly like the main study
-    assert set(rb.BUDGET_VARIATIONS) <= set(cfg.variations)
+    assert cfg.variations["readouts annealed on plateaus"] == rb.BUDGET_OVERRIDES["readouts annealed on plateaus"]
 
 
 def test_the_base_shares_the_main_studys_networks_and_chapter_02s_check(repo_root):
@@ -329,7 +329,7 @@ def test_the_base_shares_the_main_studys_networks_and_chapter_02s_check(repo_roo
 
     P = params.load(repo_root / "params/default.yaml")
     base = rb.variation_params(P, [])
-    longer = rb.variation_params(P, rb.variations(P)["Step I at 2x epochs"])
+    longer = rb.variation_params(P, rb.BUDGET_OVERRIDES["Step I at 2x epochs"])
     net = P.section("task_networks")
     check = P.with_overrides(f"task_networks.epochs={net.check_epochs}",
                              f"task_networks.patience={ceil(net.patience * net.check_epochs / net.epochs)}")

@@ -222,7 +222,6 @@ class Robustness(Section):
     variations: dict[str, list[str]] = {  # name -> dotted overrides on top of the base
         "smaller dictionary": ["common.tasks=[autoencoding, edge2d, keypoints2d, depth_zbuffer, normals, reshading, "
                                "segment_semantic, class_object]"],
-        "Step I at 2x epochs": ["task_networks.epochs=32", "task_networks.patience=6"],
         "readouts annealed on plateaus": ["transfers.schedule=plateau"]}
     budgets: list[int] = [1, 2, 3, 4]  # supervision budgets whose chosen source sets are compared (Jaccard)
     outside_dataset: Literal["objects", "cifar100"] = "objects"  # Sec. 5.1's outside set: object world or CIFAR-100

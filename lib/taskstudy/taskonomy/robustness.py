@@ -308,9 +308,12 @@ def variation_verdicts(table: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFram
 
 # --- what the training budgets do to the taxonomy (issue 38, item 4) ----------------------------------------------
 
-#: The variations that change a training budget: Step I's epoch ceiling doubled (patience scaled), and readouts on a
-#: rate that has annealed wherever they stop (`transfers.schedule=plateau`), against the base's cosine.
-BUDGET_VARIATIONS = ("Step I at 2x epochs", "readouts annealed on plateaus")
+#: The variations that change a training budget (name -> overrides): Step I's epoch ceiling doubled (patience
+#: scaled: chapter 02's check networks are these), and readouts on a rate that has annealed wherever they stop
+#: (`transfers.schedule=plateau`), against the base's cosine. The default profile runs the readouts' one.
+BUDGET_OVERRIDES = {"Step I at 2x epochs": ["task_networks.epochs=32", "task_networks.patience=6"],
+                    "readouts annealed on plateaus": ["transfers.schedule=plateau"]}
+BUDGET_VARIATIONS = tuple(BUDGET_OVERRIDES)
 
 
 def budget_sensitivity(table: pd.DataFrame, spread: pd.DataFrame,
