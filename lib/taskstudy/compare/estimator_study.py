@@ -230,8 +230,7 @@ def on_base(across: pd.DataFrame) -> pd.DataFrame:
     """Each estimator on the ceiling's own footing (issue 38, item 2): its mean per-target rho against the truth of
     each training-seed run of chapter 12's base (`across_variations`' seed columns: the base's targets and sources,
     the ones `ceiling` measures on), averaged over the seed runs, with the lowest and highest run."""
-    cols = [c for c in across.columns if c == rb.BASE or c.startswith("seed ")]
-    runs = across[cols]
+    runs = across[rb.seed_runs(across.columns)]
     return pd.DataFrame({"mean rho": runs.mean(axis=1), "lowest": runs.min(axis=1), "highest": runs.max(axis=1),
                          "runs": runs.notna().sum(axis=1)})
 
@@ -239,11 +238,11 @@ def on_base(across: pd.DataFrame) -> pd.DataFrame:
 def against_ceiling(base: pd.Series, top: Mapping[str, float]) -> str:
     """An estimator's `on_base` row against the ceiling, both on the base's targets and sources: below it when
     its best seed run stays under the truth's lowest seed pair, else within the ceiling's reach."""
+    if not np.isfinite(base["mean rho"]) or not np.isfinite(top["mean rho"]):
+        return "no ceiling on the base"
     where = (f"on the base's targets and sources {base['mean rho']:+.2f} (runs {base['lowest']:+.2f} to "
              f"{base['highest']:+.2f}) against the truth's own seed agreement {top['mean rho']:.2f} (pairs "
              f"{top['lowest']:.2f} to {top['highest']:.2f})")
-    if not np.isfinite(base["mean rho"]) or not np.isfinite(top["mean rho"]):
-        return "no ceiling on the base"
     return where + (": below it" if base["highest"] < top["lowest"] else ": within its reach")
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from scipy import stats
 
+from taskstudy import uncertainty
 from taskstudy.taskonomy import ahp, taxonomy, transfer, tree
 from taskstudy.taskonomy import task_networks as step1
 from taskstudy.world import data
@@ -189,8 +190,8 @@ def compare(ref: Run, run: Run, budgets: Iterable[int]) -> dict[str, Any]:
             **{f"jaccard@{k}": v for k, v in jac.items()}}
 
 
-def seed_runs(runs: Mapping[str, Run]) -> list[str]:
-    """The training-seed runs among `runs`: the base and each `seed s` run (the yardstick)."""
+def seed_runs(runs: Iterable[str]) -> list[str]:
+    """The training-seed runs among `runs` (run names, or a mapping of them): the base and each `seed s` run."""
     return [n for n in runs if n == BASE or n.startswith("seed ")]
 
 
@@ -271,8 +272,6 @@ def separation_finding(sep: pd.DataFrame, floor: float = 0.5) -> str:
     """Chapter 12's sentence on `source_separation`: each target below `floor` in some seed pair with its
     separation, the lowest separation among the others, and the rank correlation of separation with the mean seed
     rho over the targets (with the |rho| chance reaches at p = 0.05 for that many targets)."""
-    from taskstudy import uncertainty
-
     if sep.empty:
         return "One seed run only: no separation."
     low = sep[sep["worst seed rho"] < floor].sort_values("separation")
@@ -325,17 +324,17 @@ def budget_sensitivity(table: pd.DataFrame, spread: pd.DataFrame,
     if not names or spread.empty:
         return pd.DataFrame()
     verdicts = variation_verdicts(table, spread)
+
+    def band(m: str) -> str:
+        return f"{spread[m].min():.2f} to {spread[m].max():.2f}"
+
     rows = []
     for n in names:
         r = table.loc[n]
-        rows.append({"variation": n, "pooled rho": r["pooled rho"],
-                     "seeds' pooled rho": f"{spread['pooled rho'].min():.2f} to {spread['pooled rho'].max():.2f}",
-                     "median target rho": r["median target rho"],
-                     "seeds' median rho": (f"{spread['median target rho'].min():.2f} to "
-                                           f"{spread['median target rho'].max():.2f}"),
+        rows.append({"variation": n, "pooled rho": r["pooled rho"], "seeds' pooled rho": band("pooled rho"),
+                     "median target rho": r["median target rho"], "seeds' median rho": band("median target rho"),
                      "lowest target rho": r["lowest target rho"], "lowest target": r["lowest target"],
-                     "mean jaccard": r["mean jaccard"],
-                     "seeds' jaccard": f"{spread['mean jaccard'].min():.2f} to {spread['mean jaccard'].max():.2f}",
+                     "mean jaccard": r["mean jaccard"], "seeds' jaccard": band("mean jaccard"),
                      "verdict": verdicts.loc[n, "verdict"], "trained": r["trained"]})
     return pd.DataFrame(rows).set_index("variation")
 

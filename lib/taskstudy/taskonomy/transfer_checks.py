@@ -80,11 +80,11 @@ def view_comparison(params: StudyParams, targets: Sequence[str] | str = VIEW_TAR
     test = pd.concat([tables[v]["test"].assign(sources=tables[v]["test"].sources + "@" + v) for v in runs])
     pairs = [(t, f"{s}@corrupted", f"{s}@plain") for t, sets in plan.items() for (s,) in sets]
     ci = evaluate.win_rate_intervals(test, pairs, seed=params.common.seed).set_index(["target", "sources"])
+    val_loss = {v: -tables[v]["val"].groupby(["target", "sources"])["score"].mean() for v in runs}
     rows = []
     for t, sets in plan.items():
         for (s,) in sets:
-            val = {v: float(-tab.loc[(tab.target == t) & (tab.sources == s), "score"].mean())
-                   for v, tab in ((v, tables[v]["val"]) for v in runs)}
+            val = {v: float(val_loss[v][(t, s)]) for v in runs}
             r = ci.loc[(t, f"{s}@corrupted")]
             rows.append({"source": s, "target": t, "val loss, plain": val["plain"],
                          "val loss, corrupted": val["corrupted"],
