@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstudy.book import pipeline
+from taskstudy.book import catalog
 from taskstudy.engine import codehash
 
 LIB = Path(codehash.__file__).resolve().parents[1]  # the package folder (codehash is in engine/)
@@ -59,7 +59,7 @@ def _hashes(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setattr(codehash, "ROOT", root)
     out = {kind: codehash.symbol_hash(*sym) for kind, sym in UNIT_KINDS.items()}
     for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
-        out[nb.stem] = pipeline._code_digest(nb)
+        out[nb.stem] = catalog._code_digest(nb)
     return out
 
 
@@ -271,5 +271,5 @@ def test_no_unit_or_chapter_reaches_a_name_that_is_not_there(monkeypatch, tmp_pa
     for sym in UNIT_KINDS.values():
         codehash.symbol_hash(*sym)
     for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
-        pipeline._code_digest(nb)
+        catalog._code_digest(nb)
     assert not missing, sorted(missing)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from taskstudy.engine.params import Common
+from taskstudy.engine.sections import Common
 from taskstudy.engine.store import Store
 from taskstudy.world import data, scenes
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from taskstudy.engine.params import Common
+from taskstudy.engine.sections import Common
 from taskstudy.nn import models, train
 
 ROOT = Path(__file__).resolve().parents[1]

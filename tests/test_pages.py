@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from taskstudy.book import pipeline
+from taskstudy.book import build, catalog, pipeline
 from taskstudy.engine.params import load
 
 
@@ -30,7 +30,7 @@ def _code(source: str = "x = 1", outputs=(), tags=()) -> nbformat.NotebookNode:
 def test_a_clean_page_has_no_problems(tmp_path):
     out = nbformat.v4.new_output("stream", name="stdout", text="21 task networks\n")
     warn = nbformat.v4.new_output("stream", name="stderr", text="UserWarning: something\n")
-    assert pipeline.page_problems(_page(tmp_path, _code(outputs=[out, warn])), tmp_path) == []
+    assert build.page_problems(_page(tmp_path, _code(outputs=[out, warn])), tmp_path) == []
 
 
 @pytest.mark.parametrize("cell, expect", [
@@ -44,7 +44,7 @@ def test_a_clean_page_has_no_problems(tmp_path):
      "a path of this machine in its text/plain output"),
 ])
 def test_a_dirty_page_is_named_with_its_problem(tmp_path, cell, expect):
-    problems = pipeline.page_problems(_page(tmp_path, cell), tmp_path)
+    problems = build.page_problems(_page(tmp_path, cell), tmp_path)
     if expect is None:
         assert problems == []
     else:
@@ -53,7 +53,7 @@ def test_a_dirty_page_is_named_with_its_problem(tmp_path, cell, expect):
 
 def test_the_study_root_in_a_shown_source_is_a_problem(tmp_path):
     path = _page(tmp_path, _code(f'open("{tmp_path.resolve()}/results/x.csv")'))
-    assert "a path of this machine in its source" in pipeline.page_problems(path, tmp_path)[0]
+    assert "a path of this machine in its source" in build.page_problems(path, tmp_path)[0]
 
 
 def test_a_machine_path_in_the_notebook_metadata_is_a_problem(tmp_path):
@@ -61,20 +61,20 @@ def test_a_machine_path_in_the_notebook_metadata_is_a_problem(tmp_path):
     nb = nbformat.read(path, as_version=4)
     nb.metadata["papermill"] = {"input_path": f"{tmp_path.resolve()}/notebooks/05_x.ipynb"}
     nbformat.write(nb, path)
-    assert pipeline.page_problems(path, tmp_path) == [f"05_x: notebook metadata: a path of this machine "
+    assert build.page_problems(path, tmp_path) == [f"05_x: notebook metadata: a path of this machine "
                                                       f"({tmp_path.resolve()})"]
 
 
 def test_the_book_build_refuses_a_dirty_chapter_naming_it(tmp_path):
     _page(tmp_path, _code(outputs=[nbformat.v4.new_output("error", ename="KeyError", evalue="'x'", traceback=[])]))
-    with pytest.raises(pipeline.ChapterError, match=r"05_x: cell 1: error output KeyError"):
-        pipeline.build_book(tmp_path)
+    with pytest.raises(catalog.ChapterError, match=r"05_x: cell 1: error output KeyError"):
+        build.build_book(tmp_path)
 
 
 def test_injected_params_file_is_relative_to_the_study_root(repo_root):
     P = load(repo_root / "params/smoke.yaml", ["common.seed=3"])
-    chapter = next(c for c in pipeline.chapters(repo_root) if c.name == "02_task_networks")
-    injected = pipeline.chapter_parameters(chapter, P, repo_root)
+    chapter = next(c for c in catalog.chapters(repo_root) if c.name == "02_task_networks")
+    injected = catalog.chapter_parameters(chapter, P, repo_root)
     assert injected["params_file"] == "params/smoke.yaml" and injected["overrides"] == ["common.seed=3"]
 
 
@@ -84,7 +84,7 @@ def test_present_collapses_code_and_replaces_the_parameter_cells_by_one_table(tm
         nbformat.v4.new_markdown_cell("# Title"), _code("width = 16", tags=["parameters"]),
         _code('params_file = "params/smoke.yaml"\nwidth = 8', tags=["injected-parameters"]),
         _code("print(1)"), _code("secret()", tags=["remove-input"])])
-    chapter = next(c for c in pipeline.chapters(repo_root) if c.name == "02_task_networks")
+    chapter = next(c for c in catalog.chapters(repo_root) if c.name == "02_task_networks")
     out = pipeline.present(nb, chapter, {"params_file": "params/smoke.yaml", "overrides": [], "width": 8}, "smoke")
     kinds = [(c.cell_type, c.metadata.get("tags", [])) for c in out.cells]
     assert kinds[1] == ("markdown", ["chapter-parameters"])

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from taskstudy.engine import params as P
+from taskstudy.engine import sections as S
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -97,7 +98,7 @@ def test_notebook_section_model_from_parameters_cell(tmp_path, repo_root, monkey
 def test_chapter_parameters_cells_hold_only_what_papermill_needs(repo_root):
     """A chapter with a section model reads its values from it: its parameters cell holds params_file and
     overrides only, so no default is written in a notebook (issue 19's drift)."""
-    for name in P.SECTIONS:
+    for name in S.SECTIONS:
         nbs = list((repo_root / "notebooks").glob(f"[0-9][0-9]_{name}.ipynb"))
         assert len(nbs) == 1, name
         assert set(P.notebook_defaults(nbs[0])) == set(P.RESERVED), name
@@ -109,7 +110,7 @@ def test_one_default_per_parameter(repo_root):
     raw = P.read_yaml(repo_root / "params/default.yaml")
     profile = P.load(repo_root / "params/default.yaml")
     drift = []
-    for name, model in P.SECTIONS.items():
+    for name, model in S.SECTIONS.items():
         values = profile.values(name)
         assert set(raw.get(name) or {}) == set(model.model_fields), name  # the profile lists every value
         for key, field in model.model_fields.items():
@@ -123,11 +124,25 @@ def test_one_default_per_parameter(repo_root):
     (["transfers.max_order=0"], "transfers.max_order"),
     (["transfers.max_order=3", "transfers.beam=2"], "exceeds 'transfers.beam'"),
     (["common.tasks=[normals, depth_zbuffer]", "transfers.beam=3", "transfers.max_order=2"], "number of tasks"),
-    (["common.tasks=[normals, depht_zbuffer]"], "did you mean 'depth_zbuffer'"),
 ])
-def test_cross_section_and_task_name_errors(repo_root, overrides, key):
+def test_cross_section_errors(repo_root, overrides, key):
     with pytest.raises(P.ParamsError, match=key):
         P.load(repo_root / "params/smoke.yaml", overrides)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["common.tasks=[normals, depht_zbuffer]"], "'common.tasks': unknown task 'depht_zbuffer'; did you mean 'depth_zb"),
+    (["robustness.tasks=[normals, curvatur]"], "'robustness.tasks': unknown task 'curvatur'; did you mean 'curv"),
+    (["robustness.variations={small: ['common.tasks=[normals, edge2]']}"], "'robustness.variations.small': unknown"),
+])
+def test_task_names_are_checked_against_the_dictionary(repo_root, overrides, key):
+    """The profile's task names are checked by the task dictionary (world.tasks), not by the engine: the engine
+    imports nothing of the world (issue 39, step 3), and `taskstudy run` checks them before any kernel starts."""
+    from taskstudy.world import tasks as taskdict
+
+    params = P.load(repo_root / "params/smoke.yaml", overrides)  # the engine knows types, not task names
+    with pytest.raises(P.ParamsError, match=key):
+        taskdict.check_profile(params)
 
 
 @pytest.mark.parametrize("profile", ["gpu", "taskonomy", "smoke"])
@@ -136,9 +151,10 @@ def test_a_profile_holds_only_what_differs_from_the_defaults(profile: str) -> No
     (and drifts); each profile file names only what it changes."""
     import yaml
 
-    from taskstudy.engine import params as pm
+    from taskstudy.engine import sections
 
-    defaults = {"common": pm.Common().model_dump(), **{n: m().model_dump() for n, m in pm.SECTIONS.items()}}
+    defaults = {"common": sections.Common().model_dump(),
+                **{n: m().model_dump() for n, m in sections.SECTIONS.items()}}
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params" / f"{profile}.yaml").read_text())
     repeated = [f"{s}.{k}" for s, body in raw.items() if isinstance(body, dict) and s in defaults
                 for k, v in body.items() if k in defaults[s] and defaults[s][k] == v]

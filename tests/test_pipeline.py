@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from conftest import taskstudy
 
-from taskstudy.book import pipeline
+from taskstudy.book import catalog, pipeline
 
 SMOKE = ["--params", "params/smoke.yaml"]
 
@@ -57,7 +57,7 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     study = tmp_path / "study"
     shutil.copytree(built_study, study, symlinks=True)
     assert (study / "book/_build/html/index.html").is_file()
-    names = {c.name for c in pipeline.chapters(study)}
+    names = {c.name for c in catalog.chapters(study)}
     assert html_pages(study) == names
     listing = taskstudy("list", *SMOKE, cwd=study).stdout
     assert "missing" not in listing and "stale" not in listing
@@ -66,7 +66,7 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     # The run put chapters side by side (two lanes), never one beside an `alone` chapter, and accounted each one's
     # CPU (kernel + units) without showing the account cell on its page.
     recs = {p.stem: json.loads(p.read_text()) for p in (study / "book/_runs").glob("*.json")}
-    chs = {c.name: c for c in pipeline.chapters(study)}
+    chs = {c.name: c for c in catalog.chapters(study)}
     spans = {n: (r["started"], r["finished"]) for n, r in recs.items()}
 
     def beside(n: str) -> list[str]:
@@ -148,28 +148,28 @@ def test_failing_chapter_names_cell_and_keeps_notebook(study):
     assert not (study / "book/chapters/91_broken.ipynb").exists()
 
 
-def _fake_chapters(spec: dict[str, tuple[str, ...]], alone: tuple[str, ...] = ()) -> list[pipeline.Chapter]:
-    return [pipeline.Chapter(n, i, n, Path(f"{n}.ipynb"), deps, n in alone) for i, (n, deps) in enumerate(spec.items())]
+def _fake_chapters(spec: dict[str, tuple[str, ...]], alone: tuple[str, ...] = ()) -> list[catalog.Chapter]:
+    return [catalog.Chapter(n, i, n, Path(f"{n}.ipynb"), deps, n in alone) for i, (n, deps) in enumerate(spec.items())]
 
 
-def _timeline(todo: list[pipeline.Chapter], lanes: int, fail: str = "") -> tuple[dict, BaseException | None]:
+def _timeline(todo: list[catalog.Chapter], lanes: int, fail: str = "") -> tuple[dict, BaseException | None]:
     import threading
     import time
 
     spans, lock = {}, threading.Lock()
 
-    def run_one(c: pipeline.Chapter) -> dict:
+    def run_one(c: catalog.Chapter) -> dict:
         t0 = time.perf_counter()
         time.sleep(0.05 + 0.02 * (c.number % 3))
         if c.name == fail:
-            raise pipeline.ChapterError(f"chapter {c.name} failed")
+            raise catalog.ChapterError(f"chapter {c.name} failed")
         with lock:
             spans[c.name] = (t0, time.perf_counter())
         return {"chapter": c.name}
 
     try:
         pipeline.run_chapters(todo, run_one, lanes)
-    except pipeline.ChapterError as e:
+    except catalog.ChapterError as e:
         return spans, e
     return spans, None
 
@@ -193,7 +193,7 @@ def test_run_chapters_side_by_side_keeps_dependencies_lanes_and_alone_chapters()
 def test_run_chapters_after_a_failure_finishes_the_running_and_starts_nothing():
     todo = _fake_chapters({"a": (), "b": (), "c": ("a",), "d": ()})
     spans, err = _timeline(todo, lanes=2, fail="a")
-    assert isinstance(err, pipeline.ChapterError) and "chapter a failed" in str(err)
+    assert isinstance(err, catalog.ChapterError) and "chapter a failed" in str(err)
     assert "b" in spans  # ran beside the failing one and finished
     assert "c" not in spans and "d" not in spans  # reads the failed chapter; ready after the failure: not started
 
@@ -214,18 +214,18 @@ def test_account_cell_reports_the_kernels_cpu_and_leaves_the_page():
 
 
 def test_chapter_discovery_and_selection(repo_root):
-    chs = pipeline.chapters(repo_root)
+    chs = catalog.chapters(repo_root)
     assert chs[0].name == "00_overview"
-    assert pipeline.select(chs, ["0"]) == pipeline.select(chs, ["overview"]) == [chs[0]]
-    with pytest.raises(pipeline.ChapterError, match="did you mean '00_overview'"):
-        pipeline.select(chs, ["00_overveiw"])
+    assert catalog.select(chs, ["0"]) == catalog.select(chs, ["overview"]) == [chs[0]]
+    with pytest.raises(catalog.ChapterError, match="did you mean '00_overview'"):
+        catalog.select(chs, ["00_overveiw"])
 
 
 def test_notebook_without_parameters_cell_is_an_error(study):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
     nbformat.write(nb, study / "notebooks/95_nocell.ipynb")
-    with pytest.raises(pipeline.ChapterError, match="95_nocell.ipynb: no cell tagged 'parameters'"):
-        pipeline.chapters(study)
+    with pytest.raises(catalog.ChapterError, match="95_nocell.ipynb: no cell tagged 'parameters'"):
+        catalog.chapters(study)
 
 
 def test_committed_notebooks_are_stripped(repo_root):
@@ -238,17 +238,17 @@ def test_committed_notebooks_are_stripped(repo_root):
 def test_a_study_chapter_gets_only_the_profile_and_overrides(study):
     from taskstudy.engine import params as P
 
-    chs = {c.name: c for c in pipeline.chapters(study)}
+    chs = {c.name: c for c in catalog.chapters(study)}
     prof = P.load(study / "params/smoke.yaml", ["transfers.epochs=3"])
-    got = pipeline.chapter_parameters(chs["03_transfers"], prof, study)
+    got = catalog.chapter_parameters(chs["03_transfers"], prof, study)
     assert got == {"params_file": "params/smoke.yaml", "overrides": ["transfers.epochs=3"]}
     assert {c.name for c in chs.values() if c.scenes_only} == {"01_scenes", "06_novel_tasks"}
     on_folder = P.load(study / "params/smoke.yaml", ["common.dataset=taskonomy", "common.taskonomy_root=/x"])
-    assert pipeline.skipped_for_data(list(chs.values()), on_folder) == [chs["01_scenes"], chs["06_novel_tasks"]]
-    assert pipeline.skipped_for_data(list(chs.values()), prof) == []
+    assert catalog.skipped_for_data(list(chs.values()), on_folder) == [chs["01_scenes"], chs["06_novel_tasks"]]
+    assert catalog.skipped_for_data(list(chs.values()), prof) == []
     nb = nbformat.read(chs["03_transfers"].path, as_version=4)  # a default written back into the cell
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source += "\nepochs = 8"
     nbformat.write(nb, chs["03_transfers"].path)
-    with pytest.raises(pipeline.ChapterError, match=r"defines \['epochs'\].*keep only params_file and overrides"):
-        pipeline.chapter_parameters(chs["03_transfers"], prof, study)
+    with pytest.raises(catalog.ChapterError, match=r"defines \['epochs'\].*keep only params_file and overrides"):
+        catalog.chapter_parameters(chs["03_transfers"], prof, study)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from taskstudy.engine import params as P
+from taskstudy.engine import sections as S
 from taskstudy.engine.store import Store
 from taskstudy.taskonomy.task_networks import average_prediction, study_tasks
 from taskstudy.world import data, labels, scenes, taskonomy_data, taskonomy_fixture
@@ -27,10 +28,10 @@ def folder(tmp_path_factory) -> Path:
                                            SIZE, seed=0)
 
 
-def _common(folder: Path, **kw) -> P.Common:
+def _common(folder: Path, **kw) -> S.Common:
     values = {"dataset": "taskonomy", "taskonomy_root": str(folder), "image_size": SIZE, "n_train": 12,
               "n_transfer": 6, "n_val": 6, "n_test": 6, "tasks": TASKS, **kw}
-    return P.Common.model_validate(values)
+    return S.Common.model_validate(values)
 
 
 def test_fixture_has_the_release_layout(folder: Path) -> None:

@@ -3,7 +3,7 @@ book already built, the default one included.
 
 In headless Chromium every page loads without a JavaScript error and every image and internal link resolves; wide
 tables scroll inside their own box at 1400 px; every plot of a chapter sits in a captioned figure; no executed
-chapter carries an error or a stderr output, nor a path of the machine that checks it (`pipeline.page_problems`,
+chapter carries an error or a stderr output, nor a path of the machine that checks it (`build.page_problems`,
 which the build runs too). Screenshots of chosen pages at 1400 px go to a folder, for a reader to look at.
 """
 
@@ -211,7 +211,7 @@ def check_book(root: Path, shots: Path | None = None, browser: bool = True) -> l
     html = root / "book/_build/html"
     if not (html / "index.html").is_file():
         raise BookCheckError(f"no built book at {html}: build it with `taskstudy book`")
-    from taskstudy.book.pipeline import page_problems as build_problems
+    from taskstudy.book.build import page_problems as build_problems
 
     problems = output_problems(root / "book/chapters") + caption_problems(html)
     problems += [p for nb in sorted((root / "book/chapters").glob("*.ipynb")) for p in build_problems(nb, root)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from taskstudy.book import build, catalog, pipeline
 from taskstudy.engine import parallel
-from taskstudy.book import pipeline
 from taskstudy.engine import params as params_mod
 from taskstudy.engine.errors import RealDataError
 from taskstudy.engine.paths import RootNotFound, find_root
@@ -73,13 +73,23 @@ def _setup_log(params: params_mod.StudyParams) -> Path:
     return path
 
 
+def load_profile(args: argparse.Namespace) -> params_mod.StudyParams:
+    """The profile with `-p` overrides, validated: values and types by the section models, task names by the task
+    dictionary (`world.tasks.check_profile`)."""
+    from taskstudy.world import tasks as taskdict
+
+    params = params_mod.load(args.params, args.overrides)
+    taskdict.check_profile(params)
+    return params
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     root = find_root()
-    params = params_mod.load(args.params, args.overrides)
-    chs = pipeline.chapters(root)
+    params = load_profile(args)
+    chs = catalog.chapters(root)
     print(f"profile '{params.profile}' ({params.file}); results in {params.results_root()}")
     for c in chs:
-        st = pipeline.status(c, params, chs, root)
+        st = catalog.status(c, params, chs, root)
         values = ", ".join(f"{k}={v}" for k, v in params.values(c.section).items())
         deps = f"  <- {', '.join(c.depends)}" if c.depends else ""
         print(f"  {c.name:<22} {st:<8} {values}{deps}")
@@ -88,14 +98,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     root = find_root()
-    params = params_mod.load(args.params, args.overrides)  # validated before any kernel starts
-    chs = pipeline.chapters(root)
-    todo = pipeline.plan(params, args.chapters, args.downstream, args.force, root)
+    params = load_profile(args)  # validated before any kernel starts
+    chs = catalog.chapters(root)
+    todo = catalog.plan(params, args.chapters, args.downstream, args.force, root)
     if params.common.dataset == "taskonomy":  # the folder is there, before any kernel starts
         from taskstudy.world import taskonomy_data
 
         taskonomy_data.root_of(params.common)
-    for c in pipeline.skipped_for_data(todo, params):
+    for c in catalog.skipped_for_data(todo, params):
         print(f"{c.name}: needs the rendered scenes (`# needs: scenes`); skipped on common.dataset="
               f"{params.common.dataset}")
         todo.remove(c)
@@ -103,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("every chapter is fresh; nothing to run (use --force to rerun)")
         return 0
     for c in todo:  # check every chapter's parameters before the first kernel starts
-        pipeline.chapter_parameters(c, params)
+        catalog.chapter_parameters(c, params)
     log_path = _setup_log(params)
     pipeline.catch_interrupts()
     pipeline.sweep(root, params.results_root())  # temporary files of killed runs
@@ -125,11 +135,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(todo), desc="chapters", unit="chapter")
         running: list[str] = []
 
-        def start(c: pipeline.Chapter) -> None:
+        def start(c: catalog.Chapter) -> None:
             running.append(c.name)
             bar.set_postfix_str(", ".join(running))
 
-        def done(c: pipeline.Chapter, rec: dict) -> None:
+        def done(c: catalog.Chapter, rec: dict) -> None:
             running.remove(c.name)
             bar.set_postfix_str(", ".join(running))
             bar.update()
@@ -153,14 +163,14 @@ def cmd_book(args: argparse.Namespace) -> int:
             problems = bookcheck.check_book(root, Path(args.screenshots) if args.screenshots else None,
                                             browser=not args.no_browser)
         except bookcheck.BookCheckError as e:
-            raise pipeline.ChapterError(str(e)) from e
+            raise catalog.ChapterError(str(e)) from e
         print(bookcheck.report(problems))
         return 1 if problems else 0
-    missing = [c.name for c in pipeline.chapters(root) if pipeline.read_record(c, root) is None]
+    missing = [c.name for c in catalog.chapters(root) if catalog.read_record(c, root) is None]
     if missing:
-        raise pipeline.ChapterError(f"chapter(s) never run: {', '.join(missing)}; run `taskstudy run` first")
+        raise catalog.ChapterError(f"chapter(s) never run: {', '.join(missing)}; run `taskstudy run` first")
     print("building the book ...", flush=True)
-    index = pipeline.build_book(root)
+    index = build.build_book(root)
     print(f"book: {index}")
     return 0
 
@@ -168,7 +178,7 @@ def cmd_book(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     root = find_root()
     results = params_mod.load(args.params).results_root() if args.results else None
-    for p in pipeline.clean(root, results):
+    for p in build.clean(root, results):
         print(f"removed {p}")
     return 0
 
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"list": cmd_list, "run": cmd_run, "book": cmd_book, "clean": cmd_clean}
     try:
         return commands[args.command](args)
-    except (params_mod.ParamsError, pipeline.ChapterError, RootNotFound, RealDataError) as e:
+    except (params_mod.ParamsError, catalog.ChapterError, RootNotFound, RealDataError) as e:
         print(f"taskstudy: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

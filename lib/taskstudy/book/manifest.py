@@ -9,14 +9,14 @@ from importlib import metadata
 
 import pandas as pd
 
-from taskstudy.book import pipeline
+from taskstudy.book import catalog
 from taskstudy.engine.params import StudyParams, flatten
 
 
 def chapters_table(params: StudyParams) -> pd.DataFrame:
     """One row per chapter: its order, params section, upstream chapters and number of own parameters."""
     rows = []
-    for c in pipeline.chapters():
+    for c in catalog.chapters():
         rows.append({
             "chapter": c.name,
             "section": c.section,
@@ -66,8 +66,8 @@ def run_records() -> pd.DataFrame:
     from taskstudy.nn.machine import summary as machine_summary
 
     rows = []
-    for c in pipeline.chapters():
-        rec = pipeline.read_record(c)
+    for c in catalog.chapters():
+        rec = catalog.read_record(c)
         if rec is None:
             continue
         rows.append({"chapter": c.name, "profile": rec["profile"], "wall s": rec["wall_s"],

@@ -1,196 +1,41 @@
-"""The chapter pipeline: which chapters exist, which are stale, papermill execution, the book build.
+"""The chapter pipeline: papermill execution of the chapters `catalog` lists, side by side where they allow it.
 
-Chapters are the notebooks `notebooks/NN_name.ipynb` (ordered by NN); chapter `NN_name` reads params section
-`name`. A chapter's upstream chapters are named in its parameters cell by a comment line `# depends:
-02_task_networks, 03_transfers`; a chapter whose numbers are timings of this machine says `# runs: alone`.
 `run_chapters` runs independent chapters side by side (on the run's shared workers), each as soon as the chapters
 it reads have finished, and an `alone` chapter with nothing beside it. Executed notebooks go to book/chapters/,
-which _toc.yml takes by glob, so a new notebook is listed, run and put in the book with no other change. A chapter
-is *fresh* when its executed notebook exists and was made from the same notebook source, library code, params
-(common, its own section and its upstream chapters' sections) and profile; *stale* when any of those changed;
-*missing* when never run.
+which _toc.yml takes by glob, so a new notebook is listed, run and put in the book with no other change.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import re
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from taskstudy.book.catalog import (
+    Chapter,
+    ChapterError,
+    chapter_parameters,
+    downstream,
+    fingerprint,
+    record_path,
+    runs_dir,
+)
 from taskstudy.engine import faults, parallel
-from taskstudy.engine.params import RESERVED, SECTIONS, StudyParams, _suggest, notebook_defaults
-from taskstudy.engine.paths import build_dir, chapters_dir, find_root, notebooks_dir, owner_tag, sweep_orphans
+from taskstudy.engine.params import StudyParams
+from taskstudy.engine.paths import chapters_dir, find_root, owner_tag, sweep_orphans
 
 log = logging.getLogger(__name__)
 
 KERNEL = "taskstudy"
-NAME = re.compile(r"^(\d\d)_([a-z][a-z0-9_]*)$")
-DEPENDS = re.compile(r"^#\s*depends\s*:\s*(.*)$", re.MULTILINE)
-ALONE = re.compile(r"^#\s*runs\s*:\s*alone\b", re.MULTILINE)
-SCENES_ONLY = re.compile(r"^#\s*needs\s*:\s*scenes\b", re.MULTILINE)  # it needs the renderer, not only data
 RUN_ENV = "TASKSTUDY_RUN"  # "<start time>": the `taskstudy run` a kernel belongs to (inherited by the kernels)
-
-
-class ChapterError(RuntimeError):
-    """A chapter that is malformed or failed to execute; the message names the chapter (and cell)."""
-
-
-@dataclass(frozen=True)
-class Chapter:
-    name: str  # "03_transfers"
-    number: int  # 3
-    section: str  # "transfers": its params section
-    path: Path  # notebooks/03_transfers.ipynb
-    depends: tuple[str, ...]  # names of the chapters whose results it reads
-    alone: bool = False  # its numbers are timings: nothing runs beside it
-    scenes_only: bool = False  # it needs the renderer (`# needs: scenes`): skipped on other data
-
-
-def runs_dir(root: Path | None = None) -> Path:
-    """Run records and in-progress / failed executed notebooks."""
-    return (root or find_root()) / "book" / "_runs"
-
-
-def _parameters_source(path: Path) -> str:
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    for c in nb.cells:
-        if "parameters" in c.get("metadata", {}).get("tags", []):
-            return c.source
-    raise ChapterError(f"{path}: no cell tagged 'parameters' (papermill needs one to inject params)")
-
-
-def chapters(root: Path | None = None) -> list[Chapter]:
-    """Every chapter in notebooks/, in order, with its dependencies checked."""
-    root = root or find_root()
-    out = []
-    for p in sorted(notebooks_dir(root).glob("*.ipynb")):
-        m = NAME.match(p.stem)
-        if not m:
-            continue
-        src = _parameters_source(p)
-        deps = ()
-        dm = DEPENDS.search(src)
-        if dm:
-            deps = tuple(d.strip() for d in dm.group(1).split(",") if d.strip())
-        out.append(Chapter(p.stem, int(m.group(1)), m.group(2), p, deps, bool(ALONE.search(src)),
-                           bool(SCENES_ONLY.search(src))))
-    names = [c.name for c in out]
-    for c in out:
-        for d in c.depends:
-            if d not in names:
-                raise ChapterError(f"{c.path}: depends on unknown chapter '{d}'{_suggest(d, names)}")
-            if names.index(d) >= names.index(c.name):
-                raise ChapterError(f"{c.path}: depends on '{d}', which comes later")
-    return out
-
-
-def select(all_chapters: Sequence[Chapter], wanted: Iterable[str]) -> list[Chapter]:
-    """Chapters by full name (03_transfers), number (03 or 3) or section (transfers), in book order."""
-    chosen = set()
-    for w in wanted:
-        hits = [
-            c for c in all_chapters
-            if w in (c.name, c.section) or (w.isdigit() and int(w) == c.number)
-        ]
-        if not hits:
-            keys = [c.name for c in all_chapters] + [c.section for c in all_chapters]
-            raise ChapterError(f"no chapter '{w}'{_suggest(w, keys)}; `taskstudy list` shows them")
-        chosen.update(c.name for c in hits)
-    return [c for c in all_chapters if c.name in chosen]
-
-
-def upstream(all_chapters: Sequence[Chapter], chapter: Chapter) -> list[Chapter]:
-    """Every chapter `chapter` reads from, transitively, in book order."""
-    by_name = {c.name: c for c in all_chapters}
-    seen: set[str] = set()
-    todo = list(chapter.depends)
-    while todo:
-        d = todo.pop()
-        if d not in seen:
-            seen.add(d)
-            todo.extend(by_name[d].depends)
-    return [c for c in all_chapters if c.name in seen]
-
-
-def downstream(all_chapters: Sequence[Chapter], selected: Sequence[Chapter]) -> list[Chapter]:
-    """The selected chapters plus every chapter that reads their results, transitively, in book order."""
-    names = {c.name for c in selected}
-    for c in all_chapters:  # book order: a dependency always comes first
-        if any(d in names for d in c.depends):
-            names.add(c.name)
-    return [c for c in all_chapters if c.name in names]
-
-
-def _notebook_digest(path: Path) -> str:
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    return hashlib.sha256("\x00".join(c.source for c in nb.cells).encode()).hexdigest()
-
-
-def _code_digest(path: Path) -> str:
-    """What the chapter's cells call of the library (codehash.source_hash): an edit to code the chapter does not
-    reach, or to a docstring, leaves it fresh."""
-    import nbformat
-
-    from taskstudy.engine.codehash import source_hash
-
-    nb = nbformat.read(path, as_version=4)
-    return source_hash("\n".join(c.source for c in nb.cells if c.cell_type == "code"))
-
-
-def fingerprint(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path) -> str:
-    """What an executed chapter was made from: notebook, library code, profile and the params it reads."""
-    sections = [chapter.section] + [c.section for c in upstream(all_chapters, chapter)]
-    parts = [
-        params.profile,
-        _notebook_digest(chapter.path),
-        _code_digest(chapter.path),
-        params.digest(*sections),
-    ]
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:20]
-
-
-def _record_path(chapter: Chapter, root: Path) -> Path:
-    return runs_dir(root) / f"{chapter.name}.json"
-
-
-def read_record(chapter: Chapter, root: Path | None = None) -> dict[str, Any] | None:
-    p = _record_path(chapter, root or find_root())
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def status(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapter], root: Path) -> str:
-    """'fresh', 'stale' or 'missing' for this profile and params."""
-    executed = chapters_dir(root) / f"{chapter.name}.ipynb"
-    rec = read_record(chapter, root)
-    if not executed.is_file() or rec is None:
-        return "missing"
-    if rec.get("fingerprint") != fingerprint(chapter, params, all_chapters, root):
-        return "stale"
-    for up in upstream(all_chapters, chapter):
-        up_rec = read_record(up, root)
-        if up_rec is None or up_rec.get("finished", 0) > rec.get("finished", 0):
-            return "stale"
-    return "fresh"
 
 
 def ensure_kernel() -> str:
@@ -209,27 +54,6 @@ def ensure_kernel() -> str:
     return KERNEL
 
 
-def chapter_parameters(chapter: Chapter, params: StudyParams, root: Path | None = None) -> dict[str, Any]:
-    """What papermill injects: the params file (relative to the study root when inside it: the kernel runs
-    there, and a page shows no path of the machine that built it) and the overrides. A chapter of the study reads
-    its section from them (its defaults live in taskstudy.engine.params, once); a user's chapter without a section model
-    there keeps its defaults in its parameters cell, and gets the profile's values injected as well."""
-    defaults = notebook_defaults(chapter.path)
-    builtin = chapter.section in SECTIONS
-    own = {} if builtin else params.values(chapter.section)
-    extra = [k for k in defaults if k not in RESERVED] if builtin else [k for k in own if k not in defaults]
-    if extra:
-        raise ChapterError(
-            f"{chapter.path}: the parameters cell defines {extra}, which live in the params section "
-            f"'{chapter.section}' (taskstudy.engine.params); keep only params_file and overrides there" if builtin else
-            f"{chapter.path}: params section '{chapter.section}' has {extra} but the parameters cell does not"
-        )
-    file = params.file.resolve()
-    if root is not None and file.is_relative_to(root.resolve()):
-        file = file.relative_to(root.resolve())
-    return {"params_file": str(file), "overrides": list(params.overrides), **own}
-
-
 def data_note(params: StudyParams) -> str | None:
     """One admonition for the page of a chapter run on other data than the rendered scenes (None on scenes)."""
     if params.common.dataset == "scenes":
@@ -238,8 +62,8 @@ def data_note(params: StudyParams) -> str | None:
 
     root = taskonomy_data.root_of(params.common)
     fixture = (root / taskonomy_data.FIXTURE_MARK).is_file()
-    what = ("a fixture written by `taskstudy.world.taskonomy_fixture` (the study's rendered scenes in the release's files "
-            "and encodings): its numbers are a fixture's, not the study's or the paper's" if fixture else
+    what = ("a fixture written by `taskstudy.world.taskonomy_fixture` (the study's rendered scenes in the release's "
+            "files and encodings): its numbers are a fixture's, not the study's or the paper's" if fixture else
             "its numbers are that data's, not the rendered study's")
     return (f"```{{note}}\nThis chapter ran on a Taskonomy-format folder (`common.dataset: taskonomy`, folder "
             f"`{root.name}`), split by building: {what}.\n```")
@@ -280,42 +104,6 @@ def present(nb: Any, chapter: Chapter, injected: dict[str, Any], profile: str, n
     return nb
 
 
-def page_problems(path: Path, root: Path) -> list[str]:
-    """What a reader must not see on an executed chapter's page: error outputs, stderr streams carrying a
-    traceback, and absolute paths of the machine that built it (the study root, the Python environment, the home
-    folder) in any shown source or output, or in the notebook's metadata (the page's .ipynb download carries it).
-    One line per problem."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    machine = sorted({str(p) for p in (root.resolve(), Path(sys.prefix), Path(sys.base_prefix), Path.home())
-                      if len(str(p)) > 1}, key=len, reverse=True)
-    problems = []
-    meta = json.dumps(nb.metadata)
-    hit = next((m for m in machine if m in meta), None)
-    if hit:
-        problems.append(f"{path.stem}: notebook metadata: a path of this machine ({hit})")
-    for i, cell in enumerate(nb.cells):
-        if "remove-cell" in cell.metadata.get("tags", []):
-            continue
-        texts = [("source", cell.source)]
-        for out in cell.get("outputs", []):
-            if out.output_type == "error":
-                problems.append(f"{path.stem}: cell {i}: error output {out.ename}: {out.evalue}"[:200])
-            elif out.output_type == "stream":
-                if out.name == "stderr" and "Traceback" in out.text:
-                    problems.append(f"{path.stem}: cell {i}: a traceback on stderr: {out.text.strip().splitlines()[-1]}"
-                                    [:200])
-                texts.append((f"{out.name} output", out.text))
-            for kind, value in out.get("data", {}).items():
-                if kind.startswith("text/") or kind == "application/json":
-                    texts.append((f"{kind} output", value if isinstance(value, str) else json.dumps(value)))
-        for where, text in texts:
-            hit = next((m for m in machine if m in text), None)
-            if hit:
-                line = next(ln for ln in text.splitlines() if hit in ln).strip()
-                problems.append(f"{path.stem}: cell {i}: a path of this machine in its {where}: {line}"[:200])
-    return problems
 
 
 _INTERRUPTED = {"flag": False}
@@ -411,7 +199,7 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     }
     from taskstudy.engine.store import atomic_write
 
-    atomic_write(_record_path(chapter, root), json.dumps(record, indent=1).encode())
+    atomic_write(record_path(chapter, root), json.dumps(record, indent=1).encode())
     return record
 
 
@@ -530,60 +318,5 @@ def sweep(root: Path | None = None, results: Path | None = None) -> list[Path]:
     return removed
 
 
-def plan(params: StudyParams, wanted: Sequence[str] = (), with_downstream: bool = False,
-         force: bool = False, root: Path | None = None) -> list[Chapter]:
-    """The chapters `taskstudy run` would execute: the named ones (plus downstream), else every chapter that
-    is not fresh (all of them with force)."""
-    root = root or find_root()
-    chs = chapters(root)
-    if wanted:
-        todo = select(chs, wanted)
-        todo = downstream(chs, todo) if with_downstream else todo
-    elif force:
-        todo = chs
-    else:
-        todo = []
-        for c in chs:
-            if status(c, params, chs, root) != "fresh" or any(u.name in {t.name for t in todo}
-                                                              for u in upstream(chs, c)):
-                todo.append(c)
-    return todo
 
 
-def skipped_for_data(todo: Sequence[Chapter], params: StudyParams) -> list[Chapter]:
-    """The chapters of `todo` that need the renderer (`# needs: scenes`) when the study runs on other data."""
-    return [] if params.common.dataset == "scenes" else [c for c in todo if c.scenes_only]
-
-
-def build_book(root: Path | None = None, strict: bool = True) -> Path:
-    """Build the Jupyter Book (1.x, execute_notebooks off) into book/_build/html; warnings are errors. A chapter
-    whose page a reader must not see (`page_problems`) stops the build first, one line per problem."""
-    root = root or find_root()
-    problems = [p for path in sorted(chapters_dir(root).glob("*.ipynb")) for p in page_problems(path, root)]
-    if problems:
-        raise ChapterError("the book is not built: executed chapters hold what a reader must not see\n  "
-                           + "\n  ".join(problems))
-    exe = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root / "book")]
-    if strict:
-        cmd += ["-W", "-n", "--keep-going"]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    log_path = build_dir(root) / "build.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(proc.stdout + proc.stderr)
-    index = build_dir(root) / "html" / "index.html"
-    if proc.returncode != 0 or not index.is_file():
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
-        raise ChapterError(f"book build failed (full log: {log_path}):\n{tail}")
-    return index
-
-
-def clean(root: Path | None = None, results: Path | None = None) -> list[Path]:
-    """Remove executed chapters, run records and the built book (and a results folder, if given)."""
-    root = root or find_root()
-    removed = []
-    for p in (chapters_dir(root), runs_dir(root), build_dir(root), *([results] if results else [])):
-        if p.exists():
-            shutil.rmtree(p)
-            removed.append(p)
-    return removed

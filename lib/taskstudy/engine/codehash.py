@@ -38,8 +38,8 @@ from typing import Any
 PACKAGE = __name__.split(".")[0]
 ROOT = Path(__file__).resolve().parents[__name__.count(".") - 1]  # the package's folder, wherever this module sits
 PLUMBING = frozenset((  # modules (by their last name, wherever they sit) that move results but do not compute them
-    "store", "parallel", "paths", "faults", "errors", "params", "pipeline", "cli", "dask_plugin", "manifest",
-    "codehash", "bookcheck", "machine"))
+    "store", "parallel", "paths", "faults", "errors", "params", "sections", "pipeline", "cli", "dask_plugin",
+    "manifest", "codehash", "bookcheck", "machine"))
 SKIPPED_FIELDS = frozenset(("type_params", "type_comment"))  # syntax fields not every supported Python has
 
 

@@ -272,7 +272,7 @@ def run_units(
     key: Callable[[U], dict[str, Any]],
     version: str,
     save: Callable[[U, R], None],
-    common: Any,  # params.Common: its workers and cluster.address (the runner takes nothing else of params)
+    common: Any,  # sections.Common: its workers and cluster.address (the runner takes nothing else of params)
     done: Callable[[U], bool] | None = None,
     left: Callable[[U], U | None] | None = None,
     desc: str | None = None,

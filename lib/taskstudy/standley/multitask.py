@@ -47,7 +47,8 @@ from taskstudy.world import data
 from taskstudy.world import tasks as taskdict
 
 if TYPE_CHECKING:
-    from taskstudy.engine.params import Common, StudyParams
+    from taskstudy.engine.params import StudyParams
+    from taskstudy.engine.sections import Common
 
 VERSION = "2"
 HALF_COST = 0.5  # budget units charged to a half-size network (the paper's convention)
@@ -168,7 +169,7 @@ class Unit:
 
     tasks: tuple[str, ...]
     share: int  # the encoder costs 1/share of a full one: 1 full size, 2 half size, k: Table 1's 1/k networks
-    common: Any  # params.Common
+    common: Any  # sections.Common
     cfg: GroupingConfig
     root: str  # the results store folder
     seed: int = 0  # the replicate, 0 .. cfg.seeds - 1

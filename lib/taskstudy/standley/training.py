@@ -30,7 +30,8 @@ from taskstudy.standley.multitask import (
 from taskstudy.world import data
 
 if TYPE_CHECKING:
-    from taskstudy.engine.params import Common, StudyParams
+    from taskstudy.engine.params import StudyParams
+    from taskstudy.engine.sections import Common
 
 
 @dataclass

@@ -50,8 +50,9 @@ from taskstudy.taskonomy.task_networks import unit_seed
 from taskstudy.world import data, objects, scenes
 
 if TYPE_CHECKING:
-    from taskstudy.engine.params import Common, StudyParams
-    from taskstudy.engine.params import Task2Vec as Task2VecSection
+    from taskstudy.engine.params import StudyParams
+    from taskstudy.engine.sections import Common
+    from taskstudy.engine.sections import Task2Vec as Task2VecSection
 
 VERSION = "1"
 SECTION = "task2vec"

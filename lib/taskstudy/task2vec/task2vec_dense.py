@@ -34,8 +34,9 @@ from taskstudy.world import data
 from taskstudy.world import tasks as taskdict
 
 if TYPE_CHECKING:
-    from taskstudy.engine.params import Common, StudyParams
-    from taskstudy.engine.params import Task2Vec as Task2VecSection
+    from taskstudy.engine.params import StudyParams
+    from taskstudy.engine.sections import Common
+    from taskstudy.engine.sections import Task2Vec as Task2VecSection
 
 VERSION = "1"
 

@@ -33,7 +33,8 @@ from taskstudy.world import data
 from taskstudy.world import tasks as taskdict
 
 if TYPE_CHECKING:
-    from taskstudy.engine.params import Common, StudyParams, TaskNetworks
+    from taskstudy.engine.params import StudyParams
+    from taskstudy.engine.sections import Common, TaskNetworks
 
 VERSION = "2"  # 2: early stopping on val, val scores, inputs seeded by the split's render seed
 
@@ -48,8 +49,8 @@ class NetworkUnit:
     """Everything one Step I unit needs; picklable for Dask workers."""
 
     task: str
-    common: Any  # params.Common
-    cfg: Any  # params.TaskNetworks
+    common: Any  # sections.Common
+    cfg: Any  # sections.TaskNetworks
     root: str  # the results store folder
 
 

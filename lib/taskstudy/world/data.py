@@ -27,7 +27,7 @@ from taskstudy.world import tasks as taskdict
 if TYPE_CHECKING:
     import pandas as pd
 
-    from taskstudy.engine.params import Common
+    from taskstudy.engine.sections import Common
 
 SPLITS = ("train", "transfer", "val", "test")
 _SMALL_INTS = ("instance", "semantic", "label_segment_semantic", "label_shadow")

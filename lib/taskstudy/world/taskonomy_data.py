@@ -34,7 +34,7 @@ from taskstudy.world import tasks as taskdict
 from taskstudy.world.realdata import RealDataError, TaskonomyFolder
 
 if TYPE_CHECKING:
-    from taskstudy.engine.params import Common
+    from taskstudy.engine.sections import Common
 
 FROM_RGB = ("autoencoding", "denoising", "colorization", "inpainting", "jigsaw")
 FROM_FOLDERS = ("depth_zbuffer", "depth_euclidean", "normals", "reshading", "curvature", "edge2d", "edge_occlusion",

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from taskstudy.engine.params import ParamsError, StudyParams
 from taskstudy.world import scenes
 from taskstudy.world.labels import _N_OBJ, JIGSAW_K, PERMUTATIONS, _grey, jigsaw_class
 
@@ -205,6 +206,23 @@ def get_task(name: str) -> Task:
     near = difflib.get_close_matches(str(name), list(TASKS), n=1, cutoff=0.0)
     hint = f"; did you mean '{near[0]}'?" if near else ""
     raise UnknownTaskError(f"unknown task '{name}'{hint} (valid: {', '.join(TASKS)})")
+
+
+def check_profile(P: StudyParams) -> None:
+    """Every task a profile names (common.tasks, chapter 12's base and each of its variations) is a task of this
+    dictionary: a typo fails naming the key and the nearest task before any kernel starts (`taskstudy run`)."""
+    named = {"common.tasks": P.common.tasks or []}
+    if "robustness" in P.sections:
+        base = P.section("robustness")
+        named["robustness.tasks"] = list(base.tasks)
+        for name, extra in base.variations.items():
+            named[f"robustness.variations.{name}"] = P.with_overrides(*extra).common.tasks or []
+    for where, names in named.items():
+        for t in names:
+            try:
+                get_task(t)
+            except UnknownTaskError as e:
+                raise ParamsError(f"{P.file}: '{where}': {e.args[0]}") from None
 
 
 def dictionary_tasks() -> list[str]:

@@ -43,7 +43,7 @@ from taskstudy.world import cifar
 from taskstudy.world.image_sets import class_splits, raw_images
 
 if TYPE_CHECKING:
-    from taskstudy.engine.params import Common
+    from taskstudy.engine.sections import Common
 
 VERSION = "2"  # the store entries' format (the code itself is part of every key: data_key)
 SPLIT_KINDS = ("similar", "dissimilar")
