@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from taskstudy.engine import params
-from taskstudy.standley import grouping, grouping_report, multitask, training
+from taskstudy.standley import grouping, grouping_report, lookahead, multitask, training
 
 TASKS = ["segment_semantic", "depth_zbuffer", "edge2d"]
 
@@ -109,7 +109,7 @@ def test_tag_grouping_follows_affinity() -> None:
     tasks = ["a", "b", "c"]
     nets, costs = grouping.candidate_networks(tasks)
     aff = pd.DataFrame([[0, 1, -1], [1, 0, -1], [-1, -1, 0]], index=tasks, columns=tasks, dtype=float)
-    chosen = grouping.tag_grouping(aff, nets, costs, 2.0, tasks)
+    chosen = lookahead.tag_grouping(aff, nets, costs, 2.0, tasks)
     names = {"+".join(nets[i]) for i in chosen}
     assert names == {"a+b", "c"} and all(costs[i] == 1.0 for i in chosen)
 

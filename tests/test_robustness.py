@@ -212,6 +212,10 @@ def test_stability_targets_and_per_target_seed_rho():
     met = rb.stability_targets(spread)
     assert met.loc["lowest target rho", "worst seed pair"] == pytest.approx(-1.0)
     assert not met.loc["lowest target rho", "met"] and met.loc["median target rho", "met"]
+    text = rb.stability_finding(spread, table)
+    assert "lowest target rho worst -1.00" in text and "not met" in text
+    assert "below 0.5 in some seed pair: t4 (-1.00)" in text and "t1" not in text.split("pair:")[1].split(".")[0]
+    assert f"rankings of {int(spread['sources'].min()) - 1} sources" in text  # chance level without the own entry
 
 
 @pytest.mark.slow

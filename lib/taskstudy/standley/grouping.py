@@ -32,7 +32,7 @@ import pandas as pd
 
 LossTable = Sequence[dict[str, float]]
 _REL_TOL = 1e-9
-_COST_EPS = 1e-9
+COST_EPS = 1e-9
 
 
 class GroupingError(ValueError):
@@ -125,7 +125,7 @@ def min_cover_cost(losses: LossTable, costs: Sequence[float], tasks: Sequence[st
     best = [math.inf]
 
     def rec(covered: frozenset, cost: float) -> None:
-        if cost >= best[0] - _COST_EPS:
+        if cost >= best[0] - COST_EPS:
             return
         todo = [t for t in tasks if t not in covered]
         if not todo:
@@ -160,7 +160,7 @@ def best_grouping(
         return _bip(losses, costs, budget, tasks)
     if method != "bnb":
         raise ValueError(f"unknown method {method!r} (expected 'bnb' or 'bip')")
-    limit = budget + _COST_EPS
+    limit = budget + COST_EPS
     # Branch on tasks with the fewest serving networks first; try each task's networks by ascending loss.
     order = sorted(tasks, key=lambda t: sum(t in net for net in losses))
     serving = {t: sorted((i for i, net in enumerate(losses) if t in net), key=lambda i: (losses[i][t], i))
@@ -217,7 +217,7 @@ def _bip(losses: LossTable, costs: Sequence[float], budget: float, tasks: Sequen
         prob += pulp.lpSum(v for (kk, _), v in y.items() if kk == k) == 1
     for (_, i), v in y.items():
         prob += v <= x[i]
-    prob += pulp.lpSum(costs[i] * x[i] for i in range(n)) <= budget + _COST_EPS
+    prob += pulp.lpSum(costs[i] * x[i] for i in range(n)) <= budget + COST_EPS
     with warnings.catch_warnings():  # PULP_CBC_CMD (the bundled CBC) is flagged for PuLP 4.0
         warnings.simplefilter("ignore", DeprecationWarning)
         status = prob.solve(pulp.PULP_CBC_CMD(msg=False))
@@ -236,7 +236,7 @@ def brute_force_grouping(
     n = len(losses)
     for k in range(1, n + 1):
         for idx in itertools.combinations(range(n), k):
-            if math.fsum(costs[i] for i in idx) > budget + _COST_EPS:
+            if math.fsum(costs[i] for i in idx) > budget + COST_EPS:
                 continue
             key = _key(losses, costs, idx, tasks)
             if key[0] < math.inf and _better(key, best):
@@ -348,7 +348,7 @@ def grouping_table(
                        best_cost=math.fsum(costs[i] for i in chosen), best_val=total_loss(sel, chosen, tasks))
         except GroupingError:
             row.update(best=None, best_loss=np.nan, best_cost=np.nan, best_val=np.nan)
-        fit = [i for i in everything if costs[i] <= b + _COST_EPS]
+        fit = [i for i in everything if costs[i] <= b + COST_EPS]
         row["all_in_one_loss"] = (total_loss(losses, [min(fit, key=lambda i: total_loss(sel, [i], tasks))], tasks)
                                   if fit else np.nan)
         sep = _sub_best(sel, costs, b, tasks, singles)
@@ -377,26 +377,3 @@ def _sub_best(losses: LossTable, costs: Sequence[float], budget: float, tasks: l
     return [allowed[k] for k in chosen]
 
 
-def tag_scores(affinity: pd.DataFrame, networks: Sequence[tuple[str, ...]]) -> list[dict[str, float]]:
-    """Task Affinity Grouping's objective as a loss table (Fifty et al. 2021, Sec. 3.3): a task in group g scores
-    minus the mean lookahead affinity onto it from the group's other tasks, affinity.loc[other, task] (rows: the
-    task stepped on, columns: the task measured); alone it scores 0. Lower is better, so `best_grouping` on this
-    table serves each task by the chosen group with the highest affinity onto it."""
-    out = []
-    for net in networks:
-        row = {}
-        for t in net:
-            others = [u for u in net if u != t]
-            row[t] = -float(np.mean([affinity.loc[u, t] for u in others])) if others else 0.0
-        out.append(row)
-    return out
-
-
-def tag_grouping(affinity: pd.DataFrame, networks: Sequence[tuple[str, ...]], costs: Sequence[float],
-                 budget: float, tasks: Sequence[str], full_cost: float = 1.0) -> list[int]:
-    """The grouping TAG picks from lookahead affinities alone: the full-size networks (TAG trains no smaller
-    ones) whose total affinity onto their tasks is highest within `budget`; indices into `networks`."""
-    full = [i for i, c in enumerate(costs) if abs(c - full_cost) < _COST_EPS]
-    scores = tag_scores(affinity, [networks[i] for i in full])
-    chosen = best_grouping(scores, [costs[i] for i in full], budget, tasks)
-    return sorted(full[k] for k in chosen)

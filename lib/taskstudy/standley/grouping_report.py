@@ -16,7 +16,7 @@ import pandas as pd
 
 from taskstudy.nn import train
 from taskstudy.reference import beside, standley_best_grouping
-from taskstudy.standley import grouping
+from taskstudy.standley import grouping, lookahead
 from taskstudy.standley.training import GroupingRun, GroupingStudy
 from taskstudy.uncertainty import seed_interval, sign_verdict
 
@@ -45,7 +45,7 @@ def budget_table(run: GroupingRun, budgets: Sequence[float] | None = None, relat
     table = grouping.grouping_table(test, run.costs, run.names, budgets, predicted=est, select=val)
     early = run.losses("early_losses", relative=relative)
     for name, choose in (("early", lambda b: grouping.best_grouping(early, run.costs, b, run.tasks)),
-                         ("tag", lambda b: grouping.tag_grouping(run.lookahead, run.networks, run.costs, b,
+                         ("tag", lambda b: lookahead.tag_grouping(run.lookahead, run.networks, run.costs, b,
                                                                  run.tasks))):
         names, vals = [], []
         for b in budgets:
@@ -276,30 +276,6 @@ def setting_table(study: GroupingStudy) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("setting")
 
 
-def budget_figure(tables: pd.DataFrame, title: str, ax: Any = None) -> Any:
-    """Total test loss against budget, seed mean with the seeds' range: best grouping, the two baselines, the
-    three approximations."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(8.5, 4))
-    styles = {"best_loss": ("best grouping (chosen on val)", "-", "o"), "all_in_one_loss": ("all-in-one", "--", "s"),
-              "all_separate_loss": ("all-separate", "--", "^"),
-              "predicted_loss": ("predicted from pairs (higher-order approx.)", ":", "x"),
-              "early_loss": ("chosen after early stopping", ":", "+"), "tag_loss": ("TAG (lookahead)", ":", "d")}
-    g = tables.groupby("budget")
-    for col, (label, ls, marker) in styles.items():
-        mean = g[col].mean()
-        ax.plot(mean.index, mean.values, ls=ls, marker=marker, label=label)
-        ax.fill_between(mean.index, g[col].min().values, g[col].max().values, alpha=0.12)
-    ax.set_xlabel("inference budget (full-size encoders)")
-    ax.set_ylabel("total test loss (sum over tasks)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.figure.tight_layout()
-    return ax
-
-
 # --------------------------------------------------------------------------------------------------- the paper
 def _served_groups(serving: dict[str, Any], size: dict[Any, str]) -> str:
     nets: dict[Any, list[str]] = {}
@@ -379,8 +355,6 @@ def paper_beside(study: GroupingStudy, tables: pd.DataFrame | None = None) -> pd
     return frame
 
 
-
-
 def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> dict[str, Any]:
     """Read `training.schedule_check` on the paired differences: per network (the same seed, data and
     initialisation under both schedules) the longer schedule's gain in best val loss, relative to the study's (> 0:
@@ -399,7 +373,7 @@ def schedule_verdict(check: pd.DataFrame, runs: Sequence[GroupingRun]) -> dict[s
             "converged": bool(lo <= 0)}
 
 
-__all__ = ["COMPARISONS", "band", "budget_figure", "budget_table", "budget_tables", "calibration_rows",
+__all__ = ["COMPARISONS", "band", "budget_table", "budget_tables", "calibration_rows",
            "comparison_bands", "compare", "convergence", "cost_table", "equal_budget", "equal_budget_bands",
            "grouping_stability", "lookahead_agreement", "mean_lookahead", "mean_pairwise", "pairwise",
            "pairwise_band", "paper_beside", "predicted_choice", "schedule_verdict", "serving_networks",

@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from taskstudy.standley import grouping
+
 LossesFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
 
 
@@ -141,3 +143,28 @@ class LookaheadAccumulator:
         """The mean matrix as a labelled pandas DataFrame."""
         return pd.DataFrame(self.matrix(), index=pd.Index(self.tasks, name="step on"),
                             columns=pd.Index(self.tasks, name="loss of"))
+
+
+def tag_scores(affinity: pd.DataFrame, networks: Sequence[tuple[str, ...]]) -> list[dict[str, float]]:
+    """Task Affinity Grouping's objective as a loss table (Fifty et al. 2021, Sec. 3.3): a task in group g scores
+    minus the mean lookahead affinity onto it from the group's other tasks, affinity.loc[other, task] (rows: the
+    task stepped on, columns: the task measured); alone it scores 0. Lower is better, so `best_grouping` on this
+    table serves each task by the chosen group with the highest affinity onto it."""
+    out = []
+    for net in networks:
+        row = {}
+        for t in net:
+            others = [u for u in net if u != t]
+            row[t] = -float(np.mean([affinity.loc[u, t] for u in others])) if others else 0.0
+        out.append(row)
+    return out
+
+
+def tag_grouping(affinity: pd.DataFrame, networks: Sequence[tuple[str, ...]], costs: Sequence[float],
+                 budget: float, tasks: Sequence[str], full_cost: float = 1.0) -> list[int]:
+    """The grouping TAG picks from lookahead affinities alone: the full-size networks (TAG trains no smaller
+    ones) whose total affinity onto their tasks is highest within `budget`; indices into `networks`."""
+    full = [i for i, c in enumerate(costs) if abs(c - full_cost) < grouping.COST_EPS]
+    scores = tag_scores(affinity, [networks[i] for i in full])
+    chosen = grouping.best_grouping(scores, [costs[i] for i in full], budget, tasks)
+    return sorted(full[k] for k in chosen)

@@ -227,6 +227,22 @@ def stability_targets(spread: pd.DataFrame, targets: Mapping[str, float] | None 
     return pd.DataFrame(rows).set_index("measure")
 
 
+def stability_finding(spread: pd.DataFrame, per_target: pd.DataFrame) -> str:
+    """The stability targets, met or not, with the targets below the floor named and the chance level of a
+    target's rho for this many sources (the own entry left out)."""
+    met, floor = stability_targets(spread), STABILITY_TARGETS["lowest target rho"]
+    worst = per_target.drop(index="pooled").min(axis=1)
+    low = worst[worst < floor]
+    lines = "; ".join(f"{m} worst {r['worst seed pair']:.2f} (mean {r['mean']:.2f}) against >= {r['target']}: "
+                      f"{'met' if r['met'] else 'not met'}" for m, r in met.iterrows())
+    below = (f"Targets below {floor} in some seed pair: " + ", ".join(f"{t} ({v:.2f})" for t, v in low.items())
+             + "." if len(low) else f"No target falls below {floor} in any seed pair.")
+    n_src = int(spread["sources"].min()) - 1  # the own entry left out
+    return (f"Targets met: {lines}. {below}\nChance level: rho 0; two unrelated rankings of {n_src} sources reach "
+            f"|rho| >= {uncertainty.critical_rho(n_src):.2f} in 5% of draws (a target's rho), the pooled rho over "
+            f"{int(spread['targets'].min()) * n_src} cells far less.")
+
+
 def stability_table(runs: Mapping[str, Run], budgets: Iterable[int]) -> pd.DataFrame:
     """One row per variation: its agreement with the base, and whether each measure lies within the
     seed-to-seed spread (at or above the lowest value any two seeds reach)."""
