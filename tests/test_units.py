@@ -65,6 +65,55 @@ def test_left_runs_only_what_is_missing(tmp_path: Path):
     assert seen == [(0, 2)] and ran == [(0, 2)]
 
 
+
+def _beside(store: Store, common: object, fn, block) -> None:
+    with parallel.units_beside(fn, [3], store=store, kind="cube", key=lambda u: {"u": u}, version="1",
+                               common=common, save=lambda u, r: store.save("cube", {"u": u}, {"r": r}, "1")):
+        block()
+
+
+def test_units_beside_in_process_run_after_the_block_and_not_after_an_error(tmp_path: Path):
+    store, order = Store(tmp_path), []
+    with pytest.raises(RuntimeError):
+        _beside(store, COMMON, lambda u: order.append("unit") or u ** 3, _fail)
+    assert order == [] and not store.exists("cube", {"u": 3}, "1")
+    assert store.lock("cube", {"u": 3}, "1").acquire(timeout=0)  # no claim left behind
+    before = parallel.COMPUTED.get("cube", 0)
+    _beside(store, COMMON, lambda u: order.append("unit") or u ** 3, lambda: order.append("block"))
+    assert order == ["block", "unit"] and store.load("cube", {"u": 3}, "1")["r"] == 27
+    assert parallel.COMPUTED["cube"] == before + 1
+    _beside(store, COMMON, lambda u: order.append("again") or 0, lambda: None)  # stored: nothing runs
+    assert "again" not in order
+
+
+def _fail() -> None:
+    raise RuntimeError("the block failed")
+
+
+@pytest.mark.slow
+def test_units_beside_run_on_the_workers_during_the_block(tmp_path: Path):
+    """On a cluster the unit starts on entry: the block sees it running (its marker file) before it ends."""
+    store, marker = Store(tmp_path / "store"), tmp_path / "started"
+    common = SimpleNamespace(workers=1, cluster=SimpleNamespace(address=None))
+
+    def cube(u: int) -> int:
+        from pathlib import Path as P
+
+        P(marker).write_text("on a worker")
+        return u ** 3
+
+    def wait_for_the_unit() -> None:
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists() and not store.exists("cube", {"u": 3}, "1")  # running beside, not yet saved
+
+    try:
+        _beside(store, common, cube, wait_for_the_unit)
+    finally:
+        parallel.close_clients()
+    assert store.load("cube", {"u": 3}, "1")["r"] == 27
+
 FOUR = "common.tasks=[autoencoding, normals, segment_semantic, class_scene]"
 SMALLER = ["task_grouping.tasks=[depth_zbuffer, normals, edge2d]", "task_grouping.seeds=1", "transfers.max_order=1"]
 # every unit kind, in an order in which each finds what it reads: (kind counted by run_units, its call)

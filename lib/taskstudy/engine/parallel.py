@@ -299,3 +299,55 @@ def run_units(
     with _UNITS_CPU_LOCK:  # chapters side by side share this process's counters
         COMPUTED[kind] = COMPUTED.get(kind, 0) + len(ran)
     return ran
+
+
+@contextlib.contextmanager
+def units_beside(
+    fn: Callable[[U], R],
+    units: Sequence[U],
+    *,
+    store: Any,
+    kind: str,
+    key: Callable[[U], dict[str, Any]],
+    version: str,
+    save: Callable[[U, R], None],
+    common: Any,  # sections.Common: its workers and cluster.address
+) -> Iterator[None]:
+    """`run_units` for units that run beside the caller's own work, as a block: `with units_beside(...): ...`.
+
+    A long unit that would otherwise wait for a chapter's many short ones (chapter 06's ImageNet-like network
+    beside its Steps I-II) fills the workers' idle turns instead. On a cluster, each unit that is not stored and
+    not claimed by another run is claimed (its entry's lock) and sent to the workers on entry; after the block its
+    result is saved and its claim let go. What is left after the block (everything, in-process; a unit another run
+    held, waited for on its claim) goes through `run_units`. An error in the block cancels the units sent and lets
+    go of their claims. Units are counted in `COMPUTED[kind]` and their CPU time in `cpu_account` like any other."""
+    import filelock
+
+    sent: list[tuple[U, Any, Any]] = []
+    if common.workers or common.cluster.address:
+        client = get_client(common.workers, common.cluster.address)
+        for u in units:
+            lock = store.lock(kind, key(u), version)
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                continue  # another run computes it: waited for after the block
+            if store.exists(kind, key(u), version):
+                lock.release()
+                continue
+            name = getattr(fn, "__name__", "unit")
+            sent.append((u, lock, client.submit(_CpuTimed(fn), u, key=f"{name}-{uuid.uuid4().hex}", retries=2)))
+    try:
+        yield
+        for u, _, fut in sent:
+            result, cpu = fut.result()
+            with _UNITS_CPU_LOCK:
+                _UNITS_CPU["s"] += cpu
+                _UNITS_CPU["units"] += 1
+                COMPUTED[kind] = COMPUTED.get(kind, 0) + 1
+            save(u, result)
+    finally:
+        for _, lock, fut in sent:
+            fut.cancel()
+            lock.release()
+    run_units(fn, units, store=store, kind=kind, key=key, version=version, save=save, common=common)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from taskstudy.engine.parallel import progress
+from taskstudy.engine.sections import Common
 
 Batch = torch.Tensor | dict[str, torch.Tensor]  # targets / outputs: one tensor, or one per task
 LossFn = Callable[[Batch, Batch], torch.Tensor]
@@ -111,7 +112,7 @@ def resolve_kernels(precision: str = "auto", channels_last: bool | str = "auto",
     return {"precision": precision, "channels_last": bool(channels_last)}
 
 
-def kernels(common: object) -> dict[str, object]:
+def kernels(common: Common) -> dict[str, object]:
     """The TrainConfig fields a profile's `common` sets for every network: the kernels (precision, channels_last,
     resolved for this machine by `resolve_kernels`) and how many val images early stopping reads (val_images, from
     common.val_stop_images)."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from taskstudy import reference, uncertainty
 from taskstudy.engine.codehash import computation_hash
+from taskstudy.engine.parallel import units_beside
 from taskstudy.engine.store import Store
 from taskstudy.nn.models import TaskNetwork
 from taskstudy.nn.train import TrainConfig, fit_validated, kernels, predict, resolve_device
@@ -116,30 +117,6 @@ def imagenet_encoder(params: StudyParams) -> dict[str, Any]:
     """The ImageNet-like network (`train_imagenet`), read from the store or trained here and stored."""
     return Store.for_params(params).get_or_compute("imagenet_encoder", imagenet_key(params),
                                                    lambda: train_imagenet(params), VERSION, fmt="pt")
-
-
-def _imagenet_on_a_worker(params: StudyParams) -> tuple[Any, Any] | None:
-    """Start the ImageNet-like network's training on a Dask worker, so that it fills the workers' idle turns of
-    Steps I-II instead of running after them: (the future, the entry's claimed lock), or None when it is stored
-    already, the profile runs in-process, or another run holds the claim (`imagenet_encoder` then waits for it)."""
-    import filelock
-
-    from taskstudy.engine.parallel import COMPUTED, get_client
-
-    common, store = params.common, Store.for_params(params)
-    if not (common.workers or common.cluster.address):
-        return None
-    lock = store.lock("imagenet_encoder", imagenet_key(params), VERSION)
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        return None
-    if store.exists("imagenet_encoder", imagenet_key(params), VERSION):
-        lock.release()
-        return None
-    COMPUTED["imagenet_encoder"] = COMPUTED.get("imagenet_encoder", 0) + 1
-    return get_client(common.workers, common.cluster.address).submit(train_imagenet, params, pure=False,
-                                                                     retries=2), lock
 
 
 def _load_imagenet(params: StudyParams) -> torch.nn.Module:
@@ -298,17 +275,12 @@ def novel_tasks(params: StudyParams, targets: Sequence[str] | None = None) -> St
     missing = [s for s in SELF_SUPERVISED if s not in study_tasks(params.common)]
     if missing:
         raise ValueError(f"the self-supervised sources {missing} are not in common.tasks")
-    pending = _imagenet_on_a_worker(params)
-    try:
-        step1 = task_networks(params, tasks=targets)
+    store = Store.for_params(params)
+    with units_beside(train_imagenet, [params], store=store, kind="imagenet_encoder", key=imagenet_key,
+                      version=VERSION, common=params.common,
+                      save=lambda p, net: store.save("imagenet_encoder", imagenet_key(p), net, VERSION, fmt="pt")):
+        step1 = task_networks(params, tasks=targets)  # the ImageNet-like network trains beside Steps I-II
         step2 = transfers(params, targets=targets)
-        if pending is not None:  # the client writes the store, as for every unit
-            Store.for_params(params).save("imagenet_encoder", imagenet_key(params), pending[0].result(), VERSION,
-                                          fmt="pt")
-    finally:  # the claim is let go even when Steps I-II fail (a rerun in the same kernel would wait on it)
-        if pending is not None:
-            pending[0].cancel()
-            pending[1].release()
     net = imagenet_encoder(params)
     scores = pd.concat([step2.results["scores"], imagenet_scores(params, targets)], ignore_index=True)
     scores.attrs["split"] = "test"
