@@ -10,8 +10,8 @@ import torch
 from scipy.stats import multivariate_normal, ortho_group
 
 from taskstudy.compare import estimator_study as es
-from taskstudy.compare import estimators as est
 from taskstudy.engine import params as study_params
+from taskstudy.taskonomy import estimators as est
 from taskstudy.world import tasks as taskdict
 
 
@@ -115,7 +115,7 @@ def _truth(targets=("a", "b", "c", "d"), sources=("s1", "s2", "s3", "s4", "s5"),
 
 def _estimates(named):
     rows = [(n, t, s, float(m.at[t, s])) for n, m in named.items() for t in m.index for s in m.columns]
-    return es.Estimates(pd.DataFrame(rows, columns=["estimator", "target", "source", "score"]),
+    return est.Estimates(pd.DataFrame(rows, columns=["estimator", "target", "source", "score"]),
                         {n: 1.0 for n in named})
 
 
@@ -193,11 +193,11 @@ def test_estimate_reads_the_val_split_only(monkeypatch, repo_root):
         shape = t.label_shape(40, 8)
         return torch.randint(0, t.channels, shape) if "classification" in t.kind else torch.rand(shape)
 
-    monkeypatch.setattr(es.features, "load_features", features)
-    monkeypatch.setattr(es, "_val_labels", labels)
-    E = es.estimate(P)
+    monkeypatch.setattr(est, "load_features", features)
+    monkeypatch.setattr(est, "_val_labels", labels)
+    E = est.estimate(P)
     assert set(seen) == {"val"}
-    assert set(E.scores.estimator) == {*est.ESTIMATORS, es.CHANCE}
+    assert set(E.scores.estimator) == {*est.ESTIMATORS, est.CHANCE}
     assert len(E.scores) == len(set(E.scores.estimator)) * 3 * 3  # 3 targets x 3 sources
     assert set(E.cpu_s) >= set(est.ESTIMATORS)
 
@@ -205,7 +205,7 @@ def test_estimate_reads_the_val_split_only(monkeypatch, repo_root):
 def test_the_label_loader_reads_val(monkeypatch, repo_root):
     P = study_params.load(repo_root / "params/smoke.yaml")
     splits = []
-    monkeypatch.setattr(es.data, "scene_split", lambda store, common, split: splits.append(split) or {})
-    monkeypatch.setattr(es.data, "target", lambda split, target: None)
-    es._val_labels(P, "normals")
+    monkeypatch.setattr(est.data, "scene_split", lambda store, common, split: splits.append(split) or {})
+    monkeypatch.setattr(est.data, "target", lambda split, target: None)
+    est._val_labels(P, "normals")
     assert splits == ["val"]

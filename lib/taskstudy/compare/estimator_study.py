@@ -1,4 +1,4 @@
-"""Chapter 13: can a cheap estimate replace Step II? The estimators of `taskstudy.compare.estimators`, computed on
+"""Chapter 13: can a cheap estimate replace Step II? The estimators of `taskstudy.taskonomy.estimators`, computed on
 the val split's cached frozen features, against the study's own ground truth (Step III's first-order AHP affinities
 on val; the policies' Gain and Quality on test).
 
@@ -10,86 +10,25 @@ baselines (an estimator rates readouts of source encoders only), and the BIP is 
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
 from taskstudy import uncertainty
-from taskstudy.compare import estimators as est
 from taskstudy.engine.store import Store
-from taskstudy.taskonomy import ahp, evaluate, features, transfer
+from taskstudy.taskonomy import ahp, evaluate, transfer
+from taskstudy.taskonomy import estimators as est
 from taskstudy.taskonomy import robustness as rb
-from taskstudy.taskonomy.task_networks import study_tasks, unit_seed
-from taskstudy.world import data
-from taskstudy.world import tasks as taskdict
+from taskstudy.taskonomy.estimators import CHANCE, Estimates, estimate
 
 if TYPE_CHECKING:
     from taskstudy.engine.params import StudyParams
 
-CHANCE = "random scores"  # a seeded random score per (target, source): the estimator that knows nothing
 TRUTH = "ground truth (AHP)"  # Step III's first-order affinities (val): what the estimators try to predict
 CEILING = "ground truth, another seed (ceiling)"  # the truth against itself retrained (chapter 12's seeds)
-
-
-@dataclass
-class Estimates:
-    """Every estimator's score of every (target, source) pair, and what each cost."""
-
-    scores: pd.DataFrame  # estimator, target, source, score (higher: transfers better, by the estimator)
-    cpu_s: dict[str, float]  # estimator -> CPU seconds for the whole table (features already cached)
-
-    def matrix(self, name: str) -> pd.DataFrame:
-        """One estimator's scores as targets x sources."""
-        sub = self.scores[self.scores.estimator == name]
-        return sub.pivot(index="target", columns="source", values="score")
-
-
-def _val_labels(P: StudyParams, target: str) -> Any:
-    return data.target(data.scene_split(Store.for_params(P), P.common, "val"), target)
-
-
-def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequence[str] | None = None,
-             names: Iterable[str] = est.ESTIMATORS) -> Estimates:
-    """Every estimator in `names` (and the chance estimator) for every target x source on the val split's cached
-    features (chapter 03's store entries; each target's query form). RSA and DDS compare a source's representation
-    with the target's own task network's; the labelled estimators read `estimators.max_samples` cells per pair."""
-    cfg = P.section("estimators")
-    sources = list(sources or study_tasks(P.common))
-    targets = list(targets or [t for t in sources if not taskdict.get_task(t).source_only])
-    names = list(names)
-    query = {t: features.query_kind(t) for t in targets}
-    feats = {(s, q): features.load_features(P, (s,), "val", q) for q in set(query.values())
-             for s in {*sources, *targets}}
-    rows, cpu = [], defaultdict(float)
-    for name, vector, score in (("RSA", est.rsa_vector, est.rsa), ("DDS", est.dds_vector, est.dds)):
-        if name not in names:
-            continue
-        t0 = time.process_time()
-        vecs = {k: vector(z.numpy()) for k, z in feats.items()}
-        rows += [(name, t, s, score(vecs[s, query[t]], vecs[t, query[t]])) for t in targets for s in sources]
-        cpu[name] += time.process_time() - t0
-    labelled = [n for n in names if n in est.LABELLED]
-    for t in targets:
-        task, y = taskdict.get_task(t), _val_labels(P, t)
-        for s in sources:
-            t0 = time.process_time()
-            smp = est.samples(feats[s, query[t]], y, task.kind, task.channels, cfg.max_samples,
-                              seed=unit_seed(P.common.seed, "estimator", t, s))
-            shared = time.process_time() - t0  # every labelled estimator needs the samples
-            for name in labelled:
-                t0 = time.process_time()
-                rows.append((name, t, s, est.labelled_estimator(name)(smp)))
-                cpu[name] += time.process_time() - t0 + shared
-    rng = np.random.default_rng(unit_seed(P.common.seed, "estimator", CHANCE))
-    rows += [(CHANCE, t, s, float(rng.random())) for t in targets for s in sources]
-    cpu[CHANCE] = 0.0
-    return Estimates(pd.DataFrame(rows, columns=["estimator", "target", "source", "score"]), dict(cpu))
 
 
 def ground_truth(P: StudyParams) -> tuple[pd.DataFrame, pd.DataFrame, float]:
@@ -346,6 +285,6 @@ def standing_agreement(table: pd.DataFrame, reference: str = rb.BASE) -> pd.Seri
     return pd.Series(out, name="tau", dtype=float)
 
 
-__all__ = ["CEILING", "CHANCE", "Estimates", "TRUTH", "across_variations", "against_ceiling", "agreement", "ceiling",
-           "cost_table", "estimate", "ground_truth", "headline", "on_base", "on_grouping_tasks", "per_target",
+__all__ = ["CEILING", "TRUTH", "across_variations", "against_ceiling", "agreement", "ceiling",
+           "cost_table", "ground_truth", "headline", "on_base", "on_grouping_tasks", "per_target",
            "quality_beside_truth", "rank_affinity", "standing_agreement", "summary_table", "taxonomies"]

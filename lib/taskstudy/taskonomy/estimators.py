@@ -19,13 +19,26 @@ meaning "transfers better"; `samples` turns the study's feature maps and labels 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
+
+from taskstudy.engine.store import Store
+from taskstudy.taskonomy.features import load_features, query_kind
+from taskstudy.taskonomy.task_networks import study_tasks, unit_seed
+from taskstudy.world import data
+from taskstudy.world import tasks as taskdict
+
+if TYPE_CHECKING:
+    from taskstudy.engine.params import StudyParams
 
 #: The estimators of a source representation for a target's labels (LABELLED) or for the target's own
 #: representation (PAIRED).
@@ -212,5 +225,64 @@ def labelled_estimator(name: str) -> Callable[[Samples], float]:
     raise ValueError(f"unknown labelled estimator {name!r} (one of {LABELLED})")
 
 
-__all__ = ["DISCRETE_KINDS", "ESTIMATORS", "LABELLED", "PAIRED", "Samples", "dds", "dds_vector", "hscore",
-           "labelled_estimator", "laplacian_kernel", "linear_probe", "logme", "rdm", "rsa", "rsa_vector", "samples"]
+CHANCE = "random scores"  # a seeded random score per (target, source): the estimator that knows nothing
+
+
+@dataclass
+class Estimates:
+    """Every estimator's score of every (target, source) pair, and what each cost."""
+
+    scores: pd.DataFrame  # estimator, target, source, score (higher: transfers better, by the estimator)
+    cpu_s: dict[str, float]  # estimator -> CPU seconds for the whole table (features already cached)
+
+    def matrix(self, name: str) -> pd.DataFrame:
+        """One estimator's scores as targets x sources."""
+        sub = self.scores[self.scores.estimator == name]
+        return sub.pivot(index="target", columns="source", values="score")
+
+
+def _val_labels(P: StudyParams, target: str) -> Any:
+    return data.target(data.scene_split(Store.for_params(P), P.common, "val"), target)
+
+
+def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequence[str] | None = None,
+             names: Iterable[str] = ESTIMATORS) -> Estimates:
+    """Every estimator in `names` (and the chance estimator) for every target x source on the val split's cached
+    features (chapter 03's store entries; each target's query form). RSA and DDS compare a source's representation
+    with the target's own task network's; the labelled estimators read `estimators.max_samples` cells per pair."""
+    cfg = P.section("estimators")
+    sources = list(sources or study_tasks(P.common))
+    targets = list(targets or [t for t in sources if not taskdict.get_task(t).source_only])
+    names = list(names)
+    query = {t: query_kind(t) for t in targets}
+    feats = {(s, q): load_features(P, (s,), "val", q) for q in set(query.values())
+             for s in {*sources, *targets}}
+    rows, cpu = [], defaultdict(float)
+    for name, vector, score in (("RSA", rsa_vector, rsa), ("DDS", dds_vector, dds)):
+        if name not in names:
+            continue
+        t0 = time.process_time()
+        vecs = {k: vector(z.numpy()) for k, z in feats.items()}
+        rows += [(name, t, s, score(vecs[s, query[t]], vecs[t, query[t]])) for t in targets for s in sources]
+        cpu[name] += time.process_time() - t0
+    labelled = [n for n in names if n in LABELLED]
+    for t in targets:
+        task, y = taskdict.get_task(t), _val_labels(P, t)
+        for s in sources:
+            t0 = time.process_time()
+            smp = samples(feats[s, query[t]], y, task.kind, task.channels, cfg.max_samples,
+                              seed=unit_seed(P.common.seed, "estimator", t, s))
+            shared = time.process_time() - t0  # every labelled estimator needs the samples
+            for name in labelled:
+                t0 = time.process_time()
+                rows.append((name, t, s, labelled_estimator(name)(smp)))
+                cpu[name] += time.process_time() - t0 + shared
+    rng = np.random.default_rng(unit_seed(P.common.seed, "estimator", CHANCE))
+    rows += [(CHANCE, t, s, float(rng.random())) for t in targets for s in sources]
+    cpu[CHANCE] = 0.0
+    return Estimates(pd.DataFrame(rows, columns=["estimator", "target", "source", "score"]), dict(cpu))
+
+
+__all__ = ["CHANCE", "DISCRETE_KINDS", "ESTIMATORS", "LABELLED", "PAIRED", "Estimates", "Samples", "dds",
+           "dds_vector", "estimate", "hscore", "labelled_estimator", "laplacian_kernel", "linear_probe", "logme",
+           "rdm", "rsa", "rsa_vector", "samples"]
