@@ -16,7 +16,7 @@ from taskstudy.engine.params import load
 from taskstudy.engine.store import Store
 from taskstudy.standley import training
 from taskstudy.task2vec import task2vec
-from taskstudy.taskonomy import novel, outside, task_networks, transfer
+from taskstudy.taskonomy import novel, outside, step2, task_networks
 from taskstudy.world import learnability
 from taskstudy.yosinski import layers
 
@@ -119,7 +119,7 @@ SMALLER = ["task_grouping.tasks=[depth_zbuffer, normals, edge2d]", "task_groupin
 # every unit kind, in an order in which each finds what it reads: (kind counted by run_units, its call)
 KINDS = [
     ("task_network", lambda P: task_networks.task_networks(P)),
-    ("transfer_unit", lambda P: transfer.transfers(P, targets=["normals"])),
+    ("transfer_unit", lambda P: step2.transfers(P, targets=["normals"])),
     ("layer_units", lambda P: layers.run_layer_transfer(P.values("layer_transfer"), P.common, Store.for_params(P))),
     ("learnability", lambda P: learnability.learnability_table(P, [96], tasks=learnability.TASKS[:1])),
     ("mtl_network", lambda P: training.train_all(P)),

@@ -132,9 +132,9 @@ def method_matrices(P: StudyParams, tasks: Sequence[str]) -> dict[str, pd.DataFr
     Task2Vec's negative symmetric distance of the dense embeddings (`task2vec_relation`), Standley's pair gain and
     the lookahead affinity (seed means; the lookahead's matrix transposed to the same orientation)."""
     from taskstudy.standley import grouping_report, training
-    from taskstudy.taskonomy import ahp, transfer
+    from taskstudy.taskonomy import ahp, step2
 
-    scores = transfer.transfers(P).results["val_scores"]  # Step II on val: affinities select
+    scores = step2.transfers(P).results["val_scores"]  # Step II on val: affinities select
     runs = training.train_all(P).control  # the task-grouping chapter's networks, every seed
     return {
         "Taskonomy": ahp.affinity_matrix(scores, max_order=1),  # P[target, source]

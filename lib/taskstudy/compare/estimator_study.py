@@ -19,7 +19,7 @@ from scipy.stats import kendalltau
 
 from taskstudy import uncertainty
 from taskstudy.engine.store import Store
-from taskstudy.taskonomy import ahp, evaluate, transfer
+from taskstudy.taskonomy import ahp, evaluate, step2, transfer
 from taskstudy.taskonomy import estimators as est
 from taskstudy.taskonomy import robustness as rb
 from taskstudy.taskonomy.estimators import CHANCE, Estimates, estimate
@@ -35,7 +35,7 @@ def ground_truth(P: StudyParams) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """Step III's first-order affinities on val (no baselines: the candidates an estimator rates), chapter 03's
     test scores (Gain and Quality are judged there) and the summed training seconds of the first-order readouts
     behind the affinities (one thread each, as the estimators' CPU seconds)."""
-    step = transfer.transfers(P)
+    step = step2.transfers(P)
     truth = ahp.affinity_matrix(step.results["val_scores"], max_order=1, exclude=ahp.BASELINES)
     store = Store.for_params(P)
     seconds = 0.0

@@ -87,6 +87,13 @@ class Transfers(Section):
     # ^ the readout: two convs + pixel shuffle, or the paper's two-conv neck + the task's full decoder (chapter 03)
     schedule: Literal["cosine", "plateau"] = "cosine"
     # ^ the readouts' rate: a cosine over `epochs`, or divided by 10 on val plateaus (annealed wherever it stops)
+    strategy: Literal["full", "pruned", "halving", "pruned+halving"] = "full"
+    # ^ which first-order readouts Step II trains (taskonomy.step2): every one (the paper), the estimator's top
+    #   `keep` sources per target, successive halving over `rungs`, or halving among the estimator's top `keep`
+    keep: int = Field(8, ge=1)  # pruned: sources per target kept by the estimator (at least `beam` are kept)
+    estimator: Literal["RSA", "DDS", "LogME", "H-score", "linear probe"] = "LogME"  # pruned: what ranks sources
+    rungs: list[int] = [2, 8]  # halving: the short budgets (epochs) before `epochs`, ascending
+    eta: int = Field(3, ge=2)  # halving: each rung keeps the better 1/eta of a target's sources (at least `beam`)
 
 
 class Performance(Section):

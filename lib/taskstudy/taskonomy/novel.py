@@ -34,8 +34,9 @@ from taskstudy.nn.train import TrainConfig, fit_validated, kernels, predict, res
 from taskstudy.taskonomy import ahp, evaluate
 from taskstudy.taskonomy import taxonomy as taxmod
 from taskstudy.taskonomy.features import SPLITS, query_images, query_kind
+from taskstudy.taskonomy.step2 import transfers
 from taskstudy.taskonomy.task_networks import StepResult, study_tasks, task_networks, unit_seed
-from taskstudy.taskonomy.transfer import FULL, SCRATCH, fit_readout, transfers
+from taskstudy.taskonomy.transfer import FULL, SCRATCH, fit_readout
 from taskstudy.world import data, objects
 from taskstudy.world import tasks as taskdict
 

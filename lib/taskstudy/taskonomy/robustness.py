@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import stats
 
 from taskstudy import uncertainty
-from taskstudy.taskonomy import ahp, taxonomy, transfer, tree
+from taskstudy.taskonomy import ahp, step2, taxonomy, transfer, tree
 from taskstudy.taskonomy import task_networks as step1
 from taskstudy.world import data
 
@@ -101,10 +101,10 @@ def run_variation(P: StudyParams, name: str, overrides: Sequence[str], budgets: 
     start = time.perf_counter()
     Q = variation_params(P, overrides)
     nets = step1.task_networks(Q)
-    step2 = transfer.transfers(Q, baselines=False)
-    affinity = ahp.affinity_matrix(step2.results["val_scores"], max_order=1, exclude=ahp.BASELINES)
-    total = len(nets.results) + sum(len(v) for v in step2.results["plan"].values())
-    trained = len(nets.computed) + len(step2.computed)
+    readouts = step2.transfers(Q, baselines=False)
+    affinity = ahp.affinity_matrix(readouts.results["val_scores"], max_order=1, exclude=ahp.BASELINES)
+    total = len(nets.results) + sum(len(v) for v in readouts.results["plan"].values())
+    trained = len(nets.computed) + len(readouts.computed)
     return Run(name, list(overrides), affinity, policies(affinity, budgets), trained, total - trained,
                time.perf_counter() - start, step1.study_tasks(Q.common))
 
@@ -126,7 +126,7 @@ def main_run(P: StudyParams, budgets: Iterable[int]) -> Run:
     """The main study (chapters 02-05, the profile without the base's overrides) as a Run: its first-order
     affinity matrix and policies, from the store."""
     start = time.perf_counter()
-    affinity = ahp.affinity_matrix(transfer.transfers(P).results["val_scores"], max_order=1, exclude=ahp.BASELINES)
+    affinity = ahp.affinity_matrix(step2.transfers(P).results["val_scores"], max_order=1, exclude=ahp.BASELINES)
     return Run("main study", [], affinity, policies(affinity, budgets), 0, 0, time.perf_counter() - start,
                step1.study_tasks(P.common))
 
@@ -271,7 +271,7 @@ def source_separation(P: StudyParams, runs: Mapping[str, Run]) -> pd.DataFrame:
     within the seed noise, and no ranking of them can be stable. Read from the store (the seed runs' readouts)."""
     means = {}
     for name in seed_runs(runs):
-        val = transfer.transfers(variation_params(P, runs[name].overrides), baselines=False).results["val_scores"]
+        val = step2.transfers(variation_params(P, runs[name].overrides), baselines=False).results["val_scores"]
         val = val[(val["order"] == 1) & (val["sources"] != val["target"]) & (val["sources"] != transfer.RANDOM)]
         means[name] = val.groupby(["target", "sources"])["score"].mean()
     m = pd.DataFrame(means)

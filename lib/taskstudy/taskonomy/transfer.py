@@ -1,4 +1,4 @@
-"""Taskonomy Step II (Zamir et al. 2018, Sec. 3.2): transfers between every source and target.
+"""Taskonomy Step II's readouts (Zamir et al. 2018, Sec. 3.2): the protocol of one transfer, its units and tables.
 
 For every target t and source set S (one source: first order; k sources: order k), a small readout D_{S->t}
 (taskstudy.nn.models.make_readout) is trained with t's loss on the frozen representations E_s(I), s in S,
@@ -19,6 +19,7 @@ network trained from scratch on the transfer split: the reference of Gain); `ful
 trained on the full split: the reference of Quality, and the paper's `self` candidate of Steps III-IV) comes from
 Step I's scores.
 
+Which readouts Step II trains (every first-order one, or an adaptive strategy's) is `taskonomy.step2`'s choice.
 Units: the readouts of one target (one order at a time) in units of at most UNIT_READOUTS, trained side by side
 (taskstudy.nn.grouped), and each scratch network, run through parallel.run_units; every readout is its own store
 entry keyed by (target, sources, the sources' network keys, readout parameters), so adding a task trains only the
@@ -48,7 +49,6 @@ from taskstudy.taskonomy.features import (
     RANDOM,
     SPLITS,
     VERSION,
-    cache_features,
     encoder_key,
     load_features,
     query_kind,
@@ -56,11 +56,8 @@ from taskstudy.taskonomy.features import (
 )
 from taskstudy.taskonomy.task_networks import VERSION as NET_VERSION
 from taskstudy.taskonomy.task_networks import (
-    StepResult,
     build_network,
     scores_key,
-    study_tasks,
-    task_networks,
     unit_seed,
 )
 from taskstudy.world import data
@@ -323,36 +320,6 @@ def score_table(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], wit
     evaluation) of every readout in `plan`, plus the `scratch` and `full` baselines of each target. The split is
     recorded in the table's attrs["split"]."""
     return score_tables(params, plan, with_baselines, (split,))[split]
-
-
-def transfers(params: StudyParams, targets: list[str] | None = None, baselines: bool = True) -> StepResult:
-    """Step II: every first-order readout, then the beam search's higher orders (chosen on val), for every target.
-    Returns the per-image score tables, results['scores'] on test (evaluation) and results['val_scores'] on val
-    (selection: AHP, BIP), the plan, and the list of units computed now (the rest were cached). With
-    `baselines=False` neither the from-scratch networks nor the random-encoder readouts are trained and the tables
-    have no `scratch`/`full`/`random` rows (what a study of the affinities alone needs: AHP leaves them out)."""
-    start = time.perf_counter()
-    store = Store.for_params(params)
-    cfg = params.section("transfers")
-    sources = study_tasks(params.common)
-    targets = targets or [t for t in sources if not taskdict.get_task(t).source_only]
-    task_networks(params, sources)  # Step I first (read from the store when there), so this chapter runs alone
-    cache_features(params, [*sources, *([RANDOM] if baselines else [])],
-                   tuple(sorted({query_kind(t) for t in targets})))
-
-    first = {t: first_order_sets(sources, random=baselines) for t in targets}
-    computed = run_readouts(params, first, set(targets) if baselines else set(), "first-order")
-    first_val = score_table(params, first, with_baselines=False, split="val")
-    higher = {t: beam_sets(first_val, t, cfg.beam, cfg.max_order) for t in targets}
-    computed += run_readouts(params, higher, set(), "higher-order")
-    plan = {t: first[t] + higher[t] for t in targets}
-    tables = score_tables(params, plan, with_baselines=baselines)
-    key = {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
-           "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]}
-    store.save("transfer_scores", key if baselines else {**key, "baselines": False}, tables["test"], VERSION,
-               fmt="parquet")
-    return StepResult({"scores": tables["test"], "val_scores": tables["val"], "plan": plan}, computed,
-                      time.perf_counter() - start)
 
 
 def loss_matrix(scores: pd.DataFrame, order: int = 1) -> pd.DataFrame:
