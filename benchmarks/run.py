@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run.py [--params params/default.yaml] [--quick] [-p section.key=value]
 
 Each measurement runs against a naive baseline measured in the same run (taskstudy.report.benchmarks.run_suite). The
-table goes to the store entry `benchmarks` (chapter 14_performance) and to results/<profile>/benchmarks.csv.
+table goes to the store entry `benchmarks` (chapter 15_performance) and to results/<profile>/benchmarks.csv.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     lanes = max(1, min(args.lanes, len(todo)))  # one chapter alone keeps every core's threads
     pipeline.ensure_kernel()  # once, before any lane starts a kernel
     os.chdir(root)  # papermill changes the working directory of the process for each kernel start: make it a no-op
-    os.environ[pipeline.RUN_ENV] = f"{time.time():.3f}"  # the kernels' records name this run (chapter 14 reads it)
+    os.environ[pipeline.RUN_ENV] = f"{time.time():.3f}"  # the kernels' records name this run (chapter 15 reads it)
     if lanes > 1:  # kernels side by side share the cores: two kernels of two OpenMP threads each on two cores ran
         # chapter 09 (smoke) 12x slower than alone (spinning threads); one each, 1.2x (measured)
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // lanes)))

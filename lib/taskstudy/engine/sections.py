@@ -234,10 +234,23 @@ class Estimators(Section):
     variations: bool = True  # also on chapter 12's runs (its seeds and variations): do the standings hold?
 
 
+class Adaptive(Section):
+    levels: dict[str, list[str]] = {  # name -> transfers overrides: each strategy at a few compute levels
+        "pruned, top 4": ["transfers.strategy=pruned", "transfers.keep=4"],
+        "pruned, top 8": ["transfers.strategy=pruned", "transfers.keep=8"],
+        "halving 2-8 epochs, 1/3": ["transfers.strategy=halving", "transfers.rungs=[2, 8]", "transfers.eta=3"],
+        "halving 1-4 epochs, 1/4": ["transfers.strategy=halving", "transfers.rungs=[1, 4]", "transfers.eta=4"],
+        "top 12, halving 2-8, 1/3": ["transfers.strategy=pruned+halving", "transfers.keep=12",
+                                     "transfers.rungs=[2, 8]", "transfers.eta=3"]}
+    budgets: list[int] = [1, 2, 4, 8]  # supervision budgets of the BIP compared with the full Step II's
+    n_boot: int = Field(200, ge=10)  # bootstrap resamples of the test images behind each paired Quality change
+
+
 # Section models of the study's own chapters; a user's new chapter needs none (see notebook_section_model).
 SECTIONS: dict[str, type[Section]] = {
     "overview": Overview, "scenes": Scenes, "task_networks": TaskNetworks, "transfers": Transfers,
     "affinity": Affinity, "taxonomy": Taxonomy, "novel_tasks": NovelTasks, "task_tree": TaskTree,
     "layer_transfer": LayerTransfer, "task_grouping": TaskGrouping, "task2vec": Task2Vec,
     "agreement": Agreement, "performance": Performance, "robustness": Robustness, "estimators": Estimators,
+    "adaptive": Adaptive,
 }

@@ -63,7 +63,7 @@ def bench_render(
 
 def render_rows(P, sizes: tuple[int, ...] | None = None, n: int | None = None,
                 repeats: int | None = None) -> list[dict]:
-    """bench_render with the `performance` section's settings (chapter 14's, which runs with nothing beside it)
+    """bench_render with the `performance` section's settings (chapter 15's, which runs with nothing beside it)
     unless given, measured once per version of the renderer's code and kept in the store."""
     from taskstudy.engine.codehash import computation_hash
     from taskstudy.engine.store import Store

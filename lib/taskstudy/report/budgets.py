@@ -59,7 +59,7 @@ def study_wall_s(runs: pd.DataFrame, current_run: str | None = None, now: float 
 
 
 def study_targets(runs: pd.DataFrame, current_run: str | None = None, cores: int = 2,
-                  this_chapter: str = "14_performance", native_bf16: bool | None = None) -> dict:
+                  this_chapter: str = "15_performance", native_bf16: bool | None = None) -> dict:
     """The whole study's targets from the run records: minutes (`study_wall_s`), the largest process, and each
     chapter with a target of its own (`chapter_targets`). `this_chapter`, which reads them while it runs, counts
     through the run in progress (an earlier record of it is left out). Returns minutes, peak_mb, per_chapter and
