@@ -89,3 +89,18 @@ def test_each_strategy_trains_only_what_it_says(study):
     again = {(t, s) for t, s in _readouts(f.computed)}
     assert not again & {(t, s) for t, s in _readouts(h.computed) if "+" not in s}  # the full budget's are reused
     assert np.isclose(len(f.results["plan"]["normals"]), 5 + 1 + 1)  # 5 sources, random, the beam's pair
+
+
+def test_the_finding_names_the_cheapest_level_that_holds_quality_everywhere():
+    from taskstudy.compare import adaptive_study as ad
+
+    fid = pd.DataFrame({"fraction of Step II": [0.08, 0.3, 0.5], "pooled rho": [0.6, 0.8, 0.9],
+                        "mean jaccard": [0.4, 0.7, 0.9], "Quality held": ["3/8", "8/8", "8/8"],
+                        "Quality held everywhere": [False, True, True]},
+                       index=pd.Index(["cheap", "middle", "dear"], name="level"))
+    band = pd.DataFrame({"pooled rho": [0.85, 0.9]})
+    text = ad.finding(fid, band)
+    assert "'middle'" in text and "30%" in text and "not met" in text and "0.85 to 0.90" in text
+    none = ad.finding(fid.assign(**{"Quality held everywhere": False}), band)
+    assert none.startswith("No level") and "'middle'" in none  # nearest: the most cells held, listed first
+
