@@ -98,9 +98,13 @@ def test_the_finding_names_the_cheapest_level_that_holds_quality_everywhere():
                         "mean jaccard": [0.4, 0.7, 0.9], "Quality held": ["3/8", "8/8", "8/8"],
                         "Quality held everywhere": [False, True, True]},
                        index=pd.Index(["cheap", "middle", "dear"], name="level"))
-    band = pd.DataFrame({"pooled rho": [0.85, 0.9]})
-    text = ad.finding(fid, band)
+    band = pd.DataFrame({"pooled rho": [0.85, 0.9], "mean jaccard": [0.7, 0.8]})
+    base = pd.DataFrame({"pooled rho": [0.5, 0.95, 0.97], "mean jaccard": [0.4, 0.9, 1.0],
+                         "within seed band": [False, True, True]}, index=fid.index)
+    text = ad.finding(fid, base, band)
     assert "'middle'" in text and "30%" in text and "not met" in text and "0.85 to 0.90" in text
-    none = ad.finding(fid.assign(**{"Quality held everywhere": False}), band)
+    outside = ad.finding(fid, base.assign(**{"within seed band": [False, False, True]}), band)
+    assert "'dear'" in outside and "50%" in outside  # the cheaper one is outside the seed band on the base
+    none = ad.finding(fid.assign(**{"Quality held everywhere": False}), base, band)
     assert none.startswith("No level") and "'middle'" in none  # nearest: the most cells held, listed first
 

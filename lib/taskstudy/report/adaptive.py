@@ -7,9 +7,10 @@ from typing import Any
 import pandas as pd
 
 
-def fidelity_figure(fid: pd.DataFrame, band: pd.DataFrame) -> Any:
+def fidelity_figure(fid: pd.DataFrame, band: pd.DataFrame, base: pd.DataFrame | None = None) -> Any:
     """Left: each level's pooled rho with the full Step II's first-order affinities against its fraction of the
-    full Step II's readout compute, the full Step II's own seed-to-seed band (chapter 12's base) shaded. Right:
+    full Step II's readout compute (filled: the whole dictionary; open: the level rerun on chapter 12's base,
+    `base`), the full Step II's own seed-to-seed band on that base shaded. Right:
     the share of (budget, order) cells whose Quality stays within noise of the full taxonomy's."""
     import matplotlib.pyplot as plt
 
@@ -25,6 +26,9 @@ def fidelity_figure(fid: pd.DataFrame, band: pd.DataFrame) -> Any:
         ax.set_xlabel("fraction of the full Step II's readout compute")
         ax.set_ylabel(label)
         ax.set_xlim(0, max(1.0, float(x.max()) * 1.05))
+    if base is not None:
+        axes[0].scatter(x, base["pooled rho"].reindex(fid.index), facecolors="none", edgecolors="C1", zorder=3,
+                        label="the level on chapter 12's base")
     if len(band):
         lo, hi = band["pooled rho"].min(), band["pooled rho"].max()
         label = "full Step II vs another seed (chapter 12's base)"

@@ -90,10 +90,17 @@ class Run:
 
 def policies(affinity: pd.DataFrame, budgets: Iterable[int]) -> dict[int, frozenset[str]]:
     """Step IV at first order: the supervised source set the BIP chooses for each budget (budgets above the
-    number of candidate sources are skipped)."""
+    number of candidate sources are skipped; a budget no policy fits, as when a strategy rated too few sources of
+    some target, chooses nothing: the empty set)."""
     cands = taxonomy.transfers_from_affinity(affinity)
     n = len({s for tup in cands.sources for s in tup})
-    return {b: frozenset(taxonomy.solve_taxonomy(cands, b, max_order=1).sources) for b in budgets if b <= n}
+    out = {}
+    for b in (b for b in budgets if b <= n):
+        try:
+            out[b] = frozenset(taxonomy.solve_taxonomy(cands, b, max_order=1).sources)
+        except taxonomy.TaxonomyError:
+            out[b] = frozenset()
+    return out
 
 
 def run_variation(P: StudyParams, name: str, overrides: Sequence[str], budgets: Iterable[int]) -> Run:
