@@ -199,7 +199,8 @@ def test_run_chapters_after_a_failure_finishes_the_running_and_starts_nothing():
 
 
 def test_account_cell_reports_the_kernels_cpu_and_leaves_the_page():
-    nb = pipeline.with_account_cell(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]))
+    nb = pipeline.with_account_cell(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), 801)
+    assert "parallel.set_priority(801)" in nb.cells[0].source  # before the chapter's own cells
     cell = nb.cells[-1]
     namespace: dict = {}
     import contextlib
@@ -211,6 +212,36 @@ def test_account_cell_reports_the_kernels_cpu_and_leaves_the_page():
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=out.getvalue())]
     account = pipeline.pop_account(nb)
     assert len(nb.cells) == 1 and set(account) == {"kernel_cpu_s", "units_cpu_s"} and account["kernel_cpu_s"] > 0
+
+
+def test_chapters_others_wait_on_get_their_units_run_first(repo_root, monkeypatch):
+    """Chapters side by side share the workers: the units of the chapter on the critical path go first
+    (catalog.priority), and map_units hands the scheduler that priority."""
+    from taskstudy.engine import parallel
+
+    chs = {c.name: c for c in catalog.chapters(repo_root)}
+    prio = {n: catalog.priority(list(chs.values()), c) for n, c in chs.items()}
+    assert prio["02_task_networks"] > prio["03_transfers"] > prio["12_robustness"] > prio["10_task_grouping"]
+    assert prio["10_task_grouping"] > prio["08_layer_transfer"]  # others wait on 10, on 08 none
+
+    seen = {}
+
+    class Client:
+        def map(self, fn, units, key, retries, priority):
+            seen["priority"] = priority
+            raise RuntimeError("enough")
+
+        def cancel(self, futures):
+            pass
+
+    monkeypatch.setattr(parallel, "get_client", lambda workers, address: Client())
+    parallel.set_priority(prio["03_transfers"])
+    try:
+        with pytest.raises(RuntimeError, match="enough"):
+            parallel.map_units(abs, [1, 2], workers=2)
+    finally:
+        parallel.set_priority(0)
+    assert seen["priority"] == prio["03_transfers"]
 
 
 def test_chapter_discovery_and_selection(repo_root):

@@ -126,6 +126,18 @@ def downstream(all_chapters: Sequence[Chapter], selected: Sequence[Chapter]) -> 
     return [c for c in all_chapters if c.name in names]
 
 
+def priority(all_chapters: Sequence[Chapter], chapter: Chapter) -> int:
+    """The chapter's place on a run's critical path: first the chapters more chapters wait on (transitively), then,
+    of two that as many wait on, the one deeper in a chain of dependencies. `taskstudy run` gives each chapter's
+    units this priority on the shared workers (`parallel.set_priority`)."""
+    by_name = {c.name: c for c in all_chapters}
+
+    def depth(c: Chapter) -> int:
+        return max((1 + depth(by_name[d]) for d in c.depends if d in by_name), default=0)
+
+    return 100 * (len(downstream(all_chapters, [chapter])) - 1) + depth(chapter)
+
+
 def _notebook_digest(path: Path) -> str:
     import nbformat
 

@@ -25,6 +25,7 @@ from taskstudy.book.catalog import (
     chapter_parameters,
     downstream,
     fingerprint,
+    priority,
     record_path,
     runs_dir,
 )
@@ -143,7 +144,8 @@ def execute(chapter: Chapter, params: StudyParams, all_chapters: Sequence[Chapte
     started = time.time()
     injected = chapter_parameters(chapter, params, root)
     os.environ["TQDM_DISABLE"] = "1"  # progress bars belong to the terminal, not to the book's pages
-    nbformat.write(with_account_cell(nbformat.read(chapter.path, as_version=4)), source)
+    nbformat.write(with_account_cell(nbformat.read(chapter.path, as_version=4), priority(all_chapters, chapter)),
+                   source)
     try:
         with faults.papermill_writes(chapter.name, partial):  # a no-op unless the reliability tests kill here
             pm.execute_notebook(
@@ -207,27 +209,32 @@ ACCOUNT_TAG = "taskstudy-cpu-account"
 ACCOUNT_SOURCE = "import json\nfrom taskstudy.engine import parallel\nprint(json.dumps(parallel.cpu_account()))"
 
 
-def with_account_cell(nb: Any) -> Any:
-    """`nb` with a last cell printing the kernel's CPU account (`parallel.cpu_account`); `pop_account` takes it
-    out of the executed notebook, so the page never shows it."""
+def with_account_cell(nb: Any, priority: int = 0) -> Any:
+    """`nb` with a first cell giving its units their priority on the shared workers (`parallel.set_priority`) and a
+    last cell printing the kernel's CPU account (`parallel.cpu_account`); `pop_account` takes both out of the
+    executed notebook, so the page never shows them."""
     import nbformat
 
+    first = nbformat.v4.new_code_cell(f"from taskstudy.engine import parallel\nparallel.set_priority({int(priority)})")
     cell = nbformat.v4.new_code_cell(ACCOUNT_SOURCE)
-    cell.metadata["tags"] = [ACCOUNT_TAG]
+    for c in (first, cell):
+        c.metadata["tags"] = [ACCOUNT_TAG]
+    nb.cells.insert(0, first)
     nb.cells.append(cell)
     return nb
 
 
 def pop_account(nb: Any) -> dict[str, float]:
-    """Remove the account cell from an executed notebook and return what it printed ({} if it is not there)."""
-    for i, cell in enumerate(nb.cells):
-        if ACCOUNT_TAG in cell.get("metadata", {}).get("tags", []):
-            del nb.cells[i]
-            text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
-            try:
-                return {k: v for k, v in json.loads(text.strip().splitlines()[-1]).items() if k.endswith("_s")}
-            except (ValueError, IndexError):
-                return {}
+    """Remove the cells `with_account_cell` added from an executed notebook and return what the account cell
+    printed ({} if it is not there)."""
+    ours = [c for c in nb.cells if ACCOUNT_TAG in c.get("metadata", {}).get("tags", [])]
+    nb.cells = [c for c in nb.cells if c not in ours]
+    for cell in reversed(ours):
+        text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        try:
+            return {k: v for k, v in json.loads(text.strip().splitlines()[-1]).items() if k.endswith("_s")}
+        except (ValueError, IndexError):
+            continue
     return {}
 
 
