@@ -12,7 +12,7 @@ from torch import nn
 
 from taskstudy.engine.params import load
 from taskstudy.nn.train import TrainConfig, fit_validated, mean_loss, predict
-from taskstudy.taskonomy import ahp, evaluate, features, taxonomy, tree
+from taskstudy.taskonomy import ahp, evaluate, features, step2, taxonomy, tree
 from taskstudy.taskonomy import task_networks as tn
 from taskstudy.taskonomy import transfer as tr
 from taskstudy.world import data
@@ -154,7 +154,7 @@ def test_no_gain_quality_or_significance_on_the_split_that_chose_the_policy():
 
 def test_step_ii_selects_on_val_and_reports_test(tiny):
     p = tiny("transfers.max_order=2", "transfers.beam=2")
-    step = tr.transfers(p, targets=["normals", "denoising"])
+    step = step2.transfers(p, targets=["normals", "denoising"])
     val, test = step.results["val_scores"], step.results["scores"]
     assert val.attrs["split"] == "val" and test.attrs["split"] == "test"
     assert len(val[val.target == "normals"].image.unique()) == p.common.n_val

@@ -353,7 +353,7 @@ def trained(study: Path, chapter: str) -> int:
 @pytest.mark.parametrize("fault", [
     "store.tmp:scratch:2",  # the 2nd from-scratch network's data fsynced in its temporary file, not renamed
     "store.sidecar:readout:7",  # a readout's data file in place, its checksum sidecar not written
-    "notebook.write:03_transfers:12",  # papermill half-way through a write of the executed notebook
+    "notebook.write:03_transfers:14",  # papermill half-way through a write of the executed notebook
     "notebook.move:03_transfers:1",  # the executed notebook complete in book/_runs, not moved to book/chapters
 ])
 def test_sigkill_at_exact_point_then_rerun_recomputes_only_unfinished(tmp_path, reference_study, reference,

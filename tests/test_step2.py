@@ -40,9 +40,11 @@ def study(tmp_path_factory):
         yield root, mp
 
 
-def _params(root, *extra):
+def _params(root, store, *extra):
+    """The smoke profile on 5 tasks, with its own results folder `store` (so each strategy's count starts empty)."""
     return load(str(root / "params/smoke.yaml"), ["common.tasks=[autoencoding, edge2d, normals, depth_zbuffer, "
-                                                  "segment_semantic]", "transfers.max_order=2", *extra])
+                                                  "segment_semantic]", "transfers.max_order=2",
+                                                  f"common.results_dir={root / store}", *extra])
 
 
 def _readouts(computed: list[str]) -> list[tuple[str, str]]:
@@ -55,7 +57,7 @@ def test_each_strategy_trains_only_what_it_says(study):
     targets, sources = ["normals", "segment_semantic"], ["autoencoding", "depth_zbuffer", "edge2d", "normals",
                                                          "segment_semantic"]
     # pruned: the estimator's top 3 sources per target at the full budget, the random baseline, the beam's pairs
-    P = _params(root, "transfers.strategy=pruned", "transfers.keep=3", "transfers.beam=2")
+    P = _params(root, "pruned", "transfers.strategy=pruned", "transfers.keep=3", "transfers.beam=2")
     r = step2.transfers(P, targets=targets)
     first = [(t, s) for t, s in _readouts(r.computed) if "+" not in s]
     assert sorted(first) == sorted((t, sources_key(s)) for t in targets
@@ -71,8 +73,8 @@ def test_each_strategy_trains_only_what_it_says(study):
         assert set(aff.loc[t].dropna().index) == rated[t]
 
     # halving at 1 epoch then the full budget (2): all 5 sources at 1 epoch, ceil(5/2) = 3 at the full budget
-    H = _params(root, "transfers.strategy=halving", "transfers.rungs=[1]", "transfers.eta=2", "transfers.epochs=2",
-                "transfers.beam=2")
+    H = _params(root, "halving", "transfers.strategy=halving", "transfers.rungs=[1]", "transfers.eta=2",
+                "transfers.epochs=2", "transfers.beam=2")
     h = step2.transfers(H, targets=targets)
     fo = h.results["first_order"]
     assert [e for e, _ in fo.rungs] == [1] and all(len(fo.rungs[0][1][t]) == 5 for t in targets)
@@ -84,7 +86,7 @@ def test_each_strategy_trains_only_what_it_says(study):
     assert first == sorted((t, sources_key(s)) for t in targets for s in [*fo.rated[t], (RANDOM,)])
 
     # full: every source, and a rerun of the paper's Step II after the strategies trains no readout twice
-    F = _params(root, "transfers.beam=2", "transfers.epochs=2")
+    F = _params(root, "halving", "transfers.beam=2", "transfers.epochs=2")
     f = step2.transfers(F, targets=targets)
     again = {(t, s) for t, s in _readouts(f.computed)}
     assert not again & {(t, s) for t, s in _readouts(h.computed) if "+" not in s}  # the full budget's are reused

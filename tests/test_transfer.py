@@ -11,7 +11,7 @@ import torch
 
 from taskstudy.engine.params import load
 from taskstudy.engine.store import Store, file_sha256
-from taskstudy.taskonomy import features, transfer_checks
+from taskstudy.taskonomy import features, step2, transfer_checks
 from taskstudy.taskonomy import task_networks as tn
 from taskstudy.taskonomy import transfer as tr
 
@@ -30,7 +30,7 @@ def params(tmp_path, repo_root):
 def test_adding_a_task_recomputes_only_its_units(params):
     p4 = params(TASKS)
     s1 = tn.task_networks(p4)
-    s2 = tr.transfers(p4)
+    s2 = step2.transfers(p4)
     assert sorted(s1.computed) == sorted(TASKS)
     n = len(TASKS)
     first = [c for c in s2.computed if c.count("+") == 0 and not c.endswith(tr.SCRATCH)]
@@ -38,14 +38,14 @@ def test_adding_a_task_recomputes_only_its_units(params):
 
     p5 = params([*TASKS, "edge2d"])
     s1b = tn.task_networks(p5)
-    s2b = tr.transfers(p5)
+    s2b = step2.transfers(p5)
     assert s1b.computed == ["edge2d"]
     assert s2b.computed and all("edge2d" in c for c in s2b.computed), s2b.computed
     first_b = [c for c in s2b.computed if "+" not in c.split("<-")[1] and not c.endswith(tr.SCRATCH)]
     assert len(first_b) == 2 * (n + 1)  # the new target (n+1 sources + random) and n old targets from it
     table = s2b.results["scores"]
     assert set(table.target) == {*TASKS, "edge2d"}
-    assert tr.transfers(p5).computed == []  # everything now cached
+    assert step2.transfers(p5).computed == []  # everything now cached
 
 
 def test_readouts_leave_frozen_encoders_bit_identical(params):
@@ -56,7 +56,7 @@ def test_readouts_leave_frozen_encoders_bit_identical(params):
     before = [file_sha256(f) for f in files]
     enc = features.frozen_encoder(p, "normals")
     state = {k: v.clone() for k, v in enc.state_dict().items()}
-    tr.transfers(p)
+    step2.transfers(p)
     tr.predict(enc, torch.rand(4, 3, 16, 16))
     assert all(torch.equal(state[k], v) for k, v in enc.state_dict().items())  # BN statistics included
     assert [file_sha256(f) for f in files] == before
