@@ -179,13 +179,14 @@ def seed_band(P: StudyParams, budgets: Iterable[int]) -> pd.DataFrame:
     return rb.seed_spread(rb.run_variations(P, plan, budgets), budgets)
 
 
-def on_base(P: StudyParams, levels: Mapping[str, Sequence[str]], budgets: Iterable[int]) -> pd.DataFrame:
+def on_base(P: StudyParams, levels: Mapping[str, Sequence[str]], budgets: Iterable[int],
+            band: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each level run on chapter 12's base (its tasks, first order, the same training seed) against the base's
     full Step II, by `robustness.compare`: the seed band's own footing. Within the band when its pooled rho and
     mean Jaccard reach the lowest any two seeds reach."""
     budgets = list(budgets)
     base = rb.run_variation(P, rb.BASE, [], budgets)
-    band = seed_band(P, budgets)
+    band = seed_band(P, budgets) if band is None else band  # `seed_band`'s table, when the caller has it
     rows = []
     for name, ov in levels.items():
         r = rb.compare(base, rb.run_variation(P, name, ov, budgets), budgets)
