@@ -84,6 +84,17 @@ def test_each_strategy_trains_only_what_it_says(study):
     assert fo.rated == step2.keep_better(val, fo.rungs[0][1], 3)
     first = sorted((t, s) for t, s in _readouts(h.computed) if "+" not in s)
     assert first == sorted((t, sources_key(s)) for t in targets for s in [*fo.rated[t], (RANDOM,)])
+    # the 2 sources halving dropped are rated by their 1-epoch readouts: trained, so not absent; never refilled
+    hv = h.results["val_scores"]
+    for t in targets:
+        dropped = [s for s in fo.rungs[0][1][t] if s not in fo.rated[t]]
+        assert len(dropped) == 2
+        for s in dropped:
+            got = hv[(hv.target == t) & (hv.sources == sources_key(s))].score.to_numpy()
+            want = val[(val.target == t) & (val.sources == sources_key(s))].score.to_numpy()
+            assert len(got) == len(want) > 0 and np.array_equal(got, want)
+    aff = ahp.affinity_matrix(hv, max_order=1, exclude=ahp.BASELINES)
+    assert all(set(aff.loc[t].dropna().index) == set(sources) for t in targets)
 
     # full: every source, and a rerun of the paper's Step II after the strategies trains no readout twice
     F = _params(root, "halving", "transfers.beam=2", "transfers.epochs=2")
@@ -109,4 +120,8 @@ def test_the_finding_names_the_cheapest_level_that_holds_quality_everywhere():
     assert "'dear'" in outside and "50%" in outside  # the cheaper one is outside the seed band on the base
     none = ad.finding(fid.assign(**{"Quality held everywhere": False}), base, band)
     assert none.startswith("No level") and "'middle'" in none  # nearest: the most cells held, listed first
+    assert "no feasible choice" not in none
+    infeasible = ad.finding(fid.assign(**{"Quality held everywhere": False, "no feasible choice": [5, 2, 0]}),
+                            base, band)
+    assert "2 of its missed cells had no feasible choice" in infeasible  # the nearest's own count, said why
 

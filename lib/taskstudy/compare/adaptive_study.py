@@ -138,7 +138,8 @@ def fidelity(levels: Mapping[str, Level], tax: pd.DataFrame) -> pd.DataFrame:
     """One row per level: its cost as a fraction of the full Step II's, the sources rated per target, its rank
     agreement with the full Step II (per-target rho: mean, median, lowest, and the targets it is defined on;
     pooled rho), the mean Jaccard of the BIP's choices and how many (budget, order) cells choose the same sources,
-    and at how many cells its Quality is within noise of (or better than) the full taxonomy's."""
+    and at how many cells its Quality is within noise of (or better than) the full taxonomy's, and at how many its
+    BIP had no feasible choice (the sources it rated cannot serve every target within the budget)."""
     full = levels[FULL]
     ref = _first_order(full.val)
     rows = []
@@ -156,6 +157,7 @@ def fidelity(levels: Mapping[str, Level], tax: pd.DataFrame) -> pd.DataFrame:
                      "pooled rho": rb.pooled_rho(ref, aff), "mean jaccard": float(t["jaccard"].mean()),
                      "same choices": f"{int(t['same'].sum())}/{len(t)}",
                      "Quality held": f"{int(held.sum())}/{len(t)}", "Quality held everywhere": bool(held.all()),
+                     "no feasible choice": int(t["quality"].isna().sum()),
                      "trained now": lv.computed})
     return pd.DataFrame(rows).set_index("level")
 
@@ -215,11 +217,14 @@ def finding(fid: pd.DataFrame, base: pd.DataFrame, band: pd.DataFrame) -> str:
                 f"{'met' if best['fraction of Step II'] <= 0.10 else 'not met'}.")
     near = fid.sort_values("Quality held", key=lambda s: s.str.split("/").str[0].astype(int), ascending=False)
     name = near.index[0]
+    infeasible = int(near["no feasible choice"].iloc[0]) if "no feasible choice" in near else 0
+    why = (f" {infeasible} of its missed cells had no feasible choice: the sources it rated cannot serve every "
+           f"target within the budget." if infeasible else "")
     return (f"No level both keeps the full Step II's Quality at every budget and order and agrees with it within "
             f"the seed band on chapter 12's base. Nearest on Quality: {name!r} ({near['Quality held'].iloc[0]} "
             f"cells, {near['fraction of Step II'].iloc[0]:.0%} of the compute; on the base pooled rho "
             f"{base['pooled rho'].get(name, np.nan):.2f}, mean Jaccard {base['mean jaccard'].get(name, np.nan):.2f}; "
-            f"{where}).")
+            f"{where}).{why}")
 
 
 __all__ = ["FULL", "Level", "beam_floor", "fidelity", "finding", "on_base", "readout_seconds", "run_level",

@@ -239,7 +239,6 @@ class Adaptive(Section):
         "pruned, top 4": ["transfers.strategy=pruned", "transfers.keep=4"],
         "pruned, top 8": ["transfers.strategy=pruned", "transfers.keep=8"],
         "halving 2-8 epochs, 1/3": ["transfers.strategy=halving", "transfers.rungs=[2, 8]", "transfers.eta=3"],
-        "halving 1-4 epochs, 1/4": ["transfers.strategy=halving", "transfers.rungs=[1, 4]", "transfers.eta=4"],
         "top 12, halving 2-8, 1/3": ["transfers.strategy=pruned+halving", "transfers.keep=12",
                                      "transfers.rungs=[2, 8]", "transfers.eta=3"]}
     budgets: list[int] = [1, 2, 4, 8]  # supervision budgets of the BIP compared with the full Step II's

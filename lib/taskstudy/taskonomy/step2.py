@@ -11,9 +11,13 @@ train fewer first-order readouts (beyond the paper; chapter 14 measures what the
   budget, and so on up to the full budget `epochs`;
 - `pruned+halving`: halving among the estimator's top `keep`.
 
-Each rung and the last keep at least `beam` sources, so the beam search has its candidates. A source a strategy
-drops is absent from the target's score tables and affinities (AHP rates the sources it has), never filled in; the
-higher orders are the beam search's over the sources rated. Every readout goes through `transfer.run_readouts`
+Each rung and the last keep at least `beam` sources, so the beam search has its candidates. A source pruning drops
+was never trained: it is absent from the target's score tables and affinities (AHP rates the sources it has), never
+filled in. A source successive halving drops was trained, for fewer epochs: it is rated by that readout, the one at
+the last budget it reached (the multi-fidelity view of Hyperband), so its per-image scores mostly lose to the
+readouts that went on, and the BIP can still choose it (with only the full budget's sources rated, the default
+run's BIP had no feasible choice at budgets 1, 2 and 4: fp32 on the AVX2 machine, 2026-12-07). The higher orders are
+the beam search's over the sources rated at the full budget. Every readout goes through `transfer.run_readouts`
 (the one runner); a readout at the full budget has the full Step II's key, so a strategy reuses the stored ones.
 """
 
@@ -137,13 +141,29 @@ def pruned_halving(params: StudyParams, targets: Sequence[str], sources: Sequenc
     return FirstOrder(out.rated, out.rungs, first.estimator_cpu_s)
 
 
+def dropped_tables(params: StudyParams, first: FirstOrder) -> dict[str, list[pd.DataFrame]]:
+    """Per split (val, test), the score tables of the sources successive halving dropped, each from its readout at
+    the last budget it reached (the rung that dropped it): what rates them in the affinities and scores them if the
+    BIP chooses them. Empty for the strategies without rungs."""
+    out: dict[str, list[pd.DataFrame]] = {"val": [], "test": []}
+    for i, (epochs, sets) in enumerate(first.rungs):
+        kept = first.rungs[i + 1][1] if i + 1 < len(first.rungs) else first.rated
+        dropped = {t: [s for s in ss if s not in set(kept.get(t, []))] for t, ss in sets.items()}
+        dropped = {t: ss for t, ss in dropped.items() if ss}
+        if dropped:
+            for split, table in score_tables(budget_params(params, epochs), dropped, with_baselines=False).items():
+                out[split].append(table)
+    return out
+
+
 STRATEGIES = {"full": full, "pruned": pruned, "halving": halving, "pruned+halving": pruned_halving}
 
 
 def transfers(params: StudyParams, targets: list[str] | None = None, baselines: bool = True) -> StepResult:
     """Step II: the first-order readouts the strategy (`transfers.strategy`) rates, then the beam search's higher
     orders over them (chosen on val), for every target. Returns the per-image score tables, results['scores'] on
-    test (evaluation) and results['val_scores'] on val (selection: AHP, BIP), the plan, the strategy's
+    test (evaluation) and results['val_scores'] on val (selection: AHP, BIP; with successive halving, the sources it
+    dropped by their readouts at the budget that dropped them: `dropped_tables`), the plan, the strategy's
     `FirstOrder` and the list of units computed now (the rest were cached). With `baselines=False` neither the
     from-scratch networks nor the random-encoder readouts are trained and the tables have no
     `scratch`/`full`/`random` rows (what a study of the affinities alone needs: AHP leaves them out)."""
@@ -164,13 +184,20 @@ def transfers(params: StudyParams, targets: list[str] | None = None, baselines: 
     computed += run_readouts(params, higher, set(), "higher-order")
     plan = {t: first[t] + higher[t] for t in targets}
     tables = score_tables(params, plan, with_baselines=baselines)
+    for split, extra in dropped_tables(params, chosen).items():
+        if extra:
+            tables[split] = pd.concat([tables[split], *extra], ignore_index=True)
+            tables[split].attrs["split"] = split
     key = {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
            "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]}
+    if chosen.rungs:  # the rungs' readouts rate the sources halving dropped
+        key["rungs"] = [readout_key(budget_params(params, e), t, s) for e, sets in chosen.rungs
+                        for t, v in sets.items() for s in v]
     store.save("transfer_scores", key if baselines else {**key, "baselines": False}, tables["test"], VERSION,
                fmt="parquet")
     return StepResult({"scores": tables["test"], "val_scores": tables["val"], "plan": plan, "first_order": chosen},
                       computed, time.perf_counter() - start)
 
 
-__all__ = ["STRATEGIES", "FirstOrder", "budget_params", "full", "halving", "keep_better", "pruned", "pruned_halving",
-           "transfers"]
+__all__ = ["STRATEGIES", "FirstOrder", "budget_params", "dropped_tables", "full", "halving", "keep_better", "pruned",
+           "pruned_halving", "transfers"]
