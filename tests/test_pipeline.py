@@ -63,8 +63,8 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     assert "missing" not in listing and "stale" not in listing
     assert "every chapter is fresh" in taskstudy("run", *SMOKE, cwd=study).stdout
 
-    # The run put chapters side by side (workers + 1 lanes), never one beside an `alone` chapter, and accounted each one's
-    # CPU (kernel + units) without showing the account cell on its page.
+    # The run put chapters side by side (workers + 1 lanes), never one beside an `alone` chapter, and accounted each
+    # one's CPU (kernel + units) without showing the account cell on its page.
     recs = {p.stem: json.loads(p.read_text()) for p in (study / "book/_runs").glob("*.json")}
     chs = {c.name: c for c in catalog.chapters(study)}
     spans = {n: (r["started"], r["finished"]) for n, r in recs.items()}
