@@ -53,6 +53,7 @@ def _edit(root: Path, module: str, old: str, new: str) -> None:
     assert old in text, f"{module}.py no longer holds {old!r}: update the test's edit"
     p.write_text(text.replace(old, new, 1))
     os.utime(p, ns=(p.stat().st_mtime_ns + 10**9,) * 2)  # the memo keys on modification times
+    codehash._STATE.clear()  # which are trusted for STATE_TTL_S: as if that time had passed
 
 
 def _hashes(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
@@ -273,3 +274,14 @@ def test_no_unit_or_chapter_reaches_a_name_that_is_not_there(monkeypatch, tmp_pa
     for nb in sorted(NOTEBOOKS.glob("*.ipynb")):
         catalog._code_digest(nb)
     assert not missing, sorted(missing)
+
+
+def test_file_times_are_trusted_for_a_moment_then_read_again(tmp_path, monkeypatch):
+    root = _copy(tmp_path, "ttl")
+    monkeypatch.setattr(codehash, "ROOT", root)
+    before = codehash._package_state()
+    p = root / "nn" / "train.py"
+    os.utime(p, ns=(p.stat().st_mtime_ns + 10**9,) * 2)
+    assert codehash._package_state() == before  # within STATE_TTL_S: not read again
+    monkeypatch.setattr(codehash, "STATE_TTL_S", 0.0)
+    assert codehash._package_state() != before  # after it: the edit is seen

@@ -195,11 +195,24 @@ def test_estimate_reads_the_val_split_only(monkeypatch, repo_root):
 
     monkeypatch.setattr(est, "load_features", features)
     monkeypatch.setattr(est, "_val_labels", labels)
+    monkeypatch.setattr(est, "_PAIR_MEMO", {})
     E = est.estimate(P)
     assert set(seen) == {"val"}
     assert set(E.scores.estimator) == {*est.ESTIMATORS, est.CHANCE}
     assert len(E.scores) == len(set(E.scores.estimator)) * 3 * 3  # 3 targets x 3 sources
     assert set(E.cpu_s) >= set(est.ESTIMATORS)
+
+    # a pair ranked again (chapter 14's levels) is read from the memo: the same scores and CPU account, no sampling
+    drawn = []
+    real = est.samples
+    monkeypatch.setattr(est, "samples", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    again = est.estimate(P, names=["LogME"])
+    assert not drawn
+    logme = E.scores[E.scores.estimator == "LogME"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again.scores[again.scores.estimator == "LogME"].reset_index(drop=True), logme)
+    assert again.cpu_s["LogME"] == pytest.approx(E.cpu_s["LogME"])
+    est.estimate(P.with_overrides("estimators.max_samples=64"), names=["LogME"])
+    assert len(drawn) == 9  # another sample size is another pair: computed
 
 
 def test_the_label_loader_reads_val(monkeypatch, repo_root):

@@ -191,8 +191,8 @@ def transfers(params: StudyParams, targets: list[str] | None = None, baselines: 
     key = {"plan": {t: [sources_key(s) for s in v] for t, v in plan.items()},
            "readouts": [readout_key(params, t, s) for t, v in plan.items() for s in v]}
     if chosen.rungs:  # the rungs' readouts rate the sources halving dropped
-        key["rungs"] = [readout_key(budget_params(params, e), t, s) for e, sets in chosen.rungs
-                        for t, v in sets.items() for s in v]
+        rungs = [(budget_params(params, e), sets) for e, sets in chosen.rungs]
+        key["rungs"] = [readout_key(q, t, s) for q, sets in rungs for t, v in sets.items() for s in v]
     store.save("transfer_scores", key if baselines else {**key, "baselines": False}, tables["test"], VERSION,
                fmt="parquet")
     return StepResult({"scores": tables["test"], "val_scores": tables["val"], "plan": plan, "first_order": chosen},
