@@ -63,7 +63,7 @@ def test_run_book_rerun_one_chapter_and_add_a_chapter(built_study, tmp_path):
     assert "missing" not in listing and "stale" not in listing
     assert "every chapter is fresh" in taskstudy("run", *SMOKE, cwd=study).stdout
 
-    # The run put chapters side by side (workers + 1 lanes), never one beside an `alone` chapter, and accounted each
+    # The run put chapters side by side (every ready one), never one beside an `alone` chapter, and accounted each
     # one's CPU (kernel + units) without showing the account cell on its page.
     recs = {p.stem: json.loads(p.read_text()) for p in (study / "book/_runs").glob("*.json")}
     chs = {c.name: c for c in catalog.chapters(study)}
@@ -285,8 +285,9 @@ def test_a_study_chapter_gets_only_the_profile_and_overrides(study):
         catalog.chapter_parameters(chs["03_transfers"], prof, study)
 
 
-def test_default_lanes_keep_every_worker_fed():
+def test_default_lanes_leave_the_order_to_the_scheduler():
     from taskstudy.book import cli
 
-    assert [cli.default_lanes(w) for w in (0, 1, 2, 4)] == [2, 2, 3, 5]  # one more chapter than workers
+    assert cli.default_lanes(2) == 0 and cli.default_lanes(4, cores=8) == 0  # with workers: every ready chapter
+    assert cli.default_lanes(0, cores=2) == 2 and cli.default_lanes(0, cores=1) == 1  # without: one per core
     assert cli._parser().parse_args(["run"]).lanes is None  # so `run` resolves it from the profile's workers

@@ -29,12 +29,15 @@ from taskstudy.engine.paths import RootNotFound, find_root
 DEFAULT_PARAMS = "params/default.yaml"
 
 
-def default_lanes(workers: int) -> int:
-    """Chapters side by side by default: one more than the workers, so that while the chapter on the critical path
-    computes in its kernel or waits for its last unit, another chapter's units keep every worker busy (units go
-    by priority: `catalog.priority`). Measured on the AVX2 machine with two lanes on two workers: a chapter nothing
-    waits on held a lane for 25 minutes while its units waited, and the study took over 60 minutes."""
-    return max(2, workers + 1)
+def default_lanes(workers: int, cores: int | None = None) -> int:
+    """Chapters side by side by default. With workers, every chapter whose inputs are ready starts (0: no limit): the
+    kernels mostly wait for their units, and the scheduler, not a count of lanes, decides what the workers run next
+    (units go by the chapter's place on the critical path: `catalog.priority`), so a chapter nothing waits on fills
+    the workers' idle turns instead of waiting for a lane. Measured on the AVX2 machine (2 cores, 2 workers): with
+    2 and then 3 lanes, chapters 09 and 10 (236 and 656 CPU-s) held their lanes for 45 minutes while their units
+    waited, chapter 08 started after 48 minutes, and the study took over 60. Without workers the kernels compute
+    themselves: one per core."""
+    return 0 if workers > 0 else max(1, cores or os.cpu_count() or 1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     p_run.add_argument("--lanes", type=int, default=None, metavar="N",
                        help="chapters run side by side at most (independent ones, on the shared workers; 1: one "
-                            "after another, with a per-cell progress bar; default: the profile's workers + 1, at "
-                            "least 2)")
+                            "after another, with a per-cell progress bar; 0: no limit; default: no limit when the "
+                            "profile has workers, else one per core)")
     p_book = sub.add_parser("book", help="build the Jupyter Book into book/_build/html")
     p_book.add_argument("--check", action="store_true",
                         help="do not build: check the built book as a reader sees it (taskstudy.book.bookcheck)")
@@ -132,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"machine: {machine.summary(machine.describe(params.common))}")  # measured before any chapter starts
     # several chapters share one Dask cluster (one start-up, one clean shutdown); a single chapter starts its own
     share = len(todo) > 1 and not params.common.cluster.address
-    lanes = max(1, min(default_lanes(params.common.workers) if args.lanes is None else args.lanes, len(todo)))
+    lanes = default_lanes(params.common.workers) if args.lanes is None else args.lanes
+    lanes = len(todo) if lanes == 0 else max(1, min(lanes, len(todo)))
     pipeline.ensure_kernel()  # once, before any lane starts a kernel
     os.chdir(root)  # papermill changes the working directory of the process for each kernel start: make it a no-op
     os.environ[pipeline.RUN_ENV] = f"{time.time():.3f}"  # the kernels' records name this run (chapter 15 reads it)
