@@ -251,11 +251,11 @@ def _val_labels(P: StudyParams, target: str) -> Any:
 _PAIR_MEMO: dict[str, tuple[float, float]] = {}
 
 
-def _pair_key(P: StudyParams, target: str, source: str, query: str, name: str) -> str:
-    """What a labelled estimator's score of (target, source) depends on: the source's val features, the val
-    labels, the samples drawn (max_samples, seed) and the estimator."""
+def _pair_key(P: StudyParams, target: str, source: str, query: str) -> str:
+    """What a labelled estimator's score of (target, source) depends on but the estimator: the source's val
+    features, the val labels and the samples drawn (max_samples, seed)."""
     return json.dumps([features_key(P, source, "val", query), data.split_key(P.common, "val"), target,
-                       P.section("estimators").max_samples, P.common.seed, name], sort_keys=True, default=str)
+                       P.section("estimators").max_samples, P.common.seed], sort_keys=True, default=str)
 
 
 def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequence[str] | None = None,
@@ -282,7 +282,8 @@ def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequ
     for t in targets:
         task, y = taskdict.get_task(t), _val_labels(P, t)
         for s in sources:
-            keys = {name: _pair_key(P, t, s, query[t], name) for name in labelled}
+            pair = _pair_key(P, t, s, query[t])  # once per pair: every labelled estimator shares it
+            keys = {name: f"{pair}\x00{name}" for name in labelled}
             if not all(k in _PAIR_MEMO for k in keys.values()):
                 t0 = time.process_time()
                 smp = samples(feats[s, query[t]], y, task.kind, task.channels, cfg.max_samples,

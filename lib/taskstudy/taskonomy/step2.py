@@ -148,7 +148,7 @@ def dropped_tables(params: StudyParams, first: FirstOrder) -> dict[str, list[pd.
     out: dict[str, list[pd.DataFrame]] = {"val": [], "test": []}
     for i, (epochs, sets) in enumerate(first.rungs):
         kept = first.rungs[i + 1][1] if i + 1 < len(first.rungs) else first.rated
-        dropped = {t: [s for s in ss if s not in set(kept.get(t, []))] for t, ss in sets.items()}
+        dropped = {t: [s for s in ss if s not in kept.get(t, [])] for t, ss in sets.items()}
         dropped = {t: ss for t, ss in dropped.items() if ss}
         if dropped:
             for split, table in score_tables(budget_params(params, epochs), dropped, with_baselines=False).items():
