@@ -25,9 +25,6 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import json
-import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from taskstudy.engine import hashcache
+
 PACKAGE = __name__.split(".")[0]
 ROOT = Path(__file__).resolve().parents[__name__.count(".") - 1]  # the package's folder, wherever this module sits
 PLUMBING = frozenset((  # modules (by their last name, wherever they sit) that move results but do not compute them
     "store", "parallel", "paths", "faults", "errors", "params", "sections", "pipeline", "cli", "dask_plugin",
-    "manifest", "codehash", "bookcheck", "machine"))
+    "manifest", "codehash", "hashcache", "bookcheck", "machine"))
 SKIPPED_FIELDS = frozenset(("type_params", "type_comment"))  # syntax fields not every supported Python has
 
 
@@ -139,26 +138,10 @@ def _memo(symbols: tuple[tuple[str, str], ...], state: tuple[Any, ...]) -> str:
     return _MEMO[key]
 
 
-# ---- hashes kept between processes ------------------------------------------------------------------------------
-# A walk over the package takes seconds (every `taskstudy list`, every chapter's kernel); its results depend only on
-# the package's files (this one included) and the Python that parses them, so they are kept in a file named by the
-# digest of those: a file's edit makes a new digest, never a stale hash. A cache only: unreadable or unwritable, it
-# is ignored.
-
-
-def cache_dir() -> Path:
-    """Where definition hashes are kept: $TASKSTUDY_CACHE, else $XDG_CACHE_HOME/taskstudy, else ~/.cache/taskstudy."""
-    if os.environ.get("TASKSTUDY_CACHE"):
-        return Path(os.environ["TASKSTUDY_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taskstudy"
-
-
+# ---- hashes kept between processes (engine/hashcache.py) ----------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def _content_digest(state: tuple[Any, ...]) -> str:
-    h = hashlib.sha256(f"{sys.version_info[0]}.{sys.version_info[1]}".encode())
-    for p in _package_files(ROOT):
-        h.update(b"\x00" + p.relative_to(ROOT).as_posix().encode() + b"\x00" + p.read_bytes())
-    return h.hexdigest()[:24]
+    return hashcache.content_digest(ROOT, _package_files(ROOT))
 
 
 _LOADED: set[tuple[Any, ...]] = set()
@@ -167,25 +150,15 @@ _LOADED: set[tuple[Any, ...]] = set()
 @contextmanager
 def _stored(state: tuple[Any, ...]) -> Iterator[None]:
     """Within: the hashes stored for this package state are known; after: any new ones are stored."""
-    path = cache_dir() / "codehash" / f"{_content_digest(state)}.json"
+    digest = _content_digest(state)
     if state not in _LOADED:
         _LOADED.add(state)
-        try:
-            for k, v in json.loads(path.read_text()).items():
-                _DONE.setdefault((tuple(k.split(":", 1)), state), v)  # type: ignore[arg-type]
-        except (OSError, ValueError, AttributeError):
-            pass
+        for k, v in hashcache.load(digest).items():
+            _DONE.setdefault((tuple(k.split(":", 1)), state), v)  # type: ignore[arg-type]
     before = len(_DONE)
     yield
     if len(_DONE) > before:
-        mine = {f"{m}:{q}": v for ((m, q), st), v in _DONE.items() if st == state}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(mine, sort_keys=True))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+        hashcache.save(digest, {f"{m}:{q}": v for ((m, q), st), v in _DONE.items() if st == state})
 
 
 # ---- what a module file defines and imports ------------------------------------------------------------------
