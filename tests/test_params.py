@@ -159,3 +159,21 @@ def test_a_profile_holds_only_what_differs_from_the_defaults(profile: str) -> No
     repeated = [f"{s}.{k}" for s, body in raw.items() if isinstance(body, dict) and s in defaults
                 for k, v in body.items() if k in defaults[s] and defaults[s][k] == v]
     assert not repeated, f"params/{profile}.yaml repeats defaults: {repeated}"
+
+
+def test_section_is_typed_per_name(repo_root) -> None:
+    """Issue 39, item 4: `section("transfers")` is typed as the Transfers model (a type checker flags an attribute
+    typo), for every chapter section there is; and it returns that model, whose attributes fail on a typo."""
+    import typing
+
+    typed = {}
+    for ov in typing.get_overloads(P.StudyParams.section):
+        hints = typing.get_type_hints(ov)
+        (name,) = typing.get_args(hints["name"]) or (None,)
+        if name is not None:
+            typed[name] = hints["return"]
+    assert typed == S.SECTIONS
+    prof = P.load(repo_root / "params" / "default.yaml")
+    assert all(type(prof.section(name)) is model for name, model in S.SECTIONS.items())
+    with pytest.raises(AttributeError):
+        prof.section("transfers").epoch  # noqa: B018

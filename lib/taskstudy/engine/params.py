@@ -14,11 +14,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import yaml
 from pydantic import BaseModel, ValidationError, create_model
 
+from taskstudy.engine import sections as models
 from taskstudy.engine.paths import find_root, notebooks_dir
 from taskstudy.engine.sections import SECTIONS, Common, Section
 
@@ -42,7 +43,44 @@ class StudyParams:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     root: Path | None = None  # the study root it was loaded under (results are found from it in workers)
 
+    @overload
+    def section(self, name: Literal["overview"]) -> models.Overview: ...
+    @overload
+    def section(self, name: Literal["scenes"]) -> models.Scenes: ...
+    @overload
+    def section(self, name: Literal["task_networks"]) -> models.TaskNetworks: ...
+    @overload
+    def section(self, name: Literal["transfers"]) -> models.Transfers: ...
+    @overload
+    def section(self, name: Literal["affinity"]) -> models.Affinity: ...
+    @overload
+    def section(self, name: Literal["taxonomy"]) -> models.Taxonomy: ...
+    @overload
+    def section(self, name: Literal["novel_tasks"]) -> models.NovelTasks: ...
+    @overload
+    def section(self, name: Literal["task_tree"]) -> models.TaskTree: ...
+    @overload
+    def section(self, name: Literal["layer_transfer"]) -> models.LayerTransfer: ...
+    @overload
+    def section(self, name: Literal["task_grouping"]) -> models.TaskGrouping: ...
+    @overload
+    def section(self, name: Literal["task2vec"]) -> models.Task2Vec: ...
+    @overload
+    def section(self, name: Literal["agreement"]) -> models.Agreement: ...
+    @overload
+    def section(self, name: Literal["performance"]) -> models.Performance: ...
+    @overload
+    def section(self, name: Literal["robustness"]) -> models.Robustness: ...
+    @overload
+    def section(self, name: Literal["estimators"]) -> models.Estimators: ...
+    @overload
+    def section(self, name: Literal["adaptive"]) -> models.Adaptive: ...
+    @overload
+    def section(self, name: str) -> Section: ...
+
     def section(self, name: str) -> Section:
+        """The chapter section `name`, as its model (typed per name: an attribute typo is a type error, and at run
+        time pydantic's AttributeError); a user's chapter without a model here gets its notebook's."""
         if name not in self.sections:
             raise ParamsError(f"{self.file}: no section '{name}'{_suggest(name, self.sections)}")
         return self.sections[name]

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from taskstudy.engine.sections import Common
+
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux, else what platform reports)."""
@@ -60,12 +62,12 @@ def _describe(precision: str, channels_last: bool | str, device: str) -> tuple[t
     }.items())
 
 
-def describe(common: Any = None) -> dict[str, Any]:
-    """This machine and the kernels `common` (a profile's common section; None: the defaults) resolves to on it:
+def describe(common: Common | None = None) -> dict[str, Any]:
+    """This machine and the kernels `common` (a profile's common section; None: its defaults) resolves to on it:
     cpu, cores, torch, capability, native_bf16, onednn_max_isa, matmul_gflops (2 threads), precision,
     channels_last. Measured once per process."""
-    return dict(_describe(getattr(common, "precision", "auto"), getattr(common, "channels_last", "auto"),
-                          getattr(common, "device", "cpu")))
+    c = common if common is not None else Common()
+    return dict(_describe(c.precision, c.channels_last, c.device))
 
 
 def summary(m: dict[str, Any]) -> str:
