@@ -143,3 +143,23 @@ def test_agreement_summary_names_the_closest_and_weakest_pairs():
     s = agreement_summary(table)
     assert s["best"] == "Standley and lookahead" and s["worst"] == "Taskonomy and Standley"
     assert s["n_sig"] == 2 and s["same_run_place"] == 1 and abs(s["mean_rho"] - 0.1) < 1e-12
+
+
+def test_scene_embeddings_are_runner_units_stored_once(tmp_path):
+    """Issue 39, item 5: the dense embeddings run through the one runner, one unit and store entry per task: a
+    second call computes only a task it has not seen, and the stored bytes are the unit's own."""
+    from pathlib import Path
+
+    from taskstudy.engine import parallel, params
+
+    root = Path(__file__).resolve().parents[1]
+    P = params.load(root / "params/smoke.yaml", [f"common.results_dir={tmp_path / 'results'}"])
+    before = parallel.COMPUTED.get("task2vec_dense", 0)
+    emb = dense.scene_embeddings(P, ["edge2d", "normals"], 16, 5)
+    assert parallel.COMPUTED["task2vec_dense"] - before == 2
+    again = dense.scene_embeddings(P, ["edge2d", "normals", "depth_zbuffer"], 16, 5)
+    assert parallel.COMPUTED["task2vec_dense"] - before == 3 and set(again) == {"edge2d", "normals", "depth_zbuffer"}
+    for t, e in emb.items():
+        np.testing.assert_array_equal(e, again[t])
+    alone = dense.dense_unit(dense.DenseUnit(P.subset("task2vec"), "normals", 16, 5))["embedding"]
+    np.testing.assert_array_equal(alone, emb["normals"])

@@ -34,7 +34,7 @@ UNIT_KINDS = {
     "task2vec expert": ("taskstudy.task2vec.task2vec", "expert_unit"),
     "outside probe": ("taskstudy.taskonomy.outside", "_probe_unit"),
     "taskonomy split": ("taskstudy.world.taskonomy_data", "load_split"),
-    "task2vec dense embedding": ("taskstudy.task2vec.task2vec_dense", "scene_embeddings"),
+    "task2vec dense embedding": ("taskstudy.task2vec.task2vec_dense", "dense_unit"),
     "outside data": ("taskstudy.taskonomy.outside", "outside_data"),
     "novel readout unit": ("taskstudy.taskonomy.novel", "novel_readout_unit"),
     "render benchmark": ("taskstudy.report.benchmarks", "bench_render"),

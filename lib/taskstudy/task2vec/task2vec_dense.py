@@ -18,6 +18,7 @@ decide which tasks are near.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskstudy.engine.codehash import computation_hash
+from taskstudy.engine.parallel import run_units
 from taskstudy.engine.store import Store
 from taskstudy.nn.models import PIXEL_KINDS
 from taskstudy.nn.train import predict
@@ -126,25 +128,42 @@ def _linear_nll(out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 def embedding_key(common: Common, cfg: Task2VecSection, task: str, n: int, head_steps: int) -> dict[str, Any]:
     return {"probe": task2vec.probe_key(common, cfg), "task": task, "data": data.split_key(common, "transfer"),
             "n": n, "mc_samples": cfg.mc_samples, "head_steps": head_steps,
-            "seed": task2vec.unit_seed(common.seed, "task2vec_dense", task), "code": computation_hash(scene_embeddings)}
+            "seed": task2vec.unit_seed(common.seed, "task2vec_dense", task), "code": computation_hash(dense_unit)}
+
+
+@dataclass(frozen=True)
+class DenseUnit:
+    """One scene task's dense embedding (picklable for Dask workers)."""
+
+    params: Any  # StudyParams, its task2vec section
+    task: str
+    n: int
+    head_steps: int
+
+
+def dense_unit(u: DenseUnit) -> dict[str, np.ndarray]:
+    """The unit: `u.task`'s dense Fisher embedding on the first `u.n` transfer-split images, with chapter 09's
+    stored probe (the client trains it first)."""
+    P = u.params
+    store, cfg = Store.for_params(P), P.section(task2vec.SECTION)
+    probe = task2vec.train_probe(store, P.common, cfg, compute=False)
+    split = data.scene_split(store, P.common, "transfer")
+    x, y = data.rgb(split)[: u.n], data.target(split, u.task)[: u.n]
+    seed = task2vec.unit_seed(P.common.seed, "task2vec_dense", u.task)
+    return {"embedding": dense_fisher_embedding(probe, x, y, u.task, mc_samples=cfg.mc_samples, seed=seed,
+                                                head_steps=u.head_steps)}
 
 
 def scene_embeddings(P: StudyParams, tasks: list[str], n: int, head_steps: int) -> dict[str, np.ndarray]:
     """Dense Task2Vec embeddings of scene tasks on the first `n` transfer-split images (`agreement.fisher_images`),
-    heads of `head_steps` steps (`agreement.head_steps`), with the probe of chapter 09 (trained here if missing);
-    each a store entry."""
+    heads of `head_steps` steps (`agreement.head_steps`), with the probe of chapter 09 (trained here if missing):
+    one runner unit and store entry per task."""
     store, cfg = Store.for_params(P), P.section(task2vec.SECTION)
-    probe = task2vec.train_probe(store, P.common, cfg)
-    split = data.scene_split(store, P.common, "transfer")
-    x = data.rgb(split)[:n]
-    out = {}
-    for task in tasks:
-        key = embedding_key(P.common, cfg, task, n, head_steps)
-
-        def compute(task: str = task, seed: int = key["seed"]) -> dict[str, np.ndarray]:
-            y = data.target(split, task)[:n]
-            return {"embedding": dense_fisher_embedding(probe, x, y, task, mc_samples=cfg.mc_samples, seed=seed,
-                                                        head_steps=head_steps)}
-
-        out[task] = store.get_or_compute("task2vec_dense", key, compute, VERSION, fmt="npz")["embedding"]
-    return out
+    task2vec.train_probe(store, P.common, cfg)  # the units read it
+    data.scene_split(store, P.common, "transfer")  # rendered once, here, before any worker
+    keys = {t: embedding_key(P.common, cfg, t, n, head_steps) for t in tasks}
+    run_units(dense_unit, [DenseUnit(P.subset(task2vec.SECTION), t, n, head_steps) for t in tasks], store=store,
+              kind="task2vec_dense", key=lambda u: keys[u.task], version=VERSION, common=P.common,
+              desc="dense task2vec embeddings",
+              save=lambda u, r: store.save("task2vec_dense", keys[u.task], r, VERSION, fmt="npz"))
+    return {t: store.load("task2vec_dense", keys[t], VERSION)["embedding"] for t in tasks}
