@@ -38,6 +38,7 @@ UNIT_KINDS = {
     "outside data": ("taskstudy.taskonomy.outside", "outside_data"),
     "novel readout unit": ("taskstudy.taskonomy.novel", "novel_readout_unit"),
     "render benchmark": ("taskstudy.report.benchmarks", "bench_render"),
+    "estimator scores": ("taskstudy.taskonomy.estimators", "scores_unit"),
 }
 
 

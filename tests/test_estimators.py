@@ -178,9 +178,14 @@ def test_standing_agreement_is_one_for_the_same_order():
     assert tau["seed 1"] == pytest.approx(1.0) and tau["other"] == pytest.approx(0.0)  # 3 pairs agree, 3 do not
 
 
-def test_estimate_reads_the_val_split_only(monkeypatch, repo_root):
-    """No estimator sees the test split: every feature and label it reads is the val split's."""
-    P = study_params.load(repo_root / "params/smoke.yaml", ["common.tasks=[autoencoding, normals, class_scene]"])
+def test_estimate_reads_the_val_split_only(monkeypatch, repo_root, tmp_path):
+    """No estimator sees the test split: every feature and label it reads is the val split's. The labelled scores
+    are runner units and store entries: a pair ranked again (chapter 14's levels) is read back, with the same scores
+    and CPU account, and nothing sampled; another sample size is another entry."""
+    from taskstudy.engine import parallel
+
+    P = study_params.load(repo_root / "params/smoke.yaml", ["common.tasks=[autoencoding, normals, class_scene]",
+                                                            f"common.results_dir={tmp_path / 'results'}"])
     seen = []
 
     def features(params, sources, split, query="rgb"):
@@ -195,24 +200,24 @@ def test_estimate_reads_the_val_split_only(monkeypatch, repo_root):
 
     monkeypatch.setattr(est, "load_features", features)
     monkeypatch.setattr(est, "_val_labels", labels)
-    monkeypatch.setattr(est, "_PAIR_MEMO", {})
+    before = parallel.COMPUTED.get(est.KIND, 0)
     E = est.estimate(P)
     assert set(seen) == {"val"}
     assert set(E.scores.estimator) == {*est.ESTIMATORS, est.CHANCE}
     assert len(E.scores) == len(set(E.scores.estimator)) * 3 * 3  # 3 targets x 3 sources
     assert set(E.cpu_s) >= set(est.ESTIMATORS)
+    assert parallel.COMPUTED[est.KIND] - before == 3  # one unit per target
 
-    # a pair ranked again (chapter 14's levels) is read from the memo: the same scores and CPU account, no sampling
     drawn = []
     real = est.samples
     monkeypatch.setattr(est, "samples", lambda *a, **k: drawn.append(1) or real(*a, **k))
     again = est.estimate(P, names=["LogME"])
-    assert not drawn
+    assert not drawn and parallel.COMPUTED[est.KIND] - before == 3
     logme = E.scores[E.scores.estimator == "LogME"].reset_index(drop=True)
     pd.testing.assert_frame_equal(again.scores[again.scores.estimator == "LogME"].reset_index(drop=True), logme)
     assert again.cpu_s["LogME"] == pytest.approx(E.cpu_s["LogME"])
     est.estimate(P.with_overrides("estimators.max_samples=64"), names=["LogME"])
-    assert len(drawn) == 9  # another sample size is another pair: computed
+    assert len(drawn) == 9 and parallel.COMPUTED[est.KIND] - before == 6  # another sample size: computed
 
 
 def test_the_label_loader_reads_val(monkeypatch, repo_root):

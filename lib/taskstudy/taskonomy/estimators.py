@@ -19,7 +19,6 @@ meaning "transfers better"; `samples` turns the study's feature maps and labels 
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from taskstudy.engine.codehash import computation_hash
+from taskstudy.engine.parallel import run_units
 from taskstudy.engine.store import Store
 from taskstudy.taskonomy.features import features_key, load_features, query_kind
 from taskstudy.taskonomy.task_networks import study_tasks, unit_seed
@@ -246,57 +247,96 @@ def _val_labels(P: StudyParams, target: str) -> Any:
     return data.target(data.scene_split(Store.for_params(P), P.common, "val"), target)
 
 
-#: Labelled estimators' scores computed in this process, with the CPU seconds each took: chapter 14's levels and
-#: its rerun on chapter 12's base rank the same pairs again (6 calls: 21 of its 78 CPU-seconds before this memo).
-_PAIR_MEMO: dict[str, tuple[float, float]] = {}
+KIND, VERSION = "estimator_scores", "1"  # one store entry per (target, source): every labelled estimator's score
 
 
-def _pair_key(P: StudyParams, target: str, source: str, query: str) -> str:
-    """What a labelled estimator's score of (target, source) depends on but the estimator: the source's val
-    features, the val labels and the samples drawn (max_samples, seed)."""
-    return json.dumps([features_key(P, source, "val", query), data.split_key(P.common, "val"), target,
-                       P.section("estimators").max_samples, P.common.seed], sort_keys=True, default=str)
+def scores_key(P: StudyParams, target: str, source: str) -> dict[str, Any]:
+    """What the labelled estimators' scores of (target, source) depend on: the source's val features in the
+    target's query form, the val labels, the samples drawn (max_samples, seed) and the code."""
+    return {"target": target, "features": features_key(P, source, "val", query_kind(target)),
+            "labels": data.split_key(P.common, "val"), "max_samples": P.section("estimators").max_samples,
+            "seed": unit_seed(P.common.seed, "estimator", target, source), "estimators": list(LABELLED),
+            "code": computation_hash(scores_unit)}
+
+
+@dataclass(frozen=True)
+class ScoresUnit:
+    """The labelled estimators' scores of one target's `sources` still missing from the store (picklable)."""
+
+    params: Any  # StudyParams: common, estimators, and what the features' keys read
+    target: str
+    sources: tuple[str, ...]
+
+
+def scores_unit(u: ScoresUnit) -> dict[str, dict[str, dict[str, float]]]:
+    """The unit: per source, every labelled estimator's score on the same samples of the val split's cached
+    features, and its CPU seconds (the samples' included: each estimator alone would draw them)."""
+    P, task = u.params, taskdict.get_task(u.target)
+    y, query, cfg = _val_labels(P, u.target), query_kind(u.target), P.section("estimators")
+    out = {}
+    for s in u.sources:
+        t0 = time.process_time()
+        smp = samples(load_features(P, (s,), "val", query), y, task.kind, task.channels, cfg.max_samples,
+                      seed=unit_seed(P.common.seed, "estimator", u.target, s))
+        shared = time.process_time() - t0
+        out[s] = {}
+        for name in LABELLED:
+            t0 = time.process_time()
+            score = labelled_estimator(name)(smp)
+            out[s][name] = {"score": float(score), "cpu_s": time.process_time() - t0 + shared}
+    return out
+
+
+def labelled_scores(P: StudyParams, targets: Sequence[str], sources: Sequence[str]
+                    ) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """Every labelled estimator's score (and CPU seconds) of every (target, source), from the store: the missing
+    ones computed as runner units, one per target (chapter 13 and chapter 14's levels share them)."""
+    store = Store.for_params(P)
+    small = P.subset("estimators", "transfers", "task_networks")
+    keys = {(t, s): scores_key(P, t, s) for t in targets for s in sources}
+
+    def left(u: ScoresUnit) -> ScoresUnit | None:
+        missing = tuple(s for s in u.sources if not store.exists(KIND, keys[u.target, s], VERSION))
+        return ScoresUnit(small, u.target, missing) if missing else None
+
+    def save(u: ScoresUnit, r: dict[str, dict[str, dict[str, float]]]) -> None:
+        for s, row in r.items():
+            store.save(KIND, keys[u.target, s], row, VERSION, fmt="json")
+
+    run_units(scores_unit, [ScoresUnit(small, t, tuple(sources)) for t in targets], store=store, kind=KIND,
+              key=lambda u: {"target": u.target, "sources": sorted(u.sources), "code": keys[u.target, u.sources[0]]
+                             ["code"]}, version=VERSION, save=save, common=P.common, left=left,
+              desc="transferability estimators")
+    return {ts: store.load(KIND, k, VERSION) for ts, k in keys.items()}
 
 
 def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequence[str] | None = None,
              names: Iterable[str] = ESTIMATORS) -> Estimates:
     """Every estimator in `names` (and the chance estimator) for every target x source on the val split's cached
     features (chapter 03's store entries; each target's query form). RSA and DDS compare a source's representation
-    with the target's own task network's; the labelled estimators read `estimators.max_samples` cells per pair."""
-    cfg = P.section("estimators")
+    with the target's own task network's; the labelled estimators read `estimators.max_samples` cells per pair
+    (`labelled_scores`: stored, as runner units)."""
     sources = list(sources or study_tasks(P.common))
     targets = list(targets or [t for t in sources if not taskdict.get_task(t).source_only])
     names = list(names)
     query = {t: query_kind(t) for t in targets}
-    feats = {(s, q): load_features(P, (s,), "val", q) for q in set(query.values())
-             for s in {*sources, *targets}}
     rows, cpu = [], defaultdict(float)
+    paired = [n for n in PAIRED if n in names]
+    if paired:
+        feats = {(s, q): load_features(P, (s,), "val", q) for q in set(query.values()) for s in {*sources, *targets}}
     for name, vector, score in (("RSA", rsa_vector, rsa), ("DDS", dds_vector, dds)):
-        if name not in names:
+        if name not in paired:
             continue
         t0 = time.process_time()
         vecs = {k: vector(z.numpy()) for k, z in feats.items()}
         rows += [(name, t, s, score(vecs[s, query[t]], vecs[t, query[t]])) for t in targets for s in sources]
         cpu[name] += time.process_time() - t0
     labelled = [n for n in names if n in LABELLED]
-    for t in targets:
-        task, y = taskdict.get_task(t), _val_labels(P, t)
-        for s in sources:
-            pair = _pair_key(P, t, s, query[t])  # once per pair: every labelled estimator shares it
-            keys = {name: f"{pair}\x00{name}" for name in labelled}
-            if not all(k in _PAIR_MEMO for k in keys.values()):
-                t0 = time.process_time()
-                smp = samples(feats[s, query[t]], y, task.kind, task.channels, cfg.max_samples,
-                              seed=unit_seed(P.common.seed, "estimator", t, s))
-                shared = time.process_time() - t0  # every labelled estimator needs the samples
-                for name in labelled:
-                    t0 = time.process_time()
-                    score = labelled_estimator(name)(smp)
-                    _PAIR_MEMO[keys[name]] = (score, time.process_time() - t0 + shared)
+    if labelled:
+        for (t, s), row in labelled_scores(P, targets, sources).items():
             for name in labelled:
-                score, spent = _PAIR_MEMO[keys[name]]
-                rows.append((name, t, s, score))
-                cpu[name] += spent  # what it cost when computed, also when read again
+                rows.append((name, t, s, row[name]["score"]))
+                cpu[name] += row[name]["cpu_s"]  # what it cost when computed, also when read again
     rng = np.random.default_rng(unit_seed(P.common.seed, "estimator", CHANCE))
     rows += [(CHANCE, t, s, float(rng.random())) for t in targets for s in sources]
     cpu[CHANCE] = 0.0
@@ -304,5 +344,5 @@ def estimate(P: StudyParams, targets: Sequence[str] | None = None, sources: Sequ
 
 
 __all__ = ["CHANCE", "DISCRETE_KINDS", "ESTIMATORS", "LABELLED", "PAIRED", "Estimates", "Samples", "dds",
-           "dds_vector", "estimate", "hscore", "labelled_estimator", "laplacian_kernel", "linear_probe", "logme",
-           "rdm", "rsa", "rsa_vector", "samples"]
+           "dds_vector", "estimate", "hscore", "labelled_estimator", "labelled_scores", "laplacian_kernel",
+           "linear_probe", "logme", "rdm", "rsa", "rsa_vector", "samples", "scores_unit"]
