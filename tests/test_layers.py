@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from taskstudy.engine.sections import Common
 from taskstudy.engine.store import Store
 from taskstudy.nn import layernet
 from taskstudy.nn.train import TrainConfig
@@ -44,8 +44,8 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _common(workers: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(seed=0, workers=workers, cluster=SimpleNamespace(address=None))
+def _common(workers: int = 0) -> Common:
+    return Common(seed=0, workers=workers)
 
 
 def test_net_has_L_layers_classifier_last() -> None:

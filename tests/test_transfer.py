@@ -62,6 +62,29 @@ def test_readouts_leave_frozen_encoders_bit_identical(params):
     assert [file_sha256(f) for f in files] == before
 
 
+def test_a_readout_unit_derives_nothing_from_the_profile(params, monkeypatch):
+    """Issue 39, item 4: what a readout uses (the protocol: store, sections, kernels; its features' keys) is derived
+    once in the client and handed down: a unit runs with every derivation from the profile made to fail, and gives
+    the scores the profile-level call gives."""
+    p = params(TASKS[:3])
+    tn.task_networks(p)
+    step2.transfers(p, baselines=False)
+    sets = (("autoencoding",), ("depth_zbuffer",), ("autoencoding", "depth_zbuffer"))
+    unit = tr.TargetUnit(tr.protocol(p), "normals", sets, False, 0, tr.unit_features(p, "normals", sets))
+    expected = tr.train_readouts(p, "normals", list(sets))
+
+    def derived_again(*args, **kwargs):  # noqa: ANN202
+        raise AssertionError("derived from the profile inside the unit")
+
+    for owner, name in [(tr, "kernels"), (tr, "protocol"), (tr, "readout_key"), (features, "features_key"),
+                        (features, "feature_keys"), (tn, "network_key"), (Store, "for_params")]:
+        monkeypatch.setattr(owner, name, derived_again)
+    got = tr.target_unit(unit)["readouts"]
+    assert set(got) == set(sets)
+    for s in sets:
+        np.testing.assert_array_equal(got[s][0], expected[s][0])
+
+
 def test_beam_search_takes_exactly_top_b_and_their_combinations():
     rng = np.random.default_rng(0)
     means = {"a": -1.0, "b": -0.2, "c": -0.5, "d": -0.1, "e": -3.0}

@@ -116,9 +116,8 @@ def kernels(common: Common) -> dict[str, object]:
     """The TrainConfig fields a profile's `common` sets for every network: the kernels (precision, channels_last,
     resolved for this machine by `resolve_kernels`) and how many val images early stopping reads (val_images, from
     common.val_stop_images)."""
-    return {**resolve_kernels(getattr(common, "precision", "auto"), getattr(common, "channels_last", "auto"),
-                              getattr(common, "device", "cpu")),
-            "val_images": getattr(common, "val_stop_images", None)}
+    return {**resolve_kernels(common.precision, common.channels_last, common.device),
+            "val_images": common.val_stop_images}
 
 
 def seed_everything(seed: int) -> torch.Generator:

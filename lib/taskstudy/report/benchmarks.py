@@ -126,7 +126,7 @@ def bench_transfer(params, sources: list[str], targets: list[str], threads: int 
         t = tasks.get_task(target)
         seed = unit_seed(params.common.seed, "readout", target, source)
         torch.manual_seed(seed)
-        readout = transfer.build_readout(params, target, encoders[source].out_channels)
+        readout = transfer.build_readout(transfer.protocol(params), target, encoders[source].out_channels)
         model = model_of(readout)
         fit(model, z_train, data.target(tr, target), t.loss,
             TrainConfig(BENCH_EPOCHS, cfg.batch_size, cfg.lr, seed=seed), params=list(readout.parameters()))
@@ -177,7 +177,7 @@ def bench_grouped(params, targets: list[str], n_readouts: int = 6, threads: int 
 
         def readouts(target: str = target) -> list[torch.nn.Module]:
             torch.manual_seed(0)
-            return [transfer.build_readout(params, target, c) for _ in range(n_readouts)]
+            return [transfer.build_readout(transfer.protocol(params), target, c) for _ in range(n_readouts)]
 
         rs, start = readouts(), time.perf_counter()
         for r, m in enumerate(rs):

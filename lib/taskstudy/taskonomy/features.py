@@ -146,12 +146,22 @@ def _features(root: str, key_items: str, split: str) -> torch.Tensor:
     return z["z"].float()
 
 
+def feature_keys(params: StudyParams, sources: tuple[str, ...], split: str, query: str = "rgb") -> tuple[str, ...]:
+    """The store keys (as JSON text) of `sources`' cached representations on a split, in the order
+    `load_keyed` concatenates them: derived once by a caller and handed down to where the features are read."""
+    import json
+
+    return tuple(json.dumps(features_key(params, s, split, query), sort_keys=True) for s in sorted(sources))
+
+
+def load_keyed(root: str, keys: tuple[str, ...], split: str) -> torch.Tensor:
+    """The cached representations under `keys` (`feature_keys`) in the store at `root`, concatenated on
+    channels: (N, k * 4w, H/4, W/4)."""
+    parts = [_features(root, k, split) for k in keys]
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
 def load_features(params: StudyParams, sources: tuple[str, ...], split: str, query: str = "rgb") -> torch.Tensor:
     """Concatenated cached representations of `sources` on a split for queries of form `query`:
     (N, k * 4w, H/4, W/4)."""
-    import json
-
-    root = str(Store.for_params(params).root)
-    parts = [_features(root, json.dumps(features_key(params, s, split, query), sort_keys=True), split)
-             for s in sorted(sources)]
-    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+    return load_keyed(str(Store.for_params(params).root), feature_keys(params, sources, split, query), split)

@@ -36,7 +36,7 @@ from taskstudy.taskonomy import taxonomy as taxmod
 from taskstudy.taskonomy.features import SPLITS, query_images, query_kind
 from taskstudy.taskonomy.step2 import transfers
 from taskstudy.taskonomy.task_networks import StepResult, study_tasks, task_networks, unit_seed
-from taskstudy.taskonomy.transfer import FULL, SCRATCH, fit_readout
+from taskstudy.taskonomy.transfer import FULL, SCRATCH, fit_readout, protocol
 from taskstudy.world import data, objects
 from taskstudy.world import tasks as taskdict
 
@@ -143,7 +143,7 @@ def novel_readout_unit(unit: tuple[Any, str]) -> dict[str, Any]:
     params, target = unit
     enc = _load_imagenet(params)
     z = {split: predict(enc, query_images(params, split, query_kind(target))) for split in SPLITS}
-    scores, info = fit_readout(params, target, z, IMAGENET)
+    scores, info = fit_readout(protocol(params), target, z, IMAGENET)
     return {"scores": scores, **info}
 
 

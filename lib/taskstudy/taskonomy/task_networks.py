@@ -189,7 +189,7 @@ def study_tasks(common: Common) -> list[str]:
     """The dictionary tasks of this profile (common.tasks, default all), source-only tasks included; on Taskonomy
     data (`common.dataset: taskonomy`) those the folder serves, the others named in one line."""
     wanted = list(common.tasks) if common.tasks else taskdict.dictionary_tasks()
-    if getattr(common, "dataset", "scenes") == "taskonomy":
+    if common.dataset == "taskonomy":
         from taskstudy.world import taskonomy_data
 
         return taskonomy_data.tasks_served(common, wanted)

@@ -50,7 +50,8 @@ from taskstudy.taskonomy.features import (
     SPLITS,
     VERSION,
     encoder_key,
-    load_features,
+    feature_keys,
+    load_keyed,
     query_kind,
     view_name,
 )
@@ -65,6 +66,7 @@ from taskstudy.world import tasks as taskdict
 
 if TYPE_CHECKING:
     from taskstudy.engine.params import StudyParams
+    from taskstudy.engine.sections import Common, TaskNetworks, Transfers
 
 SCRATCH = "scratch"  # a task network trained from scratch on the transfer split (Gain's reference)
 FULL = "full"  # the Step I task network (Quality's reference; the paper's `self` candidate)
@@ -106,14 +108,36 @@ def scratch_key(params: StudyParams, target: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class TargetUnit:
-    """Readouts of one target still missing from the store, or its scratch network (picklable for Dask workers)."""
+class Protocol:
+    """What Step II's readout protocol uses of a profile, derived once from its params and handed down to every
+    readout (issue 39, item 4): where the store is, `common` (seed, device, the splits), the readouts' section,
+    the task networks' (the scratch network; the neck + decoder readout's width) and the training kernels resolved
+    on this machine (`kernels`: the same fields every key of the profile carries)."""
 
-    params: Any  # StudyParams
+    root: str
+    common: Common
+    cfg: Transfers
+    net: TaskNetworks
+    train: dict[str, Any]
+
+
+def protocol(params: StudyParams) -> Protocol:
+    """The profile's readout protocol (`Protocol`), derived once."""
+    return Protocol(str(Store.for_params(params).root), params.common, params.section("transfers"),
+                    params.section("task_networks"), kernels(params.common))
+
+
+@dataclass(frozen=True)
+class TargetUnit:
+    """Readouts of one target still missing from the store, or its scratch network (picklable for Dask workers):
+    the protocol and each source set's feature keys per split come derived from the client."""
+
+    proto: Protocol
     target: str
     source_sets: tuple[tuple[str, ...], ...]
     scratch: bool  # also train the from-scratch network (Gain's reference)
     part: int = 0  # which chunk of the target's readouts (its lock's name)
+    features: tuple[tuple[tuple[str, ...], ...], ...] = ()  # per source set, per split (SPLITS): feature_keys
 
 
 #: Readouts per unit of Step II: small units keep both workers busy to the end of a phase (a unit of a whole
@@ -121,35 +145,34 @@ class TargetUnit:
 UNIT_READOUTS = 6
 
 
-def _labels(params: StudyParams, target: str) -> dict[str, torch.Tensor]:
-    store = Store.for_params(params)
-    return {split: data.target(data.scene_split(store, params.common, split), target) for split in SPLITS}
+def _labels(p: Protocol, target: str) -> dict[str, torch.Tensor]:
+    store = Store(p.root)
+    return {split: data.target(data.scene_split(store, p.common, split), target) for split in SPLITS}
 
 
-def build_readout(params: StudyParams, target: str, in_channels: int) -> torch.nn.Module:
+def build_readout(p: Protocol, target: str, in_channels: int) -> torch.nn.Module:
     """The profile's D_{S->t} for `target` on `in_channels` of frozen features (transfers.readout, readout_width;
     the neck + decoder readout uses the task networks' decoder_width)."""
-    cfg, t = params.section("transfers"), taskdict.get_task(target)
-    return make_readout(t.kind, in_channels, t.channels, cfg.readout_width, cfg.readout,
-                        params.section("task_networks").decoder_width)
+    t = taskdict.get_task(target)
+    return make_readout(t.kind, in_channels, t.channels, p.cfg.readout_width, p.cfg.readout, p.net.decoder_width)
 
 
-def fit_readouts(params: StudyParams, target: str, zs: dict[str, dict[str, torch.Tensor]]
+def fit_readouts(p: Protocol, target: str, zs: dict[str, dict[str, torch.Tensor]]
                  ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """Step II's readout protocol for several source sets of one target, on given frozen features zs[name][split]
     (transfer, val, test): each D_{S->t} seeded by its `name`, trained on transfer and early-stopped on val; all
     with the target's batch order. Readouts of one architecture and input width train side by side as one group
     (taskstudy.nn.grouped: the same readouts, 1.8x faster); each returns its per-image test scores and training facts
     (val scores, TrainLog, its share of the group's seconds)."""
-    cfg, t = params.section("transfers"), taskdict.get_task(target)
-    y = _labels(params, target)
-    device = resolve_device(params.common.device)
-    tc = TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=unit_seed(params.common.seed, "readout order", target),
-                     schedule=cfg.schedule, **kernels(params.common))
+    cfg, t = p.cfg, taskdict.get_task(target)
+    y = _labels(p, target)
+    device = resolve_device(p.common.device)
+    tc = TrainConfig(cfg.epochs, cfg.batch_size, cfg.lr, seed=unit_seed(p.common.seed, "readout order", target),
+                     schedule=cfg.schedule, **p.train)
     models, groups = {}, defaultdict(list)
     for name, z in zs.items():
-        torch.manual_seed(unit_seed(params.common.seed, "readout", target, name))
-        models[name] = build_readout(params, target, z["transfer"].shape[1])
+        torch.manual_seed(unit_seed(p.common.seed, "readout", target, name))
+        models[name] = build_readout(p, target, z["transfer"].shape[1])
         groups[z["transfer"].shape[1]].append(name)
     out = {}
     for names in groups.values():
@@ -171,19 +194,31 @@ def fit_readouts(params: StudyParams, target: str, zs: dict[str, dict[str, torch
     return out
 
 
-def fit_readout(params: StudyParams, target: str, z: dict[str, torch.Tensor], name: str) -> tuple[np.ndarray,
+def fit_readout(p: Protocol, target: str, z: dict[str, torch.Tensor], name: str) -> tuple[np.ndarray,
                 dict[str, Any]]:
     """One readout D_{S->t} by the protocol of `fit_readouts` (seeded by `name`, the target's batch order)."""
-    return fit_readouts(params, target, {name: z})[name]
+    return fit_readouts(p, target, {name: z})[name]
+
+
+def unit_features(params: StudyParams, target: str, source_sets: Sequence[tuple[str, ...]]
+                  ) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """Per source set, per split (SPLITS), the keys of its cached features in `target`'s query form."""
+    return tuple(tuple(feature_keys(params, s, split, query_kind(target)) for split in SPLITS) for s in source_sets)
+
+
+def _train_readouts(p: Protocol, target: str, source_sets: Sequence[tuple[str, ...]],
+                    features: Sequence[Sequence[tuple[str, ...]]]
+                    ) -> dict[tuple[str, ...], tuple[np.ndarray, dict[str, Any]]]:
+    zs = {sources_key(s): {split: load_keyed(p.root, keys, split) for split, keys in zip(SPLITS, fk, strict=True)}
+          for s, fk in zip(source_sets, features, strict=True)}
+    res = fit_readouts(p, target, zs)
+    return {s: res[sources_key(s)] for s in source_sets}
 
 
 def train_readouts(params: StudyParams, target: str, source_sets: Sequence[tuple[str, ...]]
                    ) -> dict[tuple[str, ...], tuple[np.ndarray, dict[str, Any]]]:
     """The readouts D_{S->t} of `source_sets` on the cached frozen features (fit_readouts, side by side)."""
-    zs = {sources_key(s): {split: load_features(params, s, split, query_kind(target)) for split in SPLITS}
-          for s in source_sets}
-    res = fit_readouts(params, target, zs)
-    return {s: res[sources_key(s)] for s in source_sets}
+    return _train_readouts(protocol(params), target, source_sets, unit_features(params, target, source_sets))
 
 
 def train_readout(params: StudyParams, target: str, sources: tuple[str, ...]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -191,22 +226,20 @@ def train_readout(params: StudyParams, target: str, sources: tuple[str, ...]) ->
     return train_readouts(params, target, [sources])[sources]
 
 
-def train_scratch(params: StudyParams, target: str) -> tuple[np.ndarray, dict[str, Any]]:
+def train_scratch(p: Protocol, target: str) -> tuple[np.ndarray, dict[str, Any]]:
     """The target's whole network trained from scratch on the transfer split, early-stopped on val (the
     reference of Gain)."""
-    store, t = Store.for_params(params), taskdict.get_task(target)
-    net_cfg, cfg = params.section("task_networks"), params.section("transfers")
-    d = {split: data.scene_split(store, params.common, split) for split in SPLITS}
-    x = {split: data.network_input(params.common, d[split], target) for split in SPLITS}
+    store, t, net_cfg, cfg = Store(p.root), taskdict.get_task(target), p.net, p.cfg
+    d = {split: data.scene_split(store, p.common, split) for split in SPLITS}
+    x = {split: data.network_input(p.common, d[split], target) for split in SPLITS}
     y = {split: data.target(d[split], target) for split in SPLITS}
-    seed = unit_seed(params.common.seed, "scratch", target)
+    seed = unit_seed(p.common.seed, "scratch", target)
     torch.manual_seed(seed)
     net = build_network(target, net_cfg)
-    device = resolve_device(params.common.device)
+    device = resolve_device(p.common.device)
     start = time.perf_counter()
     log = fit_validated(net, x["transfer"], y["transfer"], t.loss,
-                        TrainConfig(cfg.scratch_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed,
-                                    **kernels(params.common)),
+                        TrainConfig(cfg.scratch_epochs, net_cfg.batch_size, net_cfg.lr, seed=seed, **p.train),
                         (x["val"], y["val"]), patience=cfg.patience, device=device)
     wall = time.perf_counter() - start
     scores = t.score(predict(net, x["test"], device=device), y["test"]).numpy()
@@ -216,9 +249,10 @@ def train_scratch(params: StudyParams, target: str) -> tuple[np.ndarray, dict[st
 
 def target_unit(u: TargetUnit) -> dict[str, Any]:
     """Train the missing readouts (and scratch network) of one target; the client stores the results."""
-    out: dict[str, Any] = {"readouts": train_readouts(u.params, u.target, u.source_sets) if u.source_sets else {}}
+    out: dict[str, Any] = {"readouts": _train_readouts(u.proto, u.target, u.source_sets, u.features)
+                           if u.source_sets else {}}
     if u.scratch:
-        out["scratch"] = train_scratch(u.params, u.target)
+        out["scratch"] = train_scratch(u.proto, u.target)
     return out
 
 
@@ -245,20 +279,22 @@ def run_readouts(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], sc
     """Train the readouts in `plan` (target -> source sets) and the scratch networks of `scratch` that are not in
     the store yet: each scratch network one unit (first, as the longest), each target's readouts in units of at
     most UNIT_READOUTS, each unit claimed by a lock per (target, phase, part) against concurrent runs."""
-    store = Store.for_params(params)
-    small = params.subset("task_networks", "transfers")
+    store, proto = Store.for_params(params), protocol(params)
+
+    def unit(target: str, sets: tuple[tuple[str, ...], ...], scratch: bool, part: int) -> TargetUnit:
+        return TargetUnit(proto, target, sets, scratch, part, unit_features(params, target, sets))
 
     def left(u: TargetUnit) -> TargetUnit | None:
         """The unit again if anything of it is missing: all its readouts, since they train as one group (the
         same group as in an uninterrupted run, so the same bytes); only the missing ones are saved."""
         missing = any(not store.exists("readout", readout_key(params, u.target, s), VERSION) for s in u.source_sets)
         need_scratch = u.scratch and not store.exists("scratch", scratch_key(params, u.target), VERSION)
-        return TargetUnit(small, u.target, u.source_sets if missing else (), need_scratch, u.part) \
+        return unit(u.target, u.source_sets if missing else (), need_scratch, u.part) \
             if missing or need_scratch else None
 
-    units = [TargetUnit(small, t, (), True, -1) for t in plan if t in scratch]
+    units = [unit(t, (), True, -1) for t in plan if t in scratch]
     for t, sets in plan.items():
-        units += [TargetUnit(small, t, tuple(sets[i:i + UNIT_READOUTS]), False, i // UNIT_READOUTS)
+        units += [unit(t, tuple(sets[i:i + UNIT_READOUTS]), False, i // UNIT_READOUTS)
                   for i in range(0, len(sets), UNIT_READOUTS)]
 
     saved: list[str] = []

@@ -19,6 +19,7 @@ from taskstudy.taskonomy.task_networks import study_tasks, task_networks
 from taskstudy.taskonomy.transfer import (
     SCRATCH,
     build_readout,
+    protocol,
     readout_key,
     run_readouts,
     score_table,
@@ -192,7 +193,7 @@ def capacity_summary(table: pd.DataFrame) -> pd.DataFrame:
 def readout_parameters(params: StudyParams, target: str, sources: tuple[str, ...]) -> int:
     """Trainable parameters of the readout the profile builds for `sources` -> `target`."""
     net_cfg = params.section("task_networks")
-    net = build_readout(params, target, len(sources) * Encoder(net_cfg.width, net_cfg.depth).out_channels)
+    net = build_readout(protocol(params), target, len(sources) * Encoder(net_cfg.width, net_cfg.depth).out_channels)
     return sum(p.numel() for p in net.parameters())
 
 

@@ -53,7 +53,7 @@ def split_seed(common: Common) -> int:
 def split_key(common: Common, split: str) -> dict[str, Any]:
     """What determines a split: the rendered world's generator parameters and code, or (`common.dataset:
     taskonomy`) the Taskonomy folder's (`taskonomy_data.split_key`)."""
-    if getattr(common, "dataset", "scenes") == "taskonomy":
+    if common.dataset == "taskonomy":
         from taskstudy.world import taskonomy_data
 
         return taskonomy_data.split_key(common, split, split_size(common, split), split_seed(common))

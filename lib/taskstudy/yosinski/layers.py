@@ -167,7 +167,7 @@ def make_units(values: Mapping[str, Any], common: Common, store_root: str | Path
 
     def u(kind: str, treatment: str, n: int, seed: int) -> Unit:
         return Unit(str(store_root), dkey, **shared, split_kind=kind, treatment=treatment, n=n, seed=seed,
-                    kernels=tuple(sorted(kernels(common).items())), device=getattr(common, "device", "cpu"))
+                    kernels=tuple(sorted(kernels(common).items())), device=common.device)
 
     seeds = range(int(values["seeds"]))
     tuned = set(fine_tuned_n(values))
