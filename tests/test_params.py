@@ -172,7 +172,7 @@ def test_section_is_typed_per_name(repo_root) -> None:
         (name,) = typing.get_args(hints["name"]) or (None,)
         if name is not None:
             typed[name] = hints["return"]
-    assert typed == S.SECTIONS
+    assert typed == S.SECTIONS, "a section model without its overload of StudyParams.section (engine/params.py)"
     prof = P.load(repo_root / "params" / "default.yaml")
     assert all(type(prof.section(name)) is model for name, model in S.SECTIONS.items())
     with pytest.raises(AttributeError):
