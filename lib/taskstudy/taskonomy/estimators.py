@@ -304,9 +304,8 @@ def labelled_scores(P: StudyParams, targets: Sequence[str], sources: Sequence[st
             store.save(KIND, keys[u.target, s], row, VERSION, fmt="json")
 
     run_units(scores_unit, [ScoresUnit(small, t, tuple(sources)) for t in targets], store=store, kind=KIND,
-              key=lambda u: {"target": u.target, "sources": sorted(u.sources), "code": keys[u.target, u.sources[0]]
-                             ["code"]}, version=VERSION, save=save, common=P.common, left=left,
-              desc="transferability estimators")
+              key=lambda u: {"target": u.target, "sources": sorted(u.sources)}, version=VERSION, save=save,
+              common=P.common, left=left, desc="transferability estimators")
     return {ts: store.load(KIND, k, VERSION) for ts, k in keys.items()}
 
 
