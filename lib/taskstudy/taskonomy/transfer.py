@@ -32,7 +32,7 @@ import itertools
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -289,8 +289,10 @@ def run_readouts(params: StudyParams, plan: dict[str, list[tuple[str, ...]]], sc
         same group as in an uninterrupted run, so the same bytes); only the missing ones are saved."""
         missing = any(not store.exists("readout", readout_key(params, u.target, s), VERSION) for s in u.source_sets)
         need_scratch = u.scratch and not store.exists("scratch", scratch_key(params, u.target), VERSION)
-        return unit(u.target, u.source_sets if missing else (), need_scratch, u.part) \
-            if missing or need_scratch else None
+        if not (missing or need_scratch):
+            return None
+        return replace(u, scratch=need_scratch) if missing else replace(u, source_sets=(), features=(),
+                                                                          scratch=need_scratch)
 
     units = [unit(t, (), True, -1) for t in plan if t in scratch]
     for t, sets in plan.items():
